@@ -1,0 +1,93 @@
+"""The base config every recipe in configs/ starts from, and a loader for sibling recipes.
+
+Every field a researcher may change lives here with its default; recipes override a few.
+Keep this file free of logic: checks of values live in `rpsflax.config_check`.
+"""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # Model: backbone + head (see rpsflax/models/__init__.py).
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "vgg16"            # 'vgg16' | 'cnn'
+  c.model.dtype = "float32"         # computation dtype: 'float32' | 'bfloat16' (params stay float32)
+  c.head = ml_collections.ConfigDict()
+  c.head.num_classes = 3            # 1 means a sigmoid output (binary cross-entropy)
+  c.head.pooling = "max"            # 'max' | 'avg' | 'flatten'
+  c.head.dropout = 0.5
+  c.head.hidden = ()                # e.g. (256,) for one hidden dense layer
+  c.head.hidden_activation = "relu"
+  c.head.hidden_dropout = 0.0
+
+  # Weights: 'imagenet' (download the Keras release), a converted folder (weights/<name>/),
+  # a Keras .h5/.weights.h5/.keras file (converted on the fly), or '' for random init.
+  c.weights = "imagenet"
+  c.preprocess = "vgg16"            # 'vgg16' (Keras caffe mode) | 'rescale' (1/255) | 'none'
+
+  # Data: a local folder (DIR/train/<class>/..., or flat Kaggle-style names), else TFDS.
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = ""
+  c.data.tfds_name = "rock_paper_scissors"
+  c.data.tfds_data_dir = ""         # '' = TFDS default (~/tensorflow_datasets)
+  c.data.image_size = 224
+  c.data.resize_method = "nearest"  # Keras flow_from_directory's default interpolation
+  c.data.val_fraction = 0.2         # seeded split of train when there is no validation folder
+  c.data.holdout = 0                # examples drawn (seeded) before anything else, for a final test
+  c.data.cache = True               # keep decoded, resized images in memory
+  c.data.num_parallel_calls = -1    # tf.data.AUTOTUNE
+
+  # Augmentation, with ImageDataGenerator's meaning (ranges in degrees; shifts in pixels
+  # when >= 1, as fractions of the size when < 1). Applied to training batches only.
+  c.augment = ml_collections.ConfigDict()
+  c.augment.enabled = True
+  c.augment.rotation_range = 0.0
+  c.augment.width_shift_range = 0.0
+  c.augment.height_shift_range = 0.0
+  c.augment.shear_range = 0.0
+  c.augment.zoom_range = 0.0
+  c.augment.horizontal_flip = False
+  c.augment.vertical_flip = False
+  c.augment.fill_mode = "nearest"   # 'nearest' | 'constant' | 'reflect' | 'wrap'
+  c.augment.cval = 0.0
+
+  # Optimisation. Parameters matching `trainable` (regexes over 'backbone/block5_conv1/kernel'
+  # style paths) train at optim.learning_rate; `lr_groups` pairs (pattern, learning_rate)
+  # train at their own rate; everything else is frozen (no gradient computed).
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "rmsprop"          # 'rmsprop' | 'adam' | 'sgd'
+  c.optim.learning_rate = 1e-3      # Keras RMSprop default
+  c.optim.rho = 0.9
+  c.optim.momentum = 0.0
+  c.optim.epsilon = 1e-7
+  c.trainable = ("head/.*",)
+  c.lr_groups = ()
+
+  c.batch_size = 32                 # global batch, split across devices
+  c.eval_batch_size = 64
+  c.num_epochs = 20
+  c.log_every_steps = 10
+  c.keep_checkpoints = True
+
+  # Multi-host: jax.distributed.initialize() when True (or 'auto' under SLURM/launchers).
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.initialize = False
+  c.distributed.coordinator_address = ""
+  c.distributed.num_processes = 0
+  c.distributed.process_id = -1
+  return c
+
+
+def load_sibling(config_file: str, name: str):
+  """Load configs/<name>.py next to `config_file` (a recipe's __file__) as a module."""
+  path = pathlib.Path(config_file).resolve().parent / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(f"rpsflax_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

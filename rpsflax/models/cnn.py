@@ -1,0 +1,35 @@
+"""The cats-vs-dogs convnet of the Keras tutorial, conv stack only.
+
+Keras' Sequential model is Conv/MaxPool x4 -> Flatten -> Dropout -> Dense(512) -> Dense(1).
+Here the conv stack plus Flatten is the backbone; Dropout and the dense layers are a
+`Head(pooling='flatten', dropout=0.5, hidden=(512,), num_classes=1)`. Layer names are the
+ones Keras gives a fresh Sequential model (conv2d, conv2d_1, ...), so a file saved by the
+tutorial converts by name.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+CNN_FILTERS = (32, 64, 128, 128)
+
+
+def cnn_conv_names() -> list[str]:
+  return ["conv2d" if i == 0 else f"conv2d_{i}" for i in range(len(CNN_FILTERS))]
+
+
+class CatsDogsCNN(nn.Module):
+  """Four 3x3 'valid' conv + 2x2 max-pool stages; returns the last feature map (NHWC)."""
+
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = jnp.asarray(x, self.dtype)
+    for filters, name in zip(CNN_FILTERS, cnn_conv_names()):
+      x = nn.relu(nn.Conv(filters, (3, 3), padding="VALID", dtype=self.dtype, name=name)(x))
+      # Keras MaxPooling2D(2) floors odd sizes ('valid'), e.g. 148 -> 74, 72 -> 36, 34 -> 17, 15 -> 7.
+      x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+      self.sow("intermediates", name, x)
+    return x

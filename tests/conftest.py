@@ -1,0 +1,29 @@
+"""Shared test fixtures.
+
+`shared_data` is ../shared/data beside the repo (real image samples). Tests that need it skip
+with a reason on a fresh clone; the core parity tests need nothing from it.
+"""
+
+import os
+import pathlib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = pathlib.Path(os.environ.get("RPSFLAX_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+  if not SHARED_DATA.is_dir():
+    pytest.skip(f"sample images not found at {SHARED_DATA} (set RPSFLAX_SHARED_DATA, or run "
+                "from a checkout with ../shared beside it)")
+  return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> pathlib.Path:
+  return REPO
