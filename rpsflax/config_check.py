@@ -1,0 +1,153 @@
+"""Check a run's config before any work: unknown keys, wrong types, impossible values.
+
+Every problem is reported at once, each naming its key (`config.optim.learning_rate`) and
+what would fix it, so a typo in a recipe or on the command line costs one try, not a run.
+"""
+
+import difflib
+import re
+
+import ml_collections
+
+from rpsflax import config_base
+
+DTYPES = ("float32", "bfloat16", "float16")
+MODELS = ("vgg16", "cnn")
+POOLINGS = ("max", "avg", "flatten")
+ACTIVATIONS = ("relu", "gelu", "tanh", "swish", "linear")
+PREPROCESS = ("vgg16", "rescale", "none")
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
+FILL_MODES = ("nearest", "constant", "reflect", "wrap")
+RESIZE_METHODS = ("nearest", "bilinear", "bicubic", "area", "lanczos3")
+
+
+class ConfigError(ValueError):
+  """A config value a user can fix; the message names every bad key."""
+
+
+def min_image_size(model_name: str) -> int:
+  """Smallest input side the backbone accepts (every pool must still see at least 1 pixel)."""
+  if model_name == "vgg16":
+    return 32  # five 2x2 pools
+  if model_name == "cnn":
+    size = 1
+    for _ in range(4):  # undo MaxPool(2) then a 3x3 'valid' conv, four times
+      size = 2 * size + 2
+    return size
+  return 1
+
+
+def _unknown_and_types(cfg, base, prefix, problems):
+  for key, value in cfg.items():
+    path = f"{prefix}.{key}"
+    if key not in base:
+      close = difflib.get_close_matches(key, list(base.keys()), n=1)
+      hint = f" (did you mean {prefix}.{close[0]}?)" if close else ""
+      problems.append(f"{path}: unknown key{hint}")
+      continue
+    ref = base[key]
+    if isinstance(ref, ml_collections.ConfigDict):
+      if not isinstance(value, ml_collections.ConfigDict):
+        problems.append(f"{path}: expected a group of settings, got {type(value).__name__}")
+      else:
+        _unknown_and_types(value, ref, path, problems)
+    elif ref is not None and not _same_kind(value, ref):
+      problems.append(f"{path}: expected {type(ref).__name__}, got {type(value).__name__} "
+                      f"({value!r})")
+
+
+def _same_kind(value, ref) -> bool:
+  if isinstance(ref, bool) or isinstance(value, bool):
+    return isinstance(value, bool) and isinstance(ref, bool)
+  if isinstance(ref, float):
+    return isinstance(value, (int, float))
+  if isinstance(ref, (tuple, list)):
+    return isinstance(value, (tuple, list))
+  return isinstance(value, type(ref))
+
+
+def _check_choice(problems, key, value, choices):
+  if value not in choices:
+    problems.append(f"{key}={value!r}: use one of {', '.join(map(repr, choices))}")
+
+
+def _check_patterns(problems, key, patterns):
+  for p in patterns:
+    try:
+      re.compile(p)
+    except (re.error, TypeError) as e:
+      problems.append(f"{key}: pattern {p!r} is not a valid regex ({e})")
+
+
+def check_config(config) -> None:
+  """Raise ConfigError listing every problem in `config`, or return None."""
+  problems: list[str] = []
+  _unknown_and_types(config, config_base.get_config(), "config", problems)
+  if problems:  # value checks below assume the known keys and types
+    raise ConfigError(_message(problems))
+
+  c = config
+  _check_choice(problems, "config.model.name", c.model.name, MODELS)
+  _check_choice(problems, "config.model.dtype", c.model.dtype, DTYPES)
+  _check_choice(problems, "config.head.pooling", c.head.pooling, POOLINGS)
+  _check_choice(problems, "config.head.hidden_activation", c.head.hidden_activation, ACTIVATIONS)
+  _check_choice(problems, "config.preprocess", c.preprocess, PREPROCESS)
+  _check_choice(problems, "config.optim.name", c.optim.name, OPTIMIZERS)
+  _check_choice(problems, "config.augment.fill_mode", c.augment.fill_mode, FILL_MODES)
+  _check_choice(problems, "config.data.resize_method", c.data.resize_method, RESIZE_METHODS)
+
+  for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps"):
+    if c[key] < 1:
+      problems.append(f"config.{key}={c[key]}: must be at least 1")
+  if c.head.num_classes < 1:
+    problems.append(f"config.head.num_classes={c.head.num_classes}: must be at least 1 "
+                    "(1 = sigmoid output for two classes)")
+  for key in ("dropout", "hidden_dropout"):
+    if not 0.0 <= c.head[key] < 1.0:
+      problems.append(f"config.head.{key}={c.head[key]}: must be in [0, 1)")
+  if any(int(w) < 1 for w in c.head.hidden):
+    problems.append(f"config.head.hidden={tuple(c.head.hidden)}: widths must be at least 1")
+
+  if not c.optim.learning_rate > 0:
+    problems.append(f"config.optim.learning_rate={c.optim.learning_rate}: must be positive")
+  for key in ("rho", "momentum"):
+    if not 0.0 <= c.optim[key] < 1.0:
+      problems.append(f"config.optim.{key}={c.optim[key]}: must be in [0, 1)")
+  if not c.optim.epsilon > 0:
+    problems.append(f"config.optim.epsilon={c.optim.epsilon}: must be positive")
+  _check_patterns(problems, "config.trainable", c.trainable)
+  for i, group in enumerate(c.lr_groups):
+    if not (isinstance(group, (tuple, list)) and len(group) == 2):
+      problems.append(f"config.lr_groups[{i}]={group!r}: use (pattern, learning_rate) pairs")
+      continue
+    _check_patterns(problems, f"config.lr_groups[{i}]", [group[0]])
+    if not isinstance(group[1], (int, float)) or not group[1] > 0:
+      problems.append(f"config.lr_groups[{i}] learning rate {group[1]!r}: must be positive")
+  if not c.trainable and not c.lr_groups:
+    problems.append("config.trainable: nothing is trainable; name at least one pattern, "
+                    "e.g. ('head/.*',)")
+
+  smallest = min_image_size(c.model.name)
+  if c.data.image_size < smallest:
+    problems.append(f"config.data.image_size={c.data.image_size}: too small for "
+                    f"config.model.name={c.model.name!r}, which needs at least {smallest}")
+  if not 0.0 <= c.data.val_fraction < 1.0:
+    problems.append(f"config.data.val_fraction={c.data.val_fraction}: must be in [0, 1)")
+  if c.data.holdout < 0:
+    problems.append(f"config.data.holdout={c.data.holdout}: must be 0 or more")
+
+  for key in ("rotation_range", "shear_range", "zoom_range", "width_shift_range",
+              "height_shift_range"):
+    if c.augment[key] < 0:
+      problems.append(f"config.augment.{key}={c.augment[key]}: must be 0 or more")
+  if c.augment.zoom_range >= 1:
+    problems.append(f"config.augment.zoom_range={c.augment.zoom_range}: must be below 1 "
+                    "(zoom is drawn from [1 - z, 1 + z])")
+  if problems:
+    raise ConfigError(_message(problems))
+
+
+def _message(problems: list[str]) -> str:
+  lines = "\n".join(f"  - {p}" for p in problems)
+  return (f"invalid config ({len(problems)} problem{'s' if len(problems) > 1 else ''}):\n{lines}\n"
+          "Fix the recipe file or the --config.<key>=<value> flag named above.")
