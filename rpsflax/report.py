@@ -1,0 +1,249 @@
+"""What a run leaves for people to read: history.json, curves, confusion matrix, eval.json, grids.
+
+NumPy and matplotlib only (no TensorFlow, no JAX), so a workdir's pictures can be redrawn anywhere.
+Figures are drawn on the Agg canvas directly (no pyplot), which leaves the process' matplotlib
+backend and global state alone.
+"""
+
+import json
+import math
+import os
+import pathlib
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+HISTORY_FILE = "history.json"
+HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
+EVAL_KEYS = ("split", "accuracy", "loss", "num_examples", "per_class_accuracy")
+WRONG_COLOR = "tab:red"
+RIGHT_COLOR = "black"
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+def _plain(value: Any) -> Any:
+  """NumPy / JAX scalars and arrays -> plain Python, so json can write them."""
+  if isinstance(value, Mapping):
+    return {str(k): _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  if hasattr(value, "tolist"):  # np.ndarray, np.generic, jax.Array
+    return _plain(value.tolist())
+  if isinstance(value, float) and not math.isfinite(value):
+    return None  # JSON has no NaN/inf; null says "not measured"
+  return value
+
+
+def write_json(path, obj) -> pathlib.Path:
+  """Write atomically (temp file + rename): a crash never leaves half a file behind."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(_plain(obj), indent=2) + "\n")
+  os.replace(tmp, path)
+  return path
+
+
+def write_history(workdir, history: Sequence[Mapping[str, Any]]) -> pathlib.Path:
+  """history.json: one {epoch, train_loss, train_accuracy, val_loss, val_accuracy, seconds} per epoch."""
+  return write_json(pathlib.Path(workdir) / HISTORY_FILE, [dict(h) for h in history])
+
+
+def read_history(workdir) -> list[dict]:
+  """The epochs a run has finished so far ([] when it has not finished one)."""
+  path = pathlib.Path(workdir) / HISTORY_FILE
+  if not path.exists():
+    return []
+  return json.loads(path.read_text())
+
+
+def metrics_from_confusion(confusion, class_names: Sequence[str]) -> dict:
+  """Accuracy, example count and per-class accuracy (recall) from a [true, predicted] count matrix."""
+  cm = np.asarray(confusion, dtype=np.int64)
+  if cm.shape != (len(class_names), len(class_names)):
+    raise ValueError(f"confusion matrix of shape {cm.shape} does not fit {len(class_names)} classes")
+  total = int(cm.sum())
+  rows = cm.sum(axis=1)
+  per_class = {name: (float(cm[i, i] / rows[i]) if rows[i] else None)
+               for i, name in enumerate(class_names)}
+  return {"accuracy": float(np.trace(cm) / total) if total else None,
+          "num_examples": total,
+          "per_class_accuracy": per_class}
+
+
+def write_eval_json(path, *, accuracy: float, loss: float, num_examples: int,
+                    per_class_accuracy: Mapping[str, float | None], split: str,
+                    class_names: Sequence[str] | None = None, confusion=None,
+                    **extra) -> pathlib.Path:
+  """eval.json: the final numbers of one evaluation. `extra` (e.g. checkpoint step) is kept too."""
+  record = {"split": split, "accuracy": accuracy, "loss": loss, "num_examples": int(num_examples),
+            "per_class_accuracy": dict(per_class_accuracy)}
+  if class_names is not None:
+    record["class_names"] = list(class_names)
+  if confusion is not None:
+    record["confusion_matrix"] = np.asarray(confusion).astype(int).tolist()
+  record.update(extra)
+  return write_json(path, record)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+def _new_figure(width: float, height: float, layout: str | None = None) -> Figure:
+  fig = Figure(figsize=(width, height), dpi=100, layout=layout)
+  FigureCanvasAgg(fig)
+  return fig
+
+
+def _save(fig: Figure, path) -> pathlib.Path:
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, bbox_inches="tight")
+  return path
+
+
+def _series(history, key) -> np.ndarray:
+  return np.array([np.nan if h.get(key) is None else float(h[key]) for h in history], np.float64)
+
+
+def plot_curves(history: Sequence[Mapping[str, Any]], path) -> pathlib.Path:
+  """Loss and accuracy per epoch, training vs validation: the tutorial's two plots side by side."""
+  if not history:
+    raise ValueError("plot_curves: the history is empty (no finished epoch)")
+  epochs = _series(history, "epoch")
+  fig = _new_figure(11, 4.2)
+  for ax, metric in zip(fig.subplots(1, 2), ("loss", "accuracy")):
+    for split, style, label in (("train", "o-", "Training"), ("val", "s--", "Validation")):
+      values = _series(history, f"{split}_{metric}")
+      if np.isfinite(values).any():
+        ax.plot(epochs, values, style, markersize=4, label=f"{label} {metric}")
+    ax.set_title(f"Training and validation {metric}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    if metric == "accuracy":
+      ax.set_ylim(-0.02, 1.02)
+    if len(epochs) <= 20:
+      ax.set_xticks(epochs)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def plot_confusion_matrix(confusion, class_names: Sequence[str], path,
+                          title: str | None = None) -> pathlib.Path:
+  """Counts written in each cell; colour is the row-normalised share, so rare classes read too."""
+  cm = np.asarray(confusion, dtype=np.int64)
+  n = len(class_names)
+  if cm.shape != (n, n):
+    raise ValueError(f"confusion matrix of shape {cm.shape} does not fit {n} classes")
+  rows = cm.sum(axis=1, keepdims=True)
+  share = np.divide(cm, rows, out=np.zeros(cm.shape, np.float64), where=rows > 0)
+  size = max(4.0, 1.1 * n + 2.0)
+  fig = _new_figure(size + 1.0, size)
+  ax = fig.subplots()
+  image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+  ax.set_xticks(range(n), labels=class_names, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+  ax.set_yticks(range(n), labels=class_names)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  total = int(cm.sum())
+  acc = np.trace(cm) / total if total else float("nan")
+  ax.set_title(title or f"Confusion matrix ({total} examples, accuracy {acc:.1%})")
+  for i in range(n):
+    for j in range(n):
+      ax.text(j, i, f"{cm[i, j]}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=10,
+              color="white" if share[i, j] > 0.5 else "black")
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def plot_prediction_grid(images, labels: Sequence[str], probs: Sequence[float], path,
+                         true_labels: Sequence[str | None] | None = None,
+                         titles: Sequence[str] | None = None, ncols: int | None = None,
+                         max_images: int = 64) -> pathlib.Path:
+  """Images titled with the predicted label and its probability; red where a known truth differs.
+
+  images: uint8 (or float in [0, 255]) [N, H, W, 3] RGB; labels/probs: the predicted class name and
+  its probability; true_labels: the truth per image (None where unknown); titles: e.g. file names,
+  shown under the prediction.
+  """
+  images = np.asarray(images)
+  n = min(len(images), max_images)
+  if n == 0:
+    raise ValueError("plot_prediction_grid: no images")
+  if not (len(labels) >= n and len(probs) >= n):
+    raise ValueError("plot_prediction_grid: need one label and one probability per image")
+  ncols = ncols or min(n, max(4, math.ceil(math.sqrt(n))), 8)
+  nrows = math.ceil(n / ncols)
+  title_lines = 1 + (true_labels is not None) + (titles is not None)
+  fig = _new_figure(2.3 * ncols, (2.2 + 0.2 * title_lines) * nrows, layout="constrained")
+  axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+  for i, ax in enumerate(axes):
+    ax.axis("off")
+    if i >= n:
+      continue
+    img = images[i]
+    ax.imshow(img if img.dtype == np.uint8 else np.clip(img, 0, 255).astype(np.uint8))
+    text = f"{labels[i]} {float(probs[i]):.1%}"
+    truth = true_labels[i] if true_labels is not None else None
+    wrong = truth is not None and truth != labels[i]
+    if wrong:
+      text += f"\n(true: {truth})"
+    if titles is not None:
+      text += f"\n{_shorten(titles[i])}"
+    ax.set_title(text, fontsize=9, color=WRONG_COLOR if wrong else RIGHT_COLOR)
+  return _save(fig, path)
+
+
+def _shorten(text: str, width: int = 22) -> str:
+  text = str(text)
+  return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+# ---------------------------------------------------------------------------------------------
+# The end-of-training report
+
+def write_training_report(workdir, history: Sequence[Mapping[str, Any]], confusion,
+                          class_names: Sequence[str], eval_metrics: Mapping[str, Any],
+                          split: str = "validation") -> dict[str, pathlib.Path]:
+  """history.json, curves.png, confusion_matrix.png and eval.json for a finished run.
+
+  eval_metrics holds at least `loss` (and may hold accuracy, num_examples, per_class_accuracy,
+  split, anything else to record); what is missing is computed from the confusion matrix, which
+  counts every evaluated example once.
+  """
+  workdir = pathlib.Path(workdir)
+  paths = {"history": write_history(workdir, history)}
+  if history:
+    paths["curves"] = plot_curves(history, workdir / "curves.png")
+  paths.update(write_eval_report(workdir, confusion, class_names, eval_metrics,
+                                 split=eval_metrics.get("split", split)))
+  return paths
+
+
+def write_eval_report(workdir, confusion, class_names: Sequence[str], eval_metrics: Mapping[str, Any],
+                      split: str, suffix: str = "") -> dict[str, pathlib.Path]:
+  """eval{suffix}.json and confusion_matrix{suffix}.png for one evaluation."""
+  workdir = pathlib.Path(workdir)
+  derived = metrics_from_confusion(confusion, class_names)
+  metrics = {**derived, **{k: v for k, v in eval_metrics.items() if v is not None}}
+  metrics["split"] = split
+  extra = {k: v for k, v in metrics.items() if k not in EVAL_KEYS}
+  extra.pop("class_names", None)
+  extra.pop("confusion_matrix", None)
+  title = (f"{split}: {metrics['num_examples']} examples, accuracy {metrics['accuracy']:.1%}"
+           if metrics.get("accuracy") is not None else None)
+  return {
+      "eval": write_eval_json(workdir / f"eval{suffix}.json", accuracy=metrics.get("accuracy"),
+                              loss=metrics.get("loss"), num_examples=metrics["num_examples"],
+                              per_class_accuracy=metrics["per_class_accuracy"], split=split,
+                              class_names=class_names, confusion=confusion, **extra),
+      "confusion_matrix": plot_confusion_matrix(confusion, class_names,
+                                                workdir / f"confusion_matrix{suffix}.png", title=title),
+  }
