@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
 HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
 EVAL_KEYS = ("split", "accuracy", "loss", "num_examples", "per_class_accuracy")
@@ -46,6 +47,45 @@ def write_json(path, obj) -> pathlib.Path:
   tmp.write_text(json.dumps(_plain(obj), indent=2) + "\n")
   os.replace(tmp, path)
   return path
+
+
+def config_to_dict(config) -> dict:
+  return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+def write_config(workdir, config) -> pathlib.Path:
+  """config.json: the resolved config of the run (recipe + command-line overrides)."""
+  return write_json(pathlib.Path(workdir) / CONFIG_FILE, config_to_dict(config))
+
+
+def read_config(workdir):
+  """The ConfigDict a workdir was trained with (JSON lists back to the tuples configs use)."""
+  import ml_collections  # noqa: PLC0415 (only callers that read a run need it)
+
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: is {workdir} the --workdir of a training run?")
+
+  def tuples(value):
+    if isinstance(value, dict):
+      return {k: tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+      return tuple(tuples(v) for v in value)
+    return value
+
+  return ml_collections.ConfigDict(tuples(json.loads(path.read_text())))
+
+
+def config_changes(old: Mapping, new: Mapping, prefix: str = "config") -> list[str]:
+  """'key: old -> new' for every leaf that differs between two config dicts."""
+  changes = []
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key), new.get(key)
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+      changes += config_changes(a, b, f"{prefix}.{key}")
+    elif _plain(a) != _plain(b):
+      changes.append(f"{prefix}.{key}: {a!r} -> {b!r}")
+  return changes
 
 
 def write_history(workdir, history: Sequence[Mapping[str, Any]]) -> pathlib.Path:
