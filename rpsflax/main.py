@@ -1,0 +1,167 @@
+r"""Train or evaluate one config; everything a run produces lands in its workdir.
+
+Train (and evaluate on the validation split at the end); re-running the same command resumes:
+
+  python -m rpsflax.main --config=configs/rps.py --workdir=runs/rps \
+      --config.data.dir=/path/to/rps --config.weights=weights/vgg16_notop
+
+Evaluate a trained workdir (its config.json and best checkpoint) on a split or another folder:
+
+  python -m rpsflax.main --mode=evaluate --workdir=runs/catsdogs --split=holdout
+  python -m rpsflax.main --mode=evaluate --workdir=runs/rps --data_dir=/path/to/rps-test-set
+
+Mistakes a user can fix (bad config value, missing data or weights) end with one message naming
+the key or path and the flag that fixes it, and exit status 2; real bugs keep their traceback.
+"""
+
+import os
+
+# Before anything can import TensorFlow: quiet its C++ logging. The input pipeline hides the GPUs
+# from TensorFlow on import (tf.config.set_visible_devices([], 'GPU')) so JAX keeps the memory.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pathlib  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from rpsflax import config_check, report  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+EXIT_USER_ERROR = 2
+
+
+class RunError(ValueError):
+  """A mistake in how the command was called (missing workdir, config, checkpoint)."""
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+  """Exceptions that mean "the user can fix this": reported in one message, no traceback."""
+  types: list[type[BaseException]] = [RunError, config_check.ConfigError]
+  for module, name in (("rpsflax.data_files", "DataError"), ("rpsflax.input_pipeline", "DataError"),
+                       ("rpsflax.weights", "WeightsError"), ("rpsflax.checkpoint", "CheckpointError")):
+    mod = sys.modules.get(module)  # only modules already imported can have raised
+    if mod is not None and isinstance(getattr(mod, name, None), type):
+      types.append(getattr(mod, name))
+  return tuple(types)
+
+
+def init_distributed(config) -> None:
+  """jax.distributed.initialize from config.distributed (no-op on a single host)."""
+  d = config.distributed
+  if not d.initialize:
+    return
+  import jax  # noqa: PLC0415
+
+  jax.distributed.initialize(coordinator_address=d.coordinator_address or None,
+                             num_processes=d.num_processes or None,
+                             process_id=d.process_id if d.process_id >= 0 else None)
+
+
+def is_chief() -> bool:
+  import jax  # noqa: PLC0415
+
+  return jax.process_index() == 0
+
+
+def save_config(config, workdir: pathlib.Path) -> None:
+  """Write config.json; say what changed when an existing run is resumed with different settings."""
+  path = workdir / report.CONFIG_FILE
+  if path.exists():
+    import json  # noqa: PLC0415
+
+    changes = report.config_changes(json.loads(path.read_text()), report.config_to_dict(config))
+    if changes:
+      logging.warning("The config differs from the one %s was started with:\n  %s", workdir,
+                      "\n  ".join(changes))
+  report.write_config(workdir, config)
+
+
+def preflight(config, workdir: pathlib.Path) -> None:
+  """Fail in seconds, before any model is built or data decoded, when data or weights are missing."""
+  from rpsflax import train  # noqa: PLC0415  (imports the pipeline, which hides GPUs from TF)
+
+  check = getattr(train, "preflight", None)
+  if check is not None:
+    check(config, workdir)
+
+
+def train(config, workdir: pathlib.Path) -> dict:
+  config_check.check_config(config)
+  init_distributed(config)
+  workdir.mkdir(parents=True, exist_ok=True)
+  preflight(config, workdir)
+  if is_chief():
+    save_config(config, workdir)
+  from rpsflax import train as train_lib  # noqa: PLC0415
+
+  return train_lib.train_and_evaluate(config, workdir)
+
+
+def evaluate(config, workdir: pathlib.Path, split: str, data_dir: str) -> dict:
+  if not workdir.is_dir():
+    raise RunError(f"--workdir={workdir} does not exist: train first (--mode=train)")
+  if config is None:
+    try:
+      config = report.read_config(workdir)
+    except FileNotFoundError as e:
+      raise RunError(f"{e} Pass --config=... as well, or train first.") from None
+  config_check.check_config(config)
+  init_distributed(config)
+  from rpsflax import train as train_lib  # noqa: PLC0415
+
+  return train_lib.evaluate(config, workdir, split=split, data_dir=data_dir or None)
+
+
+def summary(metrics) -> str:
+  if not isinstance(metrics, dict):
+    return str(metrics)
+  keys = ("split", "accuracy", "loss", "num_examples")
+  parts = [f"{k}={metrics[k]:.4f}" if isinstance(metrics.get(k), float) else f"{k}={metrics[k]}"
+           for k in keys if metrics.get(k) is not None]
+  return " ".join(parts) or str(metrics)
+
+
+def define_flags() -> None:
+  """The command's flags; defined when run as a program, so importing this module has no side effects."""
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, reports (created if missing).")
+  config_flags.DEFINE_config_file(
+      "config", None, "Recipe file, e.g. configs/rps.py; override fields with --config.KEY=VALUE. "
+      "Optional with --mode=evaluate (the workdir's config.json is used).", lock_config=True)
+  flags.DEFINE_enum("mode", "train", ["train", "evaluate"],
+                    "train: train (resuming from the latest checkpoint) then evaluate; "
+                    "evaluate: evaluate the best checkpoint of a trained workdir only.")
+  flags.DEFINE_enum("split", "validation", ["validation", "holdout", "train"],
+                    "--mode=evaluate: which split of the run's data to evaluate.")
+  flags.DEFINE_string("data_dir", "", "--mode=evaluate: evaluate on this folder of class subfolders "
+                      "(or Kaggle-style names) instead of a split of the run's data.")
+  flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  workdir = pathlib.Path(FLAGS.workdir).expanduser()
+  start = time.time()
+  try:
+    if FLAGS.mode == "train":
+      if FLAGS.config is None:
+        raise RunError("--config is required to train, e.g. --config=configs/rps.py")
+      if FLAGS.data_dir or FLAGS["split"].present:
+        raise RunError("--split and --data_dir belong to --mode=evaluate; to train on a folder use "
+                       "--config.data.dir=FOLDER")
+      metrics = train(FLAGS.config, workdir)
+    else:
+      metrics = evaluate(FLAGS.config, workdir, FLAGS.split, FLAGS.data_dir)
+  except user_error_types() as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USER_ERROR)
+  logging.info("%s done in %.0fs: %s", FLAGS.mode, time.time() - start, summary(metrics))
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

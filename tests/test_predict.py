@@ -1,0 +1,179 @@
+"""predict.py: Kaggle ids and submission CSV, output files, labels from names, and the model path.
+
+The model tests build a small trained-looking workdir (config.json + a 'best' checkpoint of the
+cats-vs-dogs CNN at its smallest input size) without training, then check what predict writes
+against the model applied directly.
+"""
+
+import csv
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rpsflax import predict, report
+
+CATSDOGS = ["cat", "dog"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers
+
+def test_file_id():
+  assert predict.file_id("test1/1234.jpg") == 1234
+  assert predict.file_id(pathlib.Path("7.png")) == 7
+  for bad in ("cat.1.jpg", "a12.jpg", "12a.jpg"):
+    with pytest.raises(predict.PredictError, match="numerically named"):
+      predict.file_id(bad)
+
+
+def test_positive_class():
+  assert predict.positive_class(CATSDOGS) == "dog"
+  assert predict.positive_class(["dog", "zebra"]) == "dog"  # 'dog' wins wherever it is
+  assert predict.positive_class(["neg", "pos"]) == "pos"
+  assert predict.positive_class(["paper", "rock", "scissors"], "rock") == "rock"
+  with pytest.raises(predict.PredictError, match="--positive_class"):
+    predict.positive_class(["paper", "rock", "scissors"])
+  with pytest.raises(predict.PredictError, match="model's classes"):
+    predict.positive_class(CATSDOGS, "horse")
+
+
+@pytest.mark.parametrize("path,expected", [
+    ("data/rock/img1.png", "rock"),
+    ("validation/dogs/dog.2001.jpg", "dog"),     # plural folder (cats_and_dogs_filtered)
+    ("train/cat.12.jpg", "cat"),                 # Kaggle prefix
+    ("rps/validation/paper3.png", "paper"),      # RPS validation prefix
+    ("rps/validation/rock-hires1.png", "rock"),
+    ("x/scissors/s.png", "scissors"),
+    ("test1/12.jpg", None),
+    ("photos/catalog.jpg", None),                # 'catalog' is not 'cat'
+])
+def test_guess_true_label(path, expected):
+  names = ["cat", "dog", "paper", "rock", "scissors"]
+  assert predict.guess_true_label(path, names) == expected
+
+
+def test_write_submission_sorted_numeric(tmp_path):
+  path = predict.write_submission(tmp_path / "sub.csv", [10, 2, 9, 1], [0.9, 0.2, 1.0, 0.0])
+  lines = path.read_text().splitlines()
+  assert lines[0] == "id,label"
+  rows = [line.split(",") for line in lines[1:]]
+  assert [int(r[0]) for r in rows] == [1, 2, 9, 10]  # numeric order, not '1, 10, 2, 9'
+  assert [float(r[1]) for r in rows] == [0.0, 0.2, 1.0, 0.9]
+  with pytest.raises(predict.PredictError, match="twice"):
+    predict.write_submission(tmp_path / "dup.csv", [3, 3], [0.1, 0.2])
+
+
+def test_write_predictions_csv_json(tmp_path):
+  rows = [{"file": "a/1.png", "label": "dog", "probability": 0.75,
+           "probabilities": {"cat": 0.25, "dog": 0.75}}]
+  with open(predict.write_predictions(tmp_path / "p.csv", rows, CATSDOGS), newline="") as f:
+    got = list(csv.reader(f))
+  assert got == [["file", "label", "probability", "p_cat", "p_dog"],
+                 ["a/1.png", "dog", "0.750000", "0.250000", "0.750000"]]
+  data = json.loads(predict.write_predictions(tmp_path / "p.json", rows, CATSDOGS).read_text())
+  assert data == {"class_names": CATSDOGS, "predictions": rows}
+  with pytest.raises(predict.PredictError, match=".csv or a .json"):
+    predict.write_predictions(tmp_path / "p.txt", rows, CATSDOGS)
+
+
+def test_run_refuses_bad_arguments_before_loading_a_model(tmp_path):
+  (tmp_path / "test").mkdir()
+  Image.new("RGB", (8, 8)).save(tmp_path / "test" / "cat.1.jpg")
+  with pytest.raises(predict.PredictError, match="numerically named"):
+    predict.run(tmp_path / "no-run", [tmp_path / "test"], submission=str(tmp_path / "s.csv"))
+  with pytest.raises(predict.PredictError, match=".csv or a .json"):
+    predict.run(tmp_path / "no-run", [tmp_path / "test"], output=str(tmp_path / "p.xlsx"))
+  with pytest.raises(predict.PredictError, match="no config.json"):
+    predict.run(tmp_path / "no-run", [tmp_path / "test"])
+
+
+# ---------------------------------------------------------------------------------------------
+# With a model
+
+@pytest.fixture(scope="module")
+def catsdogs_workdir(tmp_path_factory):
+  """A workdir holding config.json and a 'best' checkpoint of a randomly initialised small CNN."""
+  import jax
+
+  from rpsflax import checkpoint, config_base, config_check, models, train
+
+  workdir = tmp_path_factory.mktemp("catsdogs_run")
+  config = config_base.load_sibling(str(pathlib.Path(__file__).parents[1] / "configs" / "x.py"),
+                                    "catsdogs").get_config()
+  config.data.image_size = config_check.min_image_size("cnn")
+  config.head.hidden = (16,)
+  report.write_config(workdir, config)
+  model = models.build_model(config)
+  state = train.create_train_state(config, model, rng=jax.random.PRNGKey(3))
+  # Make the output depend strongly on the image, so a mix-up of images shows.
+  state = state.replace(params=jax.tree.map(lambda p: p * 4.0, state.params))
+  with checkpoint.Checkpoints(workdir, async_save=False) as ckpts:
+    ckpts.save(state, {"step": 1, "epoch": 1, "class_names": CATSDOGS}, which=checkpoint.BEST)
+  return workdir, config, model, state.params
+
+
+@pytest.fixture(scope="module")
+def kaggle_test_folder(tmp_path_factory):
+  """Kaggle's unlabelled test layout: N.jpg, plus one corrupt file that must be skipped."""
+  folder = tmp_path_factory.mktemp("test1")
+  rng = np.random.default_rng(0)
+  for i in (1, 2, 3, 10, 11):
+    size = (40 + 7 * i, 50 + 3 * i)  # sizes differ and differ from the model's input
+    Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(folder / f"{i}.jpg")
+  Image.fromarray(rng.integers(0, 256, (30, 30), dtype=np.uint8)).save(folder / "4.jpg")  # gray
+  (folder / "5.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+  return folder
+
+
+def _expected_dog_probability(predictor, files, model, params):
+  """Independent reference: load, rescale by 1/255 and apply the model, one image at a time."""
+  images, ok, _ = predictor.load(files)
+  x = images.astype(np.float32) * np.float32(1 / 255)
+  logits = np.concatenate([np.asarray(model.apply({"params": params}, x[i:i + 1]))
+                           for i in range(len(x))])
+  return {str(p): float(1 / (1 + np.exp(-z))) for p, z in zip(ok, logits[:, 0])}
+
+
+def test_submission_end_to_end(tmp_path, catsdogs_workdir, kaggle_test_folder, capsys):
+  workdir, _, model, params = catsdogs_workdir
+  sub, out_csv, grid = tmp_path / "submission.csv", tmp_path / "preds.csv", tmp_path / "grid.png"
+  rows = predict.run(workdir, [kaggle_test_folder], batch_size=4, submission=str(sub),
+                     output=str(out_csv), grid=str(grid))
+  printed = capsys.readouterr()
+  assert "5.jpg" in printed.err  # the corrupt file is reported ...
+  assert len(rows) == 6 and all(not r["file"].endswith("5.jpg") for r in rows)  # ... and skipped
+
+  lines = sub.read_text().splitlines()
+  assert lines[0] == "id,label"
+  ids = [int(line.split(",")[0]) for line in lines[1:]]
+  probs = [float(line.split(",")[1]) for line in lines[1:]]
+  assert ids == [1, 2, 3, 4, 10, 11]
+  assert all(0.0 <= p <= 1.0 for p in probs)
+
+  predictor = predict.Predictor(workdir, batch_size=4)
+  files = sorted(kaggle_test_folder.iterdir())
+  expected = _expected_dog_probability(predictor, files, model, params)
+  by_id = {int(pathlib.Path(f).stem): p for f, p in expected.items()}
+  np.testing.assert_allclose(probs, [by_id[i] for i in ids], atol=2e-6)
+  assert len(set(np.round(probs, 4))) > 1  # the images give different answers
+
+  with open(out_csv, newline="") as f:
+    table = list(csv.DictReader(f))
+  for r in table:
+    p_dog = float(r["p_dog"])
+    assert float(r["p_cat"]) == pytest.approx(1 - p_dog, abs=2e-6)
+    assert r["label"] == ("dog" if p_dog > 0.5 else "cat")
+  assert grid.stat().st_size > 5000
+
+
+def test_batch_size_does_not_change_predictions(catsdogs_workdir, kaggle_test_folder):
+  workdir = catsdogs_workdir[0]
+  files = sorted(kaggle_test_folder.glob("*.jpg"))
+  a = predict.predict_files(predict.Predictor(workdir, batch_size=1), files)[0]
+  b = predict.predict_files(predict.Predictor(workdir, batch_size=64), files, chunk=2)[0]
+  assert [r["file"] for r in a] == [r["file"] for r in b]
+  np.testing.assert_allclose([r["probabilities"]["dog"] for r in a],
+                             [r["probabilities"]["dog"] for r in b], atol=1e-6)
