@@ -1,0 +1,609 @@
+"""Keras weight files -> Flax parameters, matched by Keras layer name and checked against the module.
+
+Keras and Flax share NHWC, HWIO conv kernels and (in, out) dense kernels, so converting is
+renaming: every Keras layer is matched BY NAME, through a layer map {keras layer name: Flax module
+path}, to a Flax module whose shapes come from the module's own init. Nothing is matched by position.
+
+Keras layouts read:
+- legacy HDF5 (the released VGG16 files, Keras 2 `save_weights('x.h5')`, full-model `.h5` saves
+  whose weights sit under `model_weights/`): root attribute `layer_names`; each layer group has an
+  attribute `weight_names` in the layer's weight order (kernel, then bias).
+- Keras 3 `.weights.h5`: groups `layers/<key>/vars/0, 1, ...` where <key> is the class-based
+  path (`conv2d_3`); the layer's own name is the `name` attribute of its `vars` group.
+- `.keras` zip: opened with `keras.saving.load_model(safe_mode=True, compile=False)`, so nothing
+  is unpickled from a user file, then read layer by layer.
+
+A converted folder (`weights/<name>/`) is an Orbax checkpoint of the variables in `params/` plus
+`manifest.json` (source file and md5, Keras layer -> Flax path, shapes), written last: a folder
+without it is an unfinished conversion and is refused.
+
+No TensorFlow at import time: Keras is imported only to download a release file or read `.keras`.
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import zipfile
+from collections.abc import Mapping
+from typing import Any, Iterable
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rpsflax.models.vgg import VGG16, VGG16_TOP, vgg16_layer_names
+
+
+class WeightsError(ValueError):
+  """A weights file or folder that cannot be used; the message names the file, layer and fix."""
+
+
+# Official Keras release files, as in keras/src/applications/vgg16.py (URL, md5).
+_RELEASE_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
+VGG16_RELEASES = {
+    False: ("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            _RELEASE_BASE + "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            "6d6bbae143d832006294945121d1f1fc"),
+    True: ("vgg16_weights_tf_dim_ordering_tf_kernels.h5",
+           _RELEASE_BASE + "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
+           "64373286793e3c8b2b4e3219cbf3544b"),
+}
+
+# The repository's weights/ folder: where the converter writes by default.
+WEIGHTS_DIR = pathlib.Path(__file__).resolve().parents[1] / "weights"
+MANIFEST = "manifest.json"
+CHECKPOINT = "params"
+FORMAT = "rpsflax-converted-weights/1"
+
+# Keras lists a layer's weights kernel first, then bias; Flax names them.
+_KERAS_ORDER = {"kernel": 0, "embedding": 0, "scale": 0, "bias": 1}
+
+Weights = dict[str, list[np.ndarray]]
+LayerMap = Mapping[str, tuple[str, ...]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading Keras files.
+
+def read_keras_weights(path) -> Weights:
+  """{keras layer name: [arrays in Keras order]} for every layer of the file that has weights."""
+  return _read_keras_file(path)[0]
+
+
+def _read_keras_file(path) -> tuple[Weights, str]:
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise WeightsError(f"{path}: no such file (expected a Keras weights file: a legacy .h5, "
+                       "a Keras 3 .weights.h5 or a .keras model)")
+  if os.path.isdir(path):
+    raise WeightsError(f"{path} is a folder, not a Keras weights file; a folder written by "
+                       "scripts/convert_keras_weights.py loads with load_converted()")
+  if h5py.is_hdf5(path):
+    return _read_h5(path)
+  if zipfile.is_zipfile(path):
+    return _read_keras_zip(path), "keras-zip"
+  with open(path, "rb") as f:
+    head = f.read(16)
+  raise WeightsError(
+      f"{path}: not a Keras weights file: expected HDF5 (the legacy release .h5 such as "
+      f"{VGG16_RELEASES[False][0]}, or a Keras 3 .weights.h5) or a .keras zip archive, but it is "
+      f"neither ({os.path.getsize(path)} bytes, starting {head!r}). A truncated download or "
+      "an HTML error page saved under the file's name looks like this.")
+
+
+def _read_h5(path) -> tuple[Weights, str]:
+  try:
+    f = h5py.File(path, "r")
+  except OSError as e:
+    raise WeightsError(f"{path}: HDF5 file that cannot be opened ({e}); is it truncated?") from e
+  with f:
+    root = f
+    if not _has_attr_list(f, "layer_names") and "model_weights" in f:
+      root = f["model_weights"]  # a legacy full-model save (model.save('x.h5'))
+    if _has_attr_list(root, "layer_names"):
+      return _read_legacy(root, path), "legacy-h5"
+    if "layers" in f or "vars" in f:
+      return _read_keras3(f, path), "keras3-weights-h5"
+    raise WeightsError(
+        f"{path}: HDF5 file without Keras weights: no root attribute 'layer_names' (legacy "
+        "layout) and no 'layers' group (Keras 3 .weights.h5); top-level entries: "
+        f"{sorted(f)[:10]}")
+
+
+def _decode(x) -> str:
+  return x.decode("utf8") if isinstance(x, bytes) else str(x)
+
+
+def _has_attr_list(group, name) -> bool:
+  return name in group.attrs or f"{name}0" in group.attrs
+
+
+def _attr_list(group, name) -> list[str]:
+  """A list-of-strings attribute; Keras splits long ones into name0, name1, ..."""
+  if name in group.attrs:
+    return [_decode(v) for v in np.atleast_1d(group.attrs[name])]
+  out, i = [], 0
+  while f"{name}{i}" in group.attrs:
+    out += [_decode(v) for v in np.atleast_1d(group.attrs[f"{name}{i}"])]
+    i += 1
+  return out
+
+
+def _dataset(ds) -> np.ndarray:
+  if ds.attrs.get("dtype") in ("bfloat16", b"bfloat16"):  # how Keras 3 marks bf16 arrays
+    import ml_dtypes
+    return np.array(ds, dtype=ml_dtypes.bfloat16)
+  return np.asarray(ds[()])
+
+
+def _read_legacy(root, path) -> Weights:
+  out, problems = {}, []
+  for name in _attr_list(root, "layer_names"):
+    if name not in root:
+      problems.append(f"layer {name!r} is listed in 'layer_names' but has no group")
+      continue
+    group = root[name]
+    arrays = []
+    for wname in _attr_list(group, "weight_names"):
+      if wname not in group:
+        problems.append(f"layer {name!r}: weight {wname!r} is listed but missing")
+        continue
+      arrays.append(_dataset(group[wname]))
+    if arrays:
+      out[name] = arrays
+  if problems:
+    raise WeightsError(f"{path}: damaged legacy Keras HDF5 file:\n  - " + "\n  - ".join(problems))
+  return out
+
+
+def _read_keras3(f, path) -> Weights:
+  out: Weights = {}
+
+  def add(name, arrays):
+    if name in out:
+      raise WeightsError(f"{path}: two layers are named {name!r}; layers are matched by name, "
+                         "so names must be unique")
+    out[name] = arrays
+
+  def visit(group):
+    layers = group.get("layers")
+    if not isinstance(layers, h5py.Group):
+      return
+    for key in layers:
+      sub = layers[key]
+      vars_ = sub.get("vars")
+      if isinstance(vars_, h5py.Group):
+        name = _decode(vars_.attrs.get("name", key))
+        arrays = [_dataset(vars_[k]) for k in sorted(vars_, key=_numeric_key)]
+        if arrays:
+          add(name, arrays)
+      visit(sub)  # nested models keep their own layers/ group
+
+  visit(f)
+  top = f.get("vars")
+  if isinstance(top, h5py.Group) and len(top):  # weights held by the model itself
+    add(_decode(top.attrs.get("name", "model")), [_dataset(top[k]) for k in sorted(top, key=_numeric_key)])
+  return out
+
+
+def _numeric_key(k: str):
+  return (0, int(k), "") if k.isdigit() else (1, 0, k)
+
+
+def _read_keras_zip(path) -> Weights:
+  with zipfile.ZipFile(path) as z:
+    names = set(z.namelist())
+  if "config.json" not in names:
+    raise WeightsError(f"{path}: a zip archive but not a .keras model (no config.json inside)")
+  if not str(path).endswith(".keras"):
+    raise WeightsError(f"{path}: a .keras model archive must be named *.keras for Keras to "
+                       "open it; rename it")
+  keras = _import_keras(f"read the .keras file {path}")
+  try:
+    model = keras.saving.load_model(path, safe_mode=True, compile=False)
+  except Exception as e:  # Keras raises many types here; all mean "cannot use this file"
+    raise WeightsError(
+        f"{path}: Keras could not load this .keras model with safe_mode=True "
+        f"({type(e).__name__}: {e}). Custom layers and lambdas are refused on purpose (nothing "
+        "is unpickled from a user file): save its weights with "
+        "model.save_weights('x.weights.h5') and pass that file instead.") from e
+  out: Weights = {}
+
+  def visit(layers):
+    for layer in layers:
+      if isinstance(layer, keras.Model):
+        visit(layer.layers)
+        continue
+      arrays = [np.asarray(w) for w in layer.get_weights()]
+      if arrays:
+        if layer.name in out:
+          raise WeightsError(f"{path}: two layers are named {layer.name!r}; names must be unique")
+        out[layer.name] = arrays
+
+  visit(model.layers)
+  return out
+
+
+def _import_keras(why: str):
+  try:
+    import keras
+  except ImportError as e:
+    raise WeightsError(f"Keras (TensorFlow) is needed to {why} but is not installed: "
+                       "pip install tensorflow, or convert the file on a machine that has it "
+                       "(scripts/convert_keras_weights.py) and pass the converted folder") from e
+  return keras
+
+
+# ---------------------------------------------------------------------------------------------
+# Matching Keras layers to Flax modules.
+
+def _flatten(tree, prefix=()) -> dict[tuple[str, ...], Any]:
+  if isinstance(tree, Mapping):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, prefix + (k,)))
+    return out
+  return {prefix: tree}
+
+
+def _nest(flat: Mapping[tuple[str, ...], Any]) -> dict:
+  out: dict = {}
+  for path, leaf in flat.items():
+    node = out
+    for k in path[:-1]:
+      node = node.setdefault(k, {})
+    node[path[-1]] = leaf
+  return out
+
+
+def _subtree(tree, path):
+  for k in path:
+    if not isinstance(tree, Mapping) or k not in tree:
+      return None
+    tree = tree[k]
+  return tree
+
+
+def _fmt(names, shapes) -> str:
+  if names is None:
+    return ", ".join(str(tuple(s)) for s in shapes) or "no weights"
+  return ", ".join(f"{n} {tuple(s)}" for n, s in zip(names, shapes))
+
+
+def shapes_of(tree) -> dict:
+  """Nested dict of jax.ShapeDtypeStruct for a params tree of arrays or of ShapeDtypeStructs."""
+  return _nest({p: jax.ShapeDtypeStruct(tuple(np.shape(v)), v.dtype)
+                for p, v in _flatten(tree).items()})
+
+
+def match_weights(weights: Weights, shapes, layer_map: LayerMap, *, source: str,
+                  optional: Iterable[str] = (), ignore: Iterable[str] = ()
+                  ) -> tuple[dict[tuple[str, ...], np.ndarray], dict]:
+  """Match Keras layers to Flax modules by name and check every shape.
+
+  `shapes`: the Flax params tree (arrays or ShapeDtypeStructs) the weights must fit.
+  `layer_map`: Keras layer name -> path of the Flax module inside `shapes`.
+  `optional`: mapped layers the file may lack (e.g. a head). `ignore`: file layers to skip.
+  Returns ({flax param path: array}, manifest 'layers' entry) or raises ONE WeightsError listing
+  every missing, unexpected or mis-shaped weight.
+  """
+  optional, ignore = set(optional), set(ignore)
+  loaded, layers, problems = {}, {}, []
+  for kname, path in layer_map.items():
+    path = tuple(path)
+    where = "/".join(path)
+    module = _subtree(shapes, path)
+    if not isinstance(module, Mapping):
+      if kname in weights or kname not in optional:
+        problems.append(f"layer {kname!r} maps to Flax module '{where}', which this model does "
+                        "not have (check the model/head settings of the config)")
+      continue
+    order = sorted(module, key=lambda n: _KERAS_ORDER.get(n, 99))
+    if any(n not in _KERAS_ORDER or isinstance(module[n], Mapping) for n in order):
+      problems.append(f"layer {kname!r}: Flax module '{where}' has parameters {sorted(module)}; "
+                      "only kernel/bias layers convert")
+      continue
+    want = [tuple(module[n].shape) for n in order]
+    if kname not in weights:
+      if kname not in optional:
+        problems.append(f"missing layer {kname!r}: the model's '{where}' expects "
+                        f"{_fmt(order, want)}; the file has no layer of that name")
+      continue
+    got = [tuple(np.shape(w)) for w in weights[kname]]
+    if got != want:
+      problems.append(f"layer {kname!r} ('{where}'): expected {_fmt(order, want)}; "
+                      f"found {_fmt(None, got)}")
+      continue
+    for n, w in zip(order, weights[kname]):
+      loaded[path + (n,)] = np.asarray(w).astype(module[n].dtype, copy=False)
+    # In Keras' order (kernel, bias): JSON objects keep their order in Python.
+    layers[kname] = {"flax_path": where, "weights": {n: list(s) for n, s in zip(order, want)}}
+  for kname, arrays in weights.items():
+    if kname not in layer_map and kname not in ignore:
+      problems.append(f"unexpected layer {kname!r} ({_fmt(None, [np.shape(a) for a in arrays])}): "
+                      "this model has no layer of that name")
+  if problems:
+    found = set(weights) & set(layer_map)
+    hint = ("" if found else
+            f"\nNone of the model's layers ({', '.join(list(layer_map)[:6])}, ...) are in the file "
+            f"(it holds {', '.join(list(weights)[:6])}, ...): is it the weights of another model?")
+    raise WeightsError(f"{source}: {len(problems)} problem(s) matching its Keras layers to the "
+                       "Flax model by name:\n  - " + "\n  - ".join(problems) + hint)
+  return loaded, layers
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets: the Flax modules a Keras file converts into.
+
+def vgg16_target(include_top: bool = False):
+  """(param shapes, layer map, ignore) for the standalone `VGG16(include_top)`.
+
+  Without the top, a file's fc1/fc2/predictions are ignored, so a with-top file gives a backbone.
+  """
+  size = 224 if include_top else 32  # the top's fc1 fixes 224; conv shapes do not depend on it
+  shapes = jax.eval_shape(VGG16(include_top=include_top).init, jax.random.key(0),
+                          jnp.zeros((1, size, size, 3), jnp.float32))["params"]
+  layer_map = {n: (n,) for n in vgg16_layer_names(include_top)}
+  return shapes, layer_map, (() if include_top else VGG16_TOP)
+
+
+def model_target(config, image_size: int | None = None):
+  """(param shapes, layer map, optional layers) for `build_model(config)`: the head is optional."""
+  from rpsflax.models import build_model, keras_layer_map
+  size = image_size or config.data.image_size
+  model = build_model(config)
+  shapes = jax.eval_shape(model.init, jax.random.key(0),
+                          jnp.zeros((1, size, size, 3), jnp.float32))["params"]
+  layer_map = keras_layer_map(config)
+  return shapes, layer_map, default_optional(layer_map)
+
+
+def default_optional(layer_map: LayerMap) -> set[str]:
+  """Head layers are optional (a VGG16 notop file has none); backbone layers are required."""
+  return {k for k, p in layer_map.items() if tuple(p)[:1] == ("head",)}
+
+
+def convert_keras_file(path, shapes, layer_map: LayerMap, *, optional=(), ignore=(),
+                       description: str = "") -> tuple[dict, dict]:
+  """Keras file -> (variables {'params': numpy tree of the matched layers}, manifest)."""
+  weights, fmt = _read_keras_file(path)
+  loaded, layers = match_weights(weights, shapes, layer_map, source=os.fspath(path),
+                                 optional=optional, ignore=ignore)
+  manifest = {
+      "source": os.path.abspath(path),
+      "source_md5": file_md5(path),
+      "source_bytes": os.path.getsize(path),
+      "source_format": fmt,
+      "model": description,
+      "layers": layers,
+  }
+  return {"params": _nest(loaded)}, manifest
+
+
+def load_keras_h5(path, include_top: bool = False) -> dict:
+  """Keras VGG16 weights file -> {'params': ...} that `VGG16(include_top=...).apply` takes.
+
+  Any layout `read_keras_weights` reads. Every layer of the model must be in the file; with
+  include_top=False a file's top layers are ignored.
+  """
+  shapes, layer_map, ignore = vgg16_target(include_top)
+  variables, _ = convert_keras_file(path, shapes, layer_map, ignore=ignore)
+  _check_complete(variables["params"], shapes, os.fspath(path))
+  return jax.tree.map(jnp.asarray, variables)
+
+
+def _check_complete(params, shapes, source):
+  missing = set(_flatten(shapes)) - set(_flatten(params))
+  if missing:
+    raise WeightsError(f"{source}: no weights for {sorted('/'.join(p) for p in missing)}")
+
+
+def file_md5(path) -> str:
+  h = hashlib.md5()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Converted folders: Orbax checkpoint + manifest.json (written last).
+
+def save_converted(directory, variables: Mapping, manifest: Mapping) -> pathlib.Path:
+  """Write `variables` as an Orbax checkpoint in directory/params, then directory/manifest.json.
+
+  The manifest is the completion marker: an existing one is removed first, so a conversion that
+  dies half-way leaves a folder `load_converted` refuses rather than a stale-looking one.
+  """
+  import orbax.checkpoint as ocp
+  directory = pathlib.Path(directory).expanduser().resolve()
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / MANIFEST).unlink(missing_ok=True)
+  ckpt = directory / CHECKPOINT
+  if ckpt.exists():
+    shutil.rmtree(ckpt)
+  variables = jax.tree.map(np.asarray, dict(variables))
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(ckpt, variables)
+  flat = _flatten(variables)
+  manifest = dict(manifest)
+  manifest.update(
+      format=FORMAT,
+      checkpoint=CHECKPOINT,
+      num_params=int(sum(np.size(v) for v in flat.values())),
+      arrays={"/".join(p): {"shape": list(np.shape(v)), "dtype": str(v.dtype)}
+              for p, v in flat.items()},
+  )
+  tmp = directory / (MANIFEST + ".tmp")
+  tmp.write_text(_dumps(manifest))
+  os.replace(tmp, directory / MANIFEST)
+  return directory
+
+
+def _dumps(obj) -> str:
+  """Indented JSON with shape lists kept on one line."""
+  text = json.dumps(obj, indent=2)
+  return re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]",
+                text) + "\n"
+
+
+def read_manifest(directory) -> dict:
+  directory = pathlib.Path(directory)
+  redo = (f"; convert again: python scripts/convert_keras_weights.py --input FILE "
+          f"--output {directory}")
+  if not directory.is_dir():
+    raise WeightsError(f"{directory}: no such folder of converted weights{redo}")
+  path = directory / MANIFEST
+  if not path.is_file():
+    raise WeightsError(f"{directory}: no {MANIFEST}, so this folder is not a finished conversion "
+                       f"(the manifest is written last){redo}")
+  try:
+    manifest = json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise WeightsError(f"{path}: unreadable manifest ({e}){redo}") from e
+  if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(
+      manifest.get("arrays"), dict) or not isinstance(manifest.get("layers"), dict):
+    raise WeightsError(f"{path}: not a manifest of format {FORMAT!r}{redo}")
+  return manifest
+
+
+def load_converted(directory) -> dict:
+  """A folder written by `save_converted` -> variables ({'params': ...}).
+
+  Every array the manifest lists must be restored with its shape and dtype; anything else (an
+  unfinished or damaged folder) raises WeightsError and nothing is returned.
+  """
+  return _load_converted(directory)[0]
+
+
+def _load_converted(directory) -> tuple[dict, dict]:
+  import orbax.checkpoint as ocp
+  directory = pathlib.Path(directory).expanduser()
+  manifest = read_manifest(directory)
+  redo = (f"; convert again: python scripts/convert_keras_weights.py --input "
+          f"{manifest.get('source', 'FILE')} --output {directory}")
+  ckpt = (directory / manifest.get("checkpoint", CHECKPOINT)).resolve()
+  if not ckpt.is_dir():
+    raise WeightsError(f"{directory}: the checkpoint folder {ckpt.name}/ is missing{redo}")
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      restored = checkpointer.restore(ckpt)
+  except Exception as e:  # orbax/tensorstore raise many types for damaged folders
+    raise WeightsError(f"{directory}: the checkpoint in {ckpt.name}/ is incomplete or damaged "
+                       f"({type(e).__name__}: {str(e)[:300]}){redo}") from e
+  flat = {"/".join(p): np.asarray(v) for p, v in _flatten(restored).items()}
+  problems = []
+  for name, meta in manifest["arrays"].items():
+    if name not in flat:
+      problems.append(f"{name}: listed in the manifest, not in the checkpoint")
+    elif list(flat[name].shape) != list(meta["shape"]) or str(flat[name].dtype) != meta["dtype"]:
+      problems.append(f"{name}: manifest says {meta['dtype']}{tuple(meta['shape'])}, checkpoint "
+                      f"holds {flat[name].dtype}{flat[name].shape}")
+  problems += [f"{n}: in the checkpoint, not in the manifest" for n in flat
+               if n not in manifest["arrays"]]
+  if problems:
+    raise WeightsError(f"{directory}: checkpoint and manifest disagree:\n  - "
+                       + "\n  - ".join(problems) + redo)
+  return jax.tree.map(jnp.asarray, _nest({tuple(n.split("/")): v for n, v in flat.items()})), manifest
+
+
+def converted_as_keras(directory) -> Weights:
+  """A converted folder read back as {keras layer name: [arrays in Keras order]}."""
+  variables, manifest = _load_converted(directory)
+  params = variables["params"]
+  out = {}
+  for kname, entry in manifest["layers"].items():
+    module = _subtree(params, tuple(entry["flax_path"].split("/")))
+    try:
+      out[kname] = [np.asarray(module[n]) for n in entry["weights"]]
+    except (TypeError, KeyError) as e:
+      raise WeightsError(f"{directory}: manifest layer {kname!r} points at "
+                         f"'{entry['flax_path']}', which the checkpoint lacks") from e
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The official release and config.weights.
+
+def _keras_cache_candidates(fname: str) -> list[pathlib.Path]:
+  home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+  return [pathlib.Path(home) / "models" / fname, pathlib.Path("/tmp/.keras/models") / fname]
+
+
+def download_vgg16(include_top: bool = False) -> str:
+  """Path of the official Keras VGG16 ImageNet file, downloading it (md5-checked) when needed.
+
+  A copy already in Keras' cache (~/.keras/models, $KERAS_HOME) with the right md5 is used
+  without importing Keras; otherwise `keras.utils.get_file` fetches it.
+  """
+  fname, url, md5 = VGG16_RELEASES[bool(include_top)]
+  for cached in _keras_cache_candidates(fname):
+    if cached.is_file() and file_md5(cached) == md5:
+      return str(cached)
+  top = " --include-top" if include_top else ""
+  how = (f"Offline? Fetch {fname} (md5 {md5}) from {url} on a machine with internet, then either "
+         f"convert it: python scripts/convert_keras_weights.py --input /path/to/{fname}{top}, "
+         f"or train with it directly: --config.weights=/path/to/{fname} (or with the converted "
+         "folder: --config.weights=weights/vgg16_notop).")
+  keras = _import_keras(f"download {fname}")
+  try:
+    return keras.utils.get_file(fname, url, cache_subdir="models", file_hash=md5)
+  except Exception as e:  # get_file raises bare Exception on URL errors
+    raise WeightsError(f"could not download the Keras VGG16 ImageNet weights {fname} from {url} "
+                       f"({type(e).__name__}: {e}). {how}") from e
+
+
+def _imagenet_folder() -> pathlib.Path | None:
+  """weights/vgg16_notop when it holds a finished conversion of the official notop file."""
+  folder = WEIGHTS_DIR / "vgg16_notop"
+  try:
+    manifest = read_manifest(folder)
+  except WeightsError:
+    return None
+  return folder if manifest.get("source_md5") == VGG16_RELEASES[False][2] else None
+
+
+def weights_for_spec(spec: str) -> tuple[Weights, str]:
+  """config.weights -> ({keras layer: arrays}, description of the source)."""
+  if spec == "imagenet":
+    folder = _imagenet_folder()
+    if folder is not None:
+      return converted_as_keras(folder), str(folder)
+    path = download_vgg16(include_top=False)
+    return read_keras_weights(path), path
+  path = pathlib.Path(spec).expanduser()
+  if path.is_dir():
+    return converted_as_keras(path), str(path)
+  if path.is_file():
+    return read_keras_weights(path), str(path)
+  raise WeightsError(
+      f"config.weights={spec!r}: no such file or folder. Use 'imagenet' (the Keras VGG16 "
+      "release, downloaded once), a folder written by scripts/convert_keras_weights.py (e.g. "
+      "weights/vgg16_notop), a Keras .h5 / .weights.h5 / .keras file, or '' to keep the random "
+      "initialisation.")
+
+
+def load_for_model(spec: str, params: Mapping, layer_map: LayerMap, *,
+                   optional: Iterable[str] | None = None, ignore: Iterable[str] = ()) -> dict:
+  """Fill `params` (a model's initialised params) with the weights named by config.weights.
+
+  spec: 'imagenet', a converted folder, a Keras file, or '' (params returned unchanged).
+  Mapped layers are replaced after their names and shapes are checked; everything else (e.g. a
+  head absent from the file) stays as initialised. `optional` defaults to the head layers.
+  """
+  spec = str(spec or "").strip()
+  if not spec:
+    return params
+  weights, source = weights_for_spec(spec)
+  if optional is None:
+    optional = default_optional(layer_map)
+  loaded, _ = match_weights(weights, shapes_of(params), layer_map, source=source,
+                            optional=optional, ignore=ignore)
+  flat = _flatten(params)
+  for path, value in loaded.items():
+    flat[path] = jnp.asarray(value)
+  return _nest(flat)

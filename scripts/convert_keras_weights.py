@@ -1,0 +1,103 @@
+#!/usr/bin/env python
+"""Convert Keras weights (VGG16 ImageNet release, or a cats-vs-dogs CNN file) into a Flax folder.
+
+  # the official VGG16 ImageNet weights without the top (downloads 58 MB once, md5-checked):
+  python scripts/convert_keras_weights.py
+  # from a local copy (offline machines), with the 1000-class top:
+  python scripts/convert_keras_weights.py --input vgg16_weights_tf_dim_ordering_tf_kernels.h5 --include-top
+  # a cats-vs-dogs model saved by the Keras tutorial:
+  python scripts/convert_keras_weights.py --model cnn --input catsdogs.weights.h5
+
+The output folder (an Orbax checkpoint in params/ plus manifest.json) loads in one call with
+`rpsflax.weights.load_converted(DIR)`, and trains with `--config.weights=DIR`.
+"""
+
+import argparse
+import math
+import os
+import pathlib
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+DEFAULT_OUTPUT = {("vgg16", False): "vgg16_notop", ("vgg16", True): "vgg16", ("cnn", False): "catsdogs_cnn"}
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(
+      prog="convert_keras_weights.py",
+      description=(
+          "Convert a Keras weights file into Flax parameters, matching layers by Keras layer "
+          "name and checking every shape against the Flax model. Reads the legacy Keras HDF5 "
+          "release files (vgg16_weights_tf_dim_ordering_tf_kernels[_notop].h5), Keras 3 "
+          ".weights.h5 files and .keras models (opened with safe_mode). Writes DIR/params (an "
+          "Orbax checkpoint) and DIR/manifest.json (source file, md5, Keras layer -> Flax path, "
+          "shapes); load it with rpsflax.weights.load_converted(DIR) or train with "
+          "--config.weights=DIR."),
+      epilog=__doc__.split("\n\n")[1],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--input", metavar="FILE", default="",
+                 help="Keras file to convert. Omit to download the official Keras VGG16 ImageNet "
+                      "release through keras.utils.get_file (md5-checked; cached in ~/.keras).")
+  p.add_argument("--output", metavar="DIR", default="",
+                 help="folder to write (default: weights/vgg16_notop, weights/vgg16 with "
+                      "--include-top, weights/catsdogs_cnn for --model cnn). An existing "
+                      "conversion there is replaced.")
+  p.add_argument("--include-top", action="store_true",
+                 help="VGG16 only: also convert fc1, fc2 and the 1000-class predictions layer "
+                      "(the file must have them). Without it a file's top layers are ignored.")
+  p.add_argument("--model", choices=("vgg16", "cnn"), default="vgg16",
+                 help="vgg16: the standalone VGG16 (Flax paths block1_conv1/...). cnn: the "
+                      "cats-vs-dogs model of configs/catsdogs.py (conv2d..conv2d_3 -> backbone, "
+                      "dense/dense_1 -> head/hidden_0, head/predictions when present).")
+  p.add_argument("--image-size", type=int, default=0,
+                 help="cnn only: input size the dense layer was built for (default: the "
+                      "config's data.image_size, 150)")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  from rpsflax import weights as W
+
+  if args.model == "cnn" and args.include_top:
+    sys.exit("--include-top is for --model vgg16; a cnn file's dense layers are always converted")
+  if args.model == "cnn" and not args.input:
+    sys.exit("--model cnn needs --input FILE: there is no official release of this model")
+  output = pathlib.Path(args.output or REPO / "weights" / DEFAULT_OUTPUT[args.model, args.include_top])
+
+  t0 = time.time()
+  try:
+    source = args.input or W.download_vgg16(include_top=args.include_top)
+    if args.model == "vgg16":
+      shapes, layer_map, ignore = W.vgg16_target(args.include_top)
+      optional, desc = (), f"VGG16(include_top={args.include_top})"
+    else:
+      from rpsflax import config_base
+      config = config_base.load_sibling(str(REPO / "configs" / "catsdogs.py"), "catsdogs").get_config()
+      shapes, layer_map, optional = W.model_target(config, args.image_size or None)
+      ignore, desc = (), "build_model(configs/catsdogs.py)"
+    variables, manifest = W.convert_keras_file(source, shapes, layer_map, optional=optional,
+                                               ignore=ignore, description=desc)
+    manifest["include_top"] = bool(args.include_top)
+    W.save_converted(output, variables, manifest)
+  except W.WeightsError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+
+  layers = manifest["layers"]
+  n = sum(math.prod(s) for e in layers.values() for s in e["weights"].values())
+  print(f"converted {len(layers)} layers, {n:,} parameters ({desc}) in {time.time() - t0:.1f}s")
+  print(f"  source: {os.path.abspath(source)} ({manifest['source_format']}, md5 {manifest['source_md5']})")
+  for kname, entry in layers.items():
+    shapes_txt = ", ".join(f"{w} {tuple(s)}" for w, s in entry["weights"].items())
+    print(f"  {kname:14s} -> {entry['flax_path']:22s} {shapes_txt}")
+  print(f"  written: {output.resolve()} (load: rpsflax.weights.load_converted; train: "
+        f"--config.weights={output})")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
