@@ -81,19 +81,24 @@ def save_config(config, workdir: pathlib.Path) -> None:
 
 
 def preflight(config, workdir: pathlib.Path) -> None:
-  """Fail in seconds, before any model is built or data decoded, when data or weights are missing."""
-  from rpsflax import train  # noqa: PLC0415  (imports the pipeline, which hides GPUs from TF)
+  """Fail in seconds, before any model is built or data decoded, when data or weights are missing.
 
-  check = getattr(train, "preflight", None)
-  if check is not None:
-    check(config, workdir)
+  The weights come first: they are resolved (an 'imagenet' download, a file, a converted folder)
+  before the data, whose listing is the first thing training does.
+  """
+  from rpsflax import train as train_lib  # noqa: PLC0415  (imports no TensorFlow)
+  from rpsflax import weights  # noqa: PLC0415
+
+  train_lib.preflight(config, workdir)  # batch sizes vs devices; weights.check_spec when present
+  if config.weights and not hasattr(weights, "check_spec"):
+    weights.weights_for_spec(str(config.weights))  # raises WeightsError naming the fix
 
 
 def train(config, workdir: pathlib.Path) -> dict:
   config_check.check_config(config)
   init_distributed(config)
-  workdir.mkdir(parents=True, exist_ok=True)
   preflight(config, workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
   if is_chief():
     save_config(config, workdir)
   from rpsflax import train as train_lib  # noqa: PLC0415
@@ -141,6 +146,22 @@ def define_flags() -> None:
   flags.mark_flag_as_required("workdir")
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, with mistakes in flags (a --config.KEY that does not exist, a value of the
+  wrong type, a recipe file that fails to load) reported in one line instead of a traceback."""
+  try:
+    args = FLAGS(argv)
+    if FLAGS["config"].value is not None:
+      FLAGS.config.get("seed")  # a recipe that failed to load raises OSError on first use
+    return args
+  except flags.Error as e:
+    message = str(e)
+  except (KeyError, AttributeError, TypeError, ValueError, OSError) as e:  # from config loading
+    message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+  print(f"error: {message}\nSee python -m rpsflax.main --helpfull for the flags.", file=sys.stderr)
+  sys.exit(EXIT_USER_ERROR)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -164,4 +185,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
