@@ -200,6 +200,11 @@ def test_jit_deterministic_and_per_image(repo_root):
   for i in range(4):
     for j in range(i + 1, 4):
       assert np.abs(a[i] - a[j]).max() > 10, (i, j)
+  # vmap over an outer axis (e.g. steps or devices) gives what separate calls give.
+  keys = jax.random.split(jax.random.key(9), 2)
+  stacked = jax.jit(jax.vmap(lambda r, v: augment.augment_batch(r, v, aug)))(keys, jnp.stack([x, x]))
+  for k in range(2):
+    np.testing.assert_allclose(np.asarray(stacked[k]), np.asarray(f(keys[k], x)), atol=1e-4)
 
 
 def test_disabled_or_empty_is_a_cast(repo_root):
