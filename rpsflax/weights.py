@@ -315,7 +315,7 @@ def match_weights(weights: Weights, shapes, layer_map: LayerMap, *, source: str,
       continue
     got = [tuple(np.shape(w)) for w in weights[kname]]
     if got != want:
-      problems.append(f"layer {kname!r} ('{where}'): expected {_fmt(order, want)}; "
+      problems.append(f"layer {kname!r} (Flax '{where}'): expected {_fmt(order, want)}; "
                       f"found {_fmt(None, got)}")
       continue
     for n, w in zip(order, weights[kname]):
