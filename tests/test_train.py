@@ -1,0 +1,276 @@
+"""Training steps: freezing is exact and free, masked losses, heads that learn, eval metrics, resume."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from rpsflax import config_base, models, train
+
+IMAGE = 32
+CNN_IMAGE = 48  # the smallest the cats-vs-dogs convnet takes is 46
+
+
+def _vgg_config(**overrides):
+  c = config_base.get_config()
+  c.weights = ""
+  c.data.image_size = IMAGE
+  c.augment.enabled = False
+  c.head.dropout = 0.0
+  for key, value in overrides.items():
+    c[key] = value
+  return c
+
+
+def _cnn_config(**overrides):
+  """The cats-vs-dogs convnet with a frozen backbone: its steps compile in seconds on a CPU."""
+  c = _vgg_config(preprocess="rescale", **overrides)
+  c.model.name = "cnn"
+  c.data.image_size = CNN_IMAGE
+  return c
+
+
+def _random_params(config, seed=0):
+  """LeCun-normal kernels and zero biases from the model's shapes, in NumPy: compiling the model's
+  own init costs seconds on a CPU, and these tests only need some reasonable weights."""
+  model = models.build_model(config)
+  size = config.data.image_size
+  shapes = jax.eval_shape(lambda r, x: model.init(r, x), jax.random.PRNGKey(0),
+                          jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))["params"]
+  rng = np.random.RandomState(seed)
+  def init(path, s):
+    if path[-1].key == "bias":
+      return np.zeros(s.shape, np.float32)
+    return (rng.randn(*s.shape) / np.sqrt(np.prod(s.shape[:-1]))).astype(np.float32)
+  return jax.tree_util.tree_map_with_path(init, shapes)
+
+
+@pytest.fixture(scope="module")
+def vgg_params():
+  return _random_params(_vgg_config())
+
+
+def _batch(n=8, real=None, seed=0, num_classes=3, size=IMAGE):
+  rng = np.random.RandomState(seed)
+  real = n if real is None else real
+  return {"image": rng.randint(0, 256, (n, size, size, 3)).astype(np.uint8),
+          "label": rng.randint(0, num_classes, n).astype(np.int32),
+          "mask": np.arange(n) < real}
+
+
+def _run_steps(config, params, batches, mesh=None, step=None, first_step=0):
+  """Train on `batches` with the jitted, donating step; returns (host params before, after, metrics)."""
+  model = models.build_model(config)
+  mesh = train.make_mesh() if mesh is None else mesh
+  state = train.create_train_state(config, model, params=params)
+  state = jax.device_put(state.replace(step=jnp.asarray(first_step, jnp.int32)),
+                         train.replicated(mesh))
+  before = jax.device_get(state.params)
+  step = train.jit_train_step(config, model, mesh) if step is None else step
+  metrics = []
+  for batch in batches:
+    state, m = step(state, train.shard_batch(batch, mesh), jax.random.PRNGKey(42))
+    metrics.append(jax.device_get(m))
+  return before, jax.device_get(state.params), metrics
+
+
+def _flat(tree):
+  return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def test_frozen_backbone_is_bit_identical_and_head_moves(vgg_params):
+  before, after, metrics = _run_steps(_vgg_config(), vgg_params, [_batch(seed=s) for s in range(3)])
+  before, after = _flat(before), _flat(after)
+  for name in before:
+    moved = not np.array_equal(before[name], after[name])
+    assert moved == name.startswith("head/"), name
+  assert [int(m["count"]) for m in metrics] == [8, 8, 8]
+
+
+def test_finetune_moves_block5_only(vgg_params, repo_root):
+  rps_finetune = config_base.load_sibling(str(repo_root / "configs" / "x.py"), "rps_finetune")
+  config = rps_finetune.get_config()
+  config.weights, config.data.image_size, config.augment.enabled = "", IMAGE, False
+  config.lr_groups = (("backbone/block5_.*", 1e-3),)  # a visible step in a few iterations
+  before, after, _ = _run_steps(config, vgg_params, [_batch(seed=s) for s in range(2)])
+  before, after = _flat(before), _flat(after)
+  for name in before:
+    moved = not np.array_equal(before[name], after[name])
+    should = name.startswith("head/") or name.startswith("backbone/block5_")
+    assert moved == should, name
+
+
+def _convs_in_step(config, params):
+  model = models.build_model(config)
+  state = train.create_train_state(config, model, params=params)
+  jaxpr = jax.make_jaxpr(train.make_train_step(config, model))(state, _batch(), jax.random.PRNGKey(0))
+  return str(jaxpr).count("conv_general_dilated")
+
+
+def test_only_trainable_params_are_differentiated(vgg_params):
+  # VGG16 has 13 convolutions. A frozen backbone must cost exactly its forward pass: no
+  # convolution of a backward pass may appear in the step.
+  assert _convs_in_step(_vgg_config(), vgg_params) == 13
+  # block5 unfrozen: + 3 kernel gradients + 2 input gradients (block5_conv2, conv3), nothing for 1-4.
+  assert _convs_in_step(_vgg_config(lr_groups=(("backbone/block5_.*", 1e-5),)), vgg_params) == 18
+  assert _convs_in_step(_vgg_config(trainable=(".*",)), vgg_params) > 30
+
+
+def test_padded_batch_gives_the_same_loss_and_update():
+  config = _cnn_config()
+  params = _random_params(config)
+  real = _batch(n=4, seed=1, size=CNN_IMAGE)
+  padded = {k: np.concatenate([v, _batch(n=4, seed=2, size=CNN_IMAGE)[k]]) for k, v in real.items()}
+  padded["mask"] = np.arange(8) < 4  # padding rows hold garbage images and labels on purpose
+  _, after_real, m_real = _run_steps(config, params, [real])
+  _, after_pad, m_pad = _run_steps(config, params, [padded])
+  assert int(m_pad[0]["count"]) == int(m_real[0]["count"]) == 4
+  assert int(m_pad[0]["correct"]) == int(m_real[0]["correct"])
+  np.testing.assert_allclose(m_pad[0]["loss_sum"], m_real[0]["loss_sum"], rtol=1e-5)
+  moved = 0
+  for name, value in _flat(after_real).items():
+    np.testing.assert_allclose(_flat(after_pad)[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+    moved += not np.array_equal(value, _flat(params)[name])
+  assert moved == sum(k.startswith("head/") for k in _flat(params))
+
+  model = models.build_model(config)
+  state = train.create_train_state(config, model, params=params)
+  eval_step = jax.jit(train.make_eval_step(config, model))
+  e_real, e_pad = eval_step(state, real), eval_step(state, padded)
+  np.testing.assert_array_equal(e_real["confusion"], e_pad["confusion"])
+  np.testing.assert_allclose(e_pad["loss_sum"], e_real["loss_sum"], rtol=1e-5)
+  assert int(np.sum(e_pad["confusion"])) == 4
+
+
+def test_eval_counts_every_real_example_in_the_confusion_matrix():
+  config = _cnn_config()
+  model = models.build_model(config)
+  params = jax.tree.map(np.zeros_like, _random_params(config))
+  params["head"]["predictions"]["bias"] = np.array([0.0, 0.0, 1.0], np.float32)  # always class 2
+  state = train.create_train_state(config, model, params=params)
+  batch = _batch(n=6, real=5, size=CNN_IMAGE)
+  batch["label"] = np.array([0, 1, 2, 2, 1, 0], np.int32)  # the last row is padding
+  out = jax.device_get(jax.jit(train.make_eval_step(config, model))(state, batch))
+  np.testing.assert_array_equal(out["confusion"], [[0, 0, 1], [0, 0, 2], [0, 0, 2]])
+  assert int(out["correct"]) == 2 and int(out["count"]) == 5
+  logp = np.log(np.exp([0, 0, 1]) / np.exp([0, 0, 1]).sum())
+  np.testing.assert_allclose(out["loss_sum"], -(logp[0] + 2 * logp[1] + 2 * logp[2]), rtol=1e-6)
+
+
+def test_sigmoid_head_uses_binary_cross_entropy_and_a_2x2_confusion():
+  config = _cnn_config()
+  config.head.num_classes = 1
+  model = models.build_model(config)
+  params = jax.tree.map(np.zeros_like, _random_params(config))
+  params["head"]["predictions"]["bias"] = np.array([0.5], np.float32)  # p(class 1) = sigmoid(0.5)
+  state = train.create_train_state(config, model, params=params)
+  batch = _batch(n=4, real=3, size=CNN_IMAGE)
+  batch["label"] = np.array([0, 1, 1, 0], np.int32)
+  out = jax.device_get(jax.jit(train.make_eval_step(config, model))(state, batch))
+  np.testing.assert_array_equal(out["confusion"], [[0, 1], [0, 2]])
+  p = 1 / (1 + np.exp(-0.5))
+  np.testing.assert_allclose(out["loss_sum"], -(np.log(1 - p) + 2 * np.log(p)), rtol=1e-6)
+  probs = train.make_predict_fn(config, model)(params, batch["image"])
+  np.testing.assert_allclose(probs, [[1 - p, p]] * 4, rtol=1e-6)
+
+
+def _brightness_task(n, size, seed):
+  """Class 1 images are bright, class 0 dark: learnable in a few steps."""
+  rng = np.random.RandomState(seed)
+  labels = rng.randint(0, 2, n).astype(np.int32)
+  base = np.where(labels[:, None, None, None] == 1, 170, 60)
+  images = np.clip(base + rng.randint(-50, 50, (n, size, size, 3)), 0, 255).astype(np.uint8)
+  return {"image": images, "label": labels, "mask": np.ones(n, bool)}
+
+
+@pytest.mark.parametrize("num_classes", [2, 1])
+def test_non_default_head_learns(num_classes):
+  """avg pooling + a hidden layer (softmax over 2, or sigmoid) on the convnet fits a simple task."""
+  config = _cnn_config()
+  config.head.num_classes = num_classes
+  config.head.pooling = "avg"
+  config.head.hidden = (16,)
+  config.head.dropout = 0.1
+  config.optim.name = "adam"
+  config.optim.learning_rate = 3e-2
+  params = _random_params(config, seed=1)
+  assert "hidden_0" in params["head"]
+  batches = [_brightness_task(16, CNN_IMAGE, seed=s) for s in range(30)]
+  _, _, metrics = _run_steps(config, params, batches)
+  first = np.mean([m["loss_sum"] / m["count"] for m in metrics[:3]])
+  last = np.mean([m["loss_sum"] / m["count"] for m in metrics[-3:]])
+  assert last < 0.6 * first, (first, last)
+  assert sum(int(m["correct"]) for m in metrics[-3:]) >= 0.9 * 48
+
+
+def test_same_seed_same_result_and_rng_depends_on_step():
+  config = _cnn_config()
+  config.head.dropout = 0.5
+  config.augment.enabled = True
+  config.augment.rotation_range = 10.0
+  config.augment.horizontal_flip = True
+  params = _random_params(config)
+  step = train.jit_train_step(config, models.build_model(config), train.make_mesh())
+  batches = [_batch(seed=0, size=CNN_IMAGE), _batch(seed=1, size=CNN_IMAGE)]
+  _, a, ma = _run_steps(config, params, batches, step=step)
+  _, b, mb = _run_steps(config, params, batches, step=step)
+  for name, value in _flat(a).items():
+    np.testing.assert_array_equal(_flat(b)[name], value)
+  assert [float(m["loss_sum"]) for m in ma] == [float(m["loss_sum"]) for m in mb]
+  # Dropout and augmentation come from fold_in(rng, state.step): the same params and batch at
+  # another step draw other numbers (and a resumed run at step s draws step s's numbers).
+  _, _, other = _run_steps(config, params, batches[:1], step=step, first_step=7)
+  assert float(other[0]["loss_sum"]) != float(ma[0]["loss_sum"])
+
+
+def test_nonfinite_loss_is_flagged_with_its_step():
+  config = _cnn_config()
+  config.preprocess = "none"
+  config.head.hidden = (8,)  # two layers of weights ~1e30 overflow float32
+  config.optim.name = "sgd"
+  config.optim.learning_rate = 1e30
+  params = _random_params(config)
+  _, _, metrics = _run_steps(config, params, [_batch(size=CNN_IMAGE, seed=s) for s in range(4)])
+  flags = [int(m["nonfinite"]) for m in metrics]
+  assert flags[0] == 0 and flags[-1] == 1
+  total = metrics[0]
+  for m in metrics[1:]:
+    total = train._combine(total, m)  # how the loop accumulates: sums, and min of first_*
+  assert int(total["nonfinite"]) == sum(flags)
+  assert int(total["first_nonfinite_step"]) == flags.index(1)
+
+
+def test_batch_size_must_divide_across_devices():
+  script = textwrap.dedent("""
+      import jax, pytest
+      from rpsflax import config_base, train
+      mesh = train.make_mesh()
+      assert mesh.devices.size == 4
+      c = config_base.get_config()
+      c.batch_size = 6
+      with pytest.raises(ValueError, match="config.batch_size=6"):
+        train.check_batch_sizes(c, mesh)
+      c.batch_size = 8
+      train.check_batch_sizes(c, mesh)
+      import numpy as np
+      b = {"image": np.zeros((6, 4, 4, 3), np.uint8), "label": np.zeros(6, np.int32),
+           "mask": np.ones(6, bool)}
+      with pytest.raises(ValueError, match="config.batch_size"):
+        train.shard_batch(b, mesh)
+      padded = train.shard_batch(b, mesh, pad=True)
+      assert padded["mask"].shape == (8,) and int(padded["mask"].sum()) == 6
+      assert len(padded["image"].sharding.device_set) == 4
+      print("OK")
+  """)
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+         "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                       cwd=pathlib.Path(__file__).resolve().parents[1], timeout=120)
+  assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
