@@ -14,7 +14,6 @@
 """
 
 import collections
-import functools
 import itertools
 import math
 import pathlib
@@ -61,11 +60,21 @@ class TrainState:
 # ---------------------------------------------------------------------------------------------
 # State
 
+_jitted_inits: dict = {}
+
+
 def init_params(config, model, rng) -> dict:
-  """Random initial parameters for `config.data.image_size` inputs (jit-compiled: fast on CPU)."""
+  """Random initial parameters for `config.data.image_size` inputs.
+
+  jit-compiled (op-by-op init of VGG16 is slower on a CPU), and cached per model so that a
+  process that builds the same model twice compiles once.
+  """
   size = config.data.image_size
   x = jnp.zeros((1, size, size, 3), jnp.float32)
-  return jax.jit(functools.partial(model.init, train=False))(rng, x)["params"]
+  key = repr(model)
+  if key not in _jitted_inits:
+    _jitted_inits[key] = jax.jit(lambda rng, x: model.init(rng, x, train=False)["params"])
+  return _jitted_inits[key](rng, x)
 
 
 def create_train_state(config, model, rng=None, params=None) -> TrainState:
@@ -319,6 +328,32 @@ def jit_eval_step(config, model, mesh: Mesh) -> Callable:
                  out_shardings=replicated(mesh))
 
 
+# The fields a step's computation depends on: runs in one process (resume, evaluate after
+# training, tests) that agree on them reuse the compiled steps instead of compiling again.
+_STEP_FIELDS = ("model", "head", "augment", "optim", "preprocess", "trainable", "lr_groups")
+
+
+def _step_key(config, mesh: Mesh) -> str:
+  import json  # noqa: PLC0415
+
+  fields = {k: (config[k].to_dict() if hasattr(config[k], "to_dict") else config[k])
+            for k in _STEP_FIELDS}
+  return json.dumps([fields, [d.id for d in mesh.devices.flat], list(mesh.axis_names)],
+                    sort_keys=True, default=str)
+
+
+_compiled_steps: dict = {}
+
+
+def compiled_steps(config, mesh: Mesh) -> tuple[Callable, Callable]:
+  """(train_step, eval_step), jit-compiled for `mesh`, cached per step-relevant config."""
+  key = _step_key(config, mesh)
+  if key not in _compiled_steps:
+    model = models.build_model(config)
+    _compiled_steps[key] = (jit_train_step(config, model, mesh), jit_eval_step(config, model, mesh))
+  return _compiled_steps[key]
+
+
 # ---------------------------------------------------------------------------------------------
 # Loops
 
@@ -556,8 +591,7 @@ def train_and_evaluate(config, workdir) -> dict:
         logging.info("%s already finished %d epochs: not retraining.", workdir, len(history))
         return report_json(eval_path)
 
-    train_step = jit_train_step(config, model, mesh)
-    eval_step = jit_eval_step(config, model, mesh)
+    train_step, eval_step = compiled_steps(config, mesh)
     writer = _tb_writer(workdir)
     last_eval = None
     with _StopRequest() as stop:
@@ -750,7 +784,7 @@ def evaluate(config, workdir, split: str = "validation", data_dir: Optional[str]
                        f"{ {k: v for k, v in datasets.num_examples.items() if v} }); "
                        "pick another --split")
     batches, name, split_name = datasets.eval_batches(split), split, split
-  evaluation = evaluate_batches(jit_eval_step(config, model, mesh), state, batches, mesh, config)
+  evaluation = evaluate_batches(compiled_steps(config, mesh)[1], state, batches, mesh, config)
   extra = {"epoch": meta.get("epoch"), "step": meta.get("step"), "checkpoint": meta["checkpoint"]}
   if _is_chief():
     report.write_eval_report(workdir, evaluation["confusion"], class_names,
