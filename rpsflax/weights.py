@@ -141,23 +141,40 @@ def _dataset(ds) -> np.ndarray:
 
 
 def _read_legacy(root, path) -> Weights:
-  out, problems = {}, []
+  out, origin, problems = {}, {}, []
   for name in _attr_list(root, "layer_names"):
     if name not in root:
       problems.append(f"layer {name!r} is listed in 'layer_names' but has no group")
       continue
     group = root[name]
-    arrays = []
-    for wname in _attr_list(group, "weight_names"):
-      if wname not in group:
-        problems.append(f"layer {name!r}: weight {wname!r} is listed but missing")
+    wnames = _attr_list(group, "weight_names")
+    missing = [w for w in wnames if w not in group]
+    if missing:
+      problems.append(f"layer {name!r}: weights {missing} are listed but missing")
+      continue
+    owners = _nested_owners(name, wnames) or [name] * len(wnames)
+    for owner, wname in zip(owners, wnames):
+      if origin.setdefault(owner, name) != name:
+        problems.append(f"two layers are named {owner!r} (in groups {origin[owner]!r} and "
+                        f"{name!r}); layers are matched by name, so names must be unique")
         continue
-      arrays.append(_dataset(group[wname]))
-    if arrays:
-      out[name] = arrays
+      out.setdefault(owner, []).append(_dataset(group[wname]))
   if problems:
     raise WeightsError(f"{path}: damaged legacy Keras HDF5 file:\n  - " + "\n  - ".join(problems))
   return out
+
+
+def _nested_owners(name, wnames) -> list[str] | None:
+  """A nested model (e.g. a VGG16 base inside a Sequential) is ONE legacy layer whose weight
+  names carry the inner layers' names ('block1_conv1/kernel:0', 'vgg16/block1_conv1/kernel').
+  Returns each weight's inner layer name, or None for an ordinary layer."""
+  parts = [w.split("/") for w in wnames]
+  if not parts or any(len(p) < 2 for p in parts):
+    return None
+  owners = [p[-2] for p in parts]
+  if len(set(owners)) < 2 or name in owners:
+    return None
+  return owners
 
 
 def _read_keras3(f, path) -> Weights:
@@ -427,8 +444,8 @@ def save_converted(directory, variables: Mapping, manifest: Mapping) -> pathlib.
   if ckpt.exists():
     shutil.rmtree(ckpt)
   variables = jax.tree.map(np.asarray, dict(variables))
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(ckpt, variables)
+  with _checkpointer() as checkpointer:
+    checkpointer.save(ckpt, args=ocp.args.StandardSave(variables))
   flat = _flatten(variables)
   manifest = dict(manifest)
   manifest.update(
@@ -442,6 +459,12 @@ def save_converted(directory, variables: Mapping, manifest: Mapping) -> pathlib.
   tmp.write_text(_dumps(manifest))
   os.replace(tmp, directory / MANIFEST)
   return directory
+
+
+def _checkpointer():
+  """A synchronous Orbax checkpointer: a weights folder is written once, nothing to overlap."""
+  import orbax.checkpoint as ocp
+  return ocp.Checkpointer(ocp.StandardCheckpointHandler())
 
 
 def _dumps(obj) -> str:
@@ -490,8 +513,8 @@ def _load_converted(directory) -> tuple[dict, dict]:
   if not ckpt.is_dir():
     raise WeightsError(f"{directory}: the checkpoint folder {ckpt.name}/ is missing{redo}")
   try:
-    with ocp.StandardCheckpointer() as checkpointer:
-      restored = checkpointer.restore(ckpt)
+    with _checkpointer() as checkpointer:
+      restored = checkpointer.restore(ckpt, args=ocp.args.StandardRestore())
   except Exception as e:  # orbax/tensorstore raise many types for damaged folders
     raise WeightsError(f"{directory}: the checkpoint in {ckpt.name}/ is incomplete or damaged "
                        f"({type(e).__name__}: {str(e)[:300]}){redo}") from e

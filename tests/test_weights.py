@@ -130,6 +130,45 @@ def test_legacy_full_model_save_reads_model_weights_group(tmp_path, notop):
   assert list(W.read_keras_weights(path)) == vgg16_layer_names(False)
 
 
+def test_legacy_nested_model_split_into_inner_layers(tmp_path, notop):
+  """Keras 2 saved a nested base model as ONE layer whose weight names carry the inner names."""
+  path = tmp_path / "nested.h5"
+  with h5py.File(path, "w") as f:
+    f.attrs["layer_names"] = [b"vgg16", b"global_max_pooling2d", b"dense"]
+    g = f.create_group("vgg16")
+    names = [f"{n}/{v}:0" for n in vgg16_layer_names(False) for v in ("kernel", "bias")]
+    g.attrs["weight_names"] = [n.encode() for n in names]
+    for n in names:
+      layer, var = n.split("/")
+      g.create_dataset(n, data=notop[layer][0 if var.startswith("kernel") else 1])
+    f.create_group("global_max_pooling2d").attrs["weight_names"] = []
+    d = f.create_group("dense")
+    d.attrs["weight_names"] = [b"dense/kernel:0", b"dense/bias:0"]
+    d.create_dataset("dense/kernel:0", data=np.zeros((512, 3), np.float32))
+    d.create_dataset("dense/bias:0", data=np.zeros(3, np.float32))
+  weights = W.read_keras_weights(path)
+  assert list(weights) == vgg16_layer_names(False) + ["dense"]
+  np.testing.assert_array_equal(weights["block4_conv2"][0], notop["block4_conv2"][0])
+
+
+@pytest.mark.parametrize("fmt", ["weights.h5", "keras", "h5"])
+def test_keras_transfer_model_with_nested_base(tmp_path, fmt):
+  """The tutorial's Keras model (VGG16 base inside a Sequential), saved by Keras 3 in each
+  format, gives the base's layers by name."""
+  k = kr.keras()
+  base = k.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
+  kr.reseed_weights(base, seed=5)
+  model = k.Sequential([k.Input((32, 32, 3)), base, k.layers.GlobalMaxPooling2D(),
+                        k.layers.Dropout(0.5), k.layers.Dense(3, name="dense")])
+  path = tmp_path / f"rps.{fmt}"
+  model.save_weights(path) if fmt == "weights.h5" else model.save(path)
+  weights = W.read_keras_weights(path)
+  assert set(weights) == set(vgg16_layer_names(False)) | {"dense"}
+  for name in vgg16_layer_names(False):
+    for a, b in zip(weights[name], base.get_layer(name).get_weights()):
+      np.testing.assert_array_equal(a, b)
+
+
 def test_with_top_file_gives_a_notop_backbone(tmp_path, notop):
   """Without the top, a file's fc1/fc2/predictions are ignored (small stand-ins here; the
   with-top parity tests load the real shapes)."""
@@ -290,6 +329,8 @@ def test_manifest_lists_array_checkpoint_lacks(converted):
   assert "params/block6_conv1/kernel" in error_of(W.load_converted, converted)
 
 
+# Orbax's event loop reports an ignored exception when _METADATA is gone; our error is the point.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("damage", ["array_data", "checkpoint_metadata", "checkpoint_folder",
                                     "corrupt_manifest"])
 def test_damaged_checkpoint_is_refused(converted, damage):
