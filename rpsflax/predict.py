@@ -110,18 +110,14 @@ def write_predictions(path, rows: Sequence[dict], class_names: Sequence[str]) ->
 
 
 def list_inputs(paths: Sequence[str]) -> tuple[list[pathlib.Path], list[tuple[str, str]]]:
-  """Image files named directly or found under folders (sorted); missing paths are reported."""
-  from rpsflax import input_pipeline  # noqa: PLC0415
+  """Image files named directly or found under folders (sorted, no duplicates); missing paths
+  are reported. A file named explicitly is tried whatever its extension (unreadable -> skipped)."""
+  from rpsflax import data_files  # noqa: PLC0415  (TF-free: bad arguments fail fast)
 
-  files, missing = [], []
-  for p in paths:
-    p = pathlib.Path(p).expanduser()
-    if not p.exists():
-      missing.append((str(p), "no such file or folder"))
-    elif p.is_dir():
-      files += [pathlib.Path(f) for f in input_pipeline.list_images(p)]
-    else:
-      files.append(p)  # named explicitly: try it whatever its extension; unreadable -> skipped
+  existing = [pathlib.Path(p).expanduser() for p in paths if pathlib.Path(p).expanduser().exists()]
+  missing = [(str(p), "no such file or folder") for p in paths
+             if not pathlib.Path(p).expanduser().exists()]
+  files = [pathlib.Path(f) for f in data_files.list_images(existing)] if existing else []
   return files, missing
 
 
@@ -225,9 +221,7 @@ def run(workdir, paths: Sequence[str], *, which: str = "best", batch_size: int =
   if not quiet:
     for r in rows:
       print(f"{r['file']}\t{r['label']}\t{r['probability']:.4f}", file=out)
-  for path, why in skipped:
-    logging.warning("skipped %s: %s", path, why)
-  if skipped:
+  if skipped:  # (load_images logged each one too)
     print(f"skipped {len(skipped)} unreadable file(s):" + "".join(
         f"\n  {p}: {why}" for p, why in skipped), file=sys.stderr)
   if not rows:
