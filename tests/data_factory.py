@@ -1,0 +1,143 @@
+"""Small, untidy image folders for tests (no TensorFlow).
+
+Real folders mix modes (RGBA, grayscale, palette, 16-bit PNGs), formats, sizes and broken
+files; these helpers write such folders in a few milliseconds so any test can use them:
+
+  write_image(path, size=(32, 32), mode='RGB', seed=0)      one image; format from the suffix
+  write_broken(path, kind='truncated')                       one unreadable file (BROKEN_KINDS)
+  class_folders(root, {'cat': 3, 'dog': 3}, untidy=True)     root/<class>/<class>_<i>.<ext>
+  flat_folder(root, {'cat': 3, 'dog': 3}, sep='.')           root/<class><sep><i>.<ext> (Kaggle)
+  broken_files(root, prefix='cat')                           one file of each broken kind
+  image_array(size, seed)                                    the RGB content write_image uses
+
+Images are smooth gradients plus noise, so resizing and decoding differences show up.
+"""
+
+import io
+import itertools
+import pathlib
+
+import numpy as np
+from PIL import Image
+
+# Modes (and formats) cycled through by `untidy=True`: each is one way real folders differ.
+UNTIDY = (("RGB", ".jpg"), ("RGBA", ".png"), ("L", ".jpg"), ("P", ".png"), ("LA", ".png"),
+          ("I;16", ".png"), ("RGB", ".png"), ("L", ".png"), ("CMYK", ".jpg"), ("P", ".gif"),
+          ("RGB", ".bmp"), ("RGB", ".JPEG"))
+UNTIDY_SIZES = ((32, 32), (40, 28), (24, 36), (64, 48), (17, 33))
+BROKEN_KINDS = ("truncated", "corrupt", "zero", "text")
+
+
+def image_array(size=(32, 32), seed=0) -> np.ndarray:
+  """uint8 RGB [h, w, 3]: a seeded colour gradient plus noise."""
+  h, w = size
+  rng = np.random.default_rng(seed)
+  y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+  base = rng.uniform(0, 255, 3)
+  slope = rng.uniform(-4, 4, (2, 3))
+  img = base + y[..., None] * slope[0] + x[..., None] * slope[1] + rng.normal(0, 12, (h, w, 3))
+  return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _pil_image(rgb: np.ndarray, mode: str, seed: int) -> Image.Image:
+  im = Image.fromarray(rgb, "RGB")
+  if mode == "RGB":
+    return im
+  if mode == "RGBA":
+    alpha = np.random.default_rng(seed + 1).integers(0, 256, rgb.shape[:2], dtype=np.uint8)
+    im = im.convert("RGBA")
+    im.putalpha(Image.fromarray(alpha, "L"))
+    return im
+  if mode == "I;16":
+    gray = np.asarray(im.convert("L"), np.uint16) * 257 + 3
+    return Image.fromarray(gray)  # mode I;16
+  if mode == "P":
+    return im.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+  return im.convert(mode)  # L, LA, CMYK, 1
+
+
+_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".gif": "GIF"}
+
+
+def write_image(path, size=(32, 32), mode="RGB", seed=0) -> pathlib.Path:
+  """Write one image of `mode` and (h, w) `size`; the format follows the suffix."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fmt = _FORMATS[path.suffix.lower()]
+  im = _pil_image(image_array(size, seed), mode, seed)
+  kwargs = {"quality": 95} if fmt == "JPEG" else {}
+  im.save(path, fmt, **kwargs)
+  return path
+
+
+def write_broken(path, kind="truncated") -> pathlib.Path:
+  """Write a file with an image name that no decoder can read.
+
+  truncated: a JPEG (or PNG) cut in half; corrupt: a PNG whose pixel data is scrambled;
+  zero: an empty file; text: a text file named like an image.
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if kind == "truncated":
+    buf = io.BytesIO()
+    fmt = "PNG" if path.suffix.lower() == ".png" else "JPEG"
+    Image.fromarray(image_array((48, 48), 7)).save(buf, fmt)
+    data = buf.getvalue()
+    path.write_bytes(data[: len(data) // 2])
+  elif kind == "corrupt":
+    buf = io.BytesIO()
+    Image.fromarray(image_array((48, 48), 8)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    start = data.index(b"IDAT") + 8
+    data[start:start + 64] = bytes(np.random.default_rng(0).integers(0, 256, 64, dtype=np.uint8))
+    path.write_bytes(bytes(data))
+  elif kind == "zero":
+    path.write_bytes(b"")
+  elif kind == "text":
+    path.write_text("this is not an image, just a text file with an image name\n")
+  else:
+    raise ValueError(f"kind={kind!r}: use one of {BROKEN_KINDS}")
+  return path
+
+
+def _variant(i, untidy, ext, size):
+  if not untidy:
+    return "RGB", ext, size
+  mode, vext = UNTIDY[i % len(UNTIDY)]
+  return mode, vext, UNTIDY_SIZES[i % len(UNTIDY_SIZES)]
+
+
+def class_folders(root, counts=None, *, ext=".png", size=(32, 32), untidy=False,
+                  seed=0) -> list[pathlib.Path]:
+  """root/<class>/<class>_<i><ext> for each class; returns the written paths (sorted)."""
+  counts = counts or {"cat": 3, "dog": 3}
+  root = pathlib.Path(root)
+  out, k = [], itertools.count()
+  for cls, n in counts.items():
+    (root / cls).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+      j = next(k)
+      mode, e, sz = _variant(j, untidy, ext, size)
+      out.append(write_image(root / cls / f"{cls}_{i}{e}", sz, mode, seed + j))
+  return sorted(out)
+
+
+def flat_folder(root, counts=None, *, ext=".jpg", sep=".", size=(32, 32), untidy=False,
+                seed=0) -> list[pathlib.Path]:
+  """root/<class><sep><i><ext> (Kaggle's `cat.12.jpg` with sep='.'; `rock3.png` with sep='')."""
+  counts = counts or {"cat": 3, "dog": 3}
+  root = pathlib.Path(root)
+  root.mkdir(parents=True, exist_ok=True)
+  out, k = [], itertools.count()
+  for cls, n in counts.items():
+    for i in range(n):
+      j = next(k)
+      mode, e, sz = _variant(j, untidy, ext, size)
+      out.append(write_image(root / f"{cls}{sep}{i}{e}", sz, mode, seed + j))
+  return sorted(out)
+
+
+def broken_files(root, kinds=BROKEN_KINDS, *, prefix="cat", sep=".") -> dict[pathlib.Path, str]:
+  """One unreadable file per kind in `root`, named like images of class `prefix`."""
+  root = pathlib.Path(root)
+  return {write_broken(root / f"{prefix}{sep}broken_{kind}.jpg", kind): kind for kind in kinds}
