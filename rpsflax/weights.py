@@ -590,8 +590,60 @@ def _imagenet_folder() -> pathlib.Path | None:
   return folder if manifest.get("source_md5") == VGG16_RELEASES[False][2] else None
 
 
+def _unknown_spec(spec) -> WeightsError:
+  return WeightsError(
+      f"config.weights={spec!r}: no such file or folder. Use 'imagenet' (the Keras VGG16 "
+      "release, downloaded once), a folder written by scripts/convert_keras_weights.py (e.g. "
+      "weights/vgg16_notop), a Keras .h5 / .weights.h5 / .keras file, or '' to keep the random "
+      "initialisation.")
+
+
+def check_spec(spec: str) -> str:
+  """Resolve config.weights in seconds, before any training work; returns its source ('' for
+  none). Raises WeightsError for a missing path, a file that is no Keras weights file, an
+  unfinished converted folder, or an 'imagenet' download that fails. Shapes are checked at
+  load time, against the model."""
+  spec = str(spec or "").strip()
+  if not spec:
+    return ""
+  if spec == "imagenet":
+    folder = _imagenet_folder()
+    return str(folder) if folder is not None else download_vgg16(include_top=False)
+  path = pathlib.Path(spec).expanduser()
+  if path.is_dir():
+    manifest = read_manifest(path)
+    if not (path / manifest.get("checkpoint", CHECKPOINT)).is_dir():
+      raise WeightsError(f"{path}: the checkpoint folder {CHECKPOINT}/ is missing; convert again")
+    return str(path)
+  if path.is_file():
+    _sniff_keras_file(path)
+    return str(path)
+  raise _unknown_spec(spec)
+
+
+def _sniff_keras_file(path) -> str:
+  """The file's Keras layout, reading no arrays (WeightsError when it is none of them)."""
+  if h5py.is_hdf5(path):
+    try:
+      with h5py.File(path, "r") as f:
+        if _has_attr_list(f, "layer_names") or (
+            "model_weights" in f and _has_attr_list(f["model_weights"], "layer_names")):
+          return "legacy-h5"
+        if "layers" in f or "vars" in f:
+          return "keras3-weights-h5"
+    except OSError as e:
+      raise WeightsError(f"{path}: HDF5 file that cannot be opened ({e}); is it truncated?") from e
+    return _read_h5(path)[1]  # raises the 'no Keras weights' error
+  if zipfile.is_zipfile(path):
+    return "keras-zip"
+  return _read_keras_file(path)[1]  # raises the 'not a Keras weights file' error
+
+
 def weights_for_spec(spec: str) -> tuple[Weights, str]:
-  """config.weights -> ({keras layer: arrays}, description of the source)."""
+  """config.weights -> ({keras layer: arrays}, description of the source); ({}, '') for ''."""
+  spec = str(spec or "").strip()
+  if not spec:
+    return {}, ""
   if spec == "imagenet":
     folder = _imagenet_folder()
     if folder is not None:
@@ -603,11 +655,7 @@ def weights_for_spec(spec: str) -> tuple[Weights, str]:
     return converted_as_keras(path), str(path)
   if path.is_file():
     return read_keras_weights(path), str(path)
-  raise WeightsError(
-      f"config.weights={spec!r}: no such file or folder. Use 'imagenet' (the Keras VGG16 "
-      "release, downloaded once), a folder written by scripts/convert_keras_weights.py (e.g. "
-      "weights/vgg16_notop), a Keras .h5 / .weights.h5 / .keras file, or '' to keep the random "
-      "initialisation.")
+  raise _unknown_spec(spec)
 
 
 def load_for_model(spec: str, params: Mapping, layer_map: LayerMap, *,

@@ -489,3 +489,37 @@ def test_cli_bad_file_fails_with_message(tmp_path):
   r = run_cli("--input", bad, "--output", tmp_path / "out")
   assert r.returncode == 1 and str(bad) in r.stderr and "HDF5" in r.stderr
   assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# check_spec: the seconds-long preflight of config.weights.
+
+def test_check_spec_resolves_good_specs(notop_file, converted):
+  assert W.check_spec("") == ""
+  assert W.check_spec(notop_file) == notop_file
+  assert W.check_spec(str(converted)) == str(converted)
+
+
+def test_check_spec_rejects_bad_specs(tmp_path, converted, notop_file):
+  bad = tmp_path / "bad.h5"
+  bad.write_text("<html>")
+  assert "HDF5" in error_of(W.check_spec, str(bad))
+  truncated = tmp_path / "truncated.h5"
+  truncated.write_bytes(open(notop_file, "rb").read()[:4096])
+  assert "truncated" in error_of(W.check_spec, str(truncated))
+  (converted / "manifest.json").unlink()
+  assert "manifest" in error_of(W.check_spec, str(converted))
+  assert "config.weights='nope/'" in error_of(W.check_spec, "nope/")
+
+
+def test_check_spec_imagenet_offline(tmp_path, monkeypatch):
+  import keras
+
+  def offline(*args, **kwargs):
+    raise Exception("URL fetch failure on x: None -- [Errno -3] Temporary failure")
+
+  monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+  monkeypatch.setattr(W, "WEIGHTS_DIR", tmp_path / "no_weights_dir")
+  monkeypatch.setattr(keras.utils, "get_file", offline)
+  msg = error_of(W.check_spec, "imagenet")
+  assert "--input" in msg and "--config.weights=" in msg
