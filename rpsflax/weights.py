@@ -438,6 +438,14 @@ def save_converted(directory, variables: Mapping, manifest: Mapping) -> pathlib.
   """
   import orbax.checkpoint as ocp
   directory = pathlib.Path(directory).expanduser().resolve()
+  if directory.is_dir():
+    # Only ever replace a (possibly unfinished) conversion, never someone's other files.
+    ours = (MANIFEST, MANIFEST + ".tmp", CHECKPOINT)
+    other = sorted(e for e in os.listdir(directory)
+                   if e not in ours and not e.startswith(CHECKPOINT + "."))
+    if other:
+      raise WeightsError(f"{directory}: exists and holds files that are not converted weights "
+                         f"({', '.join(other[:5])}); choose an empty or new output folder")
   directory.mkdir(parents=True, exist_ok=True)
   (directory / MANIFEST).unlink(missing_ok=True)
   ckpt = directory / CHECKPOINT

@@ -357,6 +357,15 @@ def test_overwrite_replaces_previous_conversion(converted, tmp_path):
   np.testing.assert_array_equal(got, arrays["block1_conv1"][0])
 
 
+def test_save_refuses_a_folder_with_other_files(tmp_path, notop_file):
+  (tmp_path / "notes.txt").write_text("mine")
+  shapes, layer_map, ignore = W.vgg16_target(False)
+  variables, manifest = W.convert_keras_file(notop_file, shapes, layer_map, ignore=ignore)
+  msg = error_of(W.save_converted, tmp_path, variables, manifest)
+  assert "notes.txt" in msg and (tmp_path / "notes.txt").read_text() == "mine"
+  assert not (tmp_path / "params").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # load_for_model: config.weights.
 
