@@ -334,11 +334,15 @@ def _atomic_write(path: pathlib.Path, text: str):
 
 
 def write_splits(workdir, splits: dict[str, tuple[list[str], np.ndarray]], meta: dict):
-  """workdir/splits/<split>.txt (`path<TAB>label` lines) and splits/meta.json."""
+  """workdir/splits/<split>.txt (`path<TAB>label` lines), then splits/meta.json.
+
+  meta.json is written last and lists the split files: it marks the set as complete, so
+  another process never reads a half-written set.
+  """
   d = pathlib.Path(workdir) / SPLITS_DIR
   for name, (paths, labels) in splits.items():
     _atomic_write(d / f"{name}.txt", "".join(f"{p}\t{int(l)}\n" for p, l in zip(paths, labels)))
-  _atomic_write(d / "meta.json", json.dumps(meta, indent=2) + "\n")
+  _atomic_write(d / "meta.json", json.dumps({**meta, "splits": list(splits)}, indent=2) + "\n")
 
 
 def read_split_file(path) -> tuple[list[str], np.ndarray]:
@@ -358,19 +362,21 @@ def read_split_file(path) -> tuple[list[str], np.ndarray]:
 
 
 def read_splits(workdir) -> Optional[tuple[dict[str, tuple[list[str], np.ndarray]], dict]]:
-  """The split files a previous run wrote, with meta.json, or None when there are none."""
+  """The split files a previous run completed (meta.json and what it lists), else None."""
   d = pathlib.Path(workdir) / SPLITS_DIR
-  if not (d / "train.txt").is_file():
+  if not (d / "meta.json").is_file():
     return None
-  splits = {n: read_split_file(d / f"{n}.txt") for n in SPLIT_NAMES if (d / f"{n}.txt").is_file()}
-  meta = {}
-  if (d / "meta.json").is_file():
-    try:
-      meta = json.loads((d / "meta.json").read_text())
-    except json.JSONDecodeError as e:
-      raise DataError(f"{d / 'meta.json'} is damaged ({e}): restore it or start a new "
-                      "workdir") from e
-  return splits, meta
+  try:
+    meta = json.loads((d / "meta.json").read_text())
+  except json.JSONDecodeError as e:
+    raise DataError(f"{d / 'meta.json'} is damaged ({e}): restore it or start a new "
+                    "workdir") from e
+  names = meta.get("splits") or [n for n in SPLIT_NAMES if (d / f"{n}.txt").is_file()]
+  missing = [n for n in names if not (d / f"{n}.txt").is_file()]
+  if missing:
+    raise DataError(f"{d} lacks {', '.join(f'{n}.txt' for n in missing)} that its meta.json "
+                    "lists: restore them, or start a new workdir")
+  return {n: read_split_file(d / f"{n}.txt") for n in names}, meta
 
 
 def assign_splits(sources: dict[str, tuple[list[str], np.ndarray]], class_names: list[str], *,

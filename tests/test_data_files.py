@@ -291,3 +291,16 @@ def test_list_images_files_and_folders(tmp_path):
   assert [os.path.relpath(p, tmp_path) for p in got] == [
       "f/a.0.jpg", "f/b.0.jpg", "f/b.1.jpg", "f/sub/z.gif", "one.png"]
   assert str(tmp_path / "missing") in _error(df.list_images, tmp_path / "missing")
+
+
+def test_meta_json_marks_a_complete_split_set(tmp_path):
+  fac.flat_folder(tmp_path / "d", {"cat": 4, "dog": 4})
+  first = _prep(tmp_path / "d", tmp_path / "w", holdout=2)
+  meta = json.loads((tmp_path / "w" / "splits" / "meta.json").read_text())
+  assert meta["splits"] == ["holdout", "train"] and meta["class_names"] == ["cat", "dog"]
+  (tmp_path / "w" / "splits" / "holdout.txt").unlink()
+  assert "holdout.txt" in _error(_prep, tmp_path / "d", tmp_path / "w", holdout=2)
+  (tmp_path / "w" / "splits" / "meta.json").unlink()  # an interrupted write: drawn again
+  again = _prep(tmp_path / "d", tmp_path / "w", holdout=2)
+  assert not again.report["splits_reused"]
+  assert again.splits["holdout"][0] == first.splits["holdout"][0]

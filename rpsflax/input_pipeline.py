@@ -1,0 +1,588 @@
+"""The input pipeline: image folders or the TFDS catalog -> padded, masked NumPy batches.
+
+The only module of the package that imports TensorFlow, and it hides every GPU from it at
+import so that JAX owns the accelerator memory. Listing, checking and splitting folders is
+TF-free (rpsflax/data_files.py); this module decodes, resizes and batches.
+
+Decoding matches Keras' `load_img` (PIL `convert('RGB')`, then PIL resize): tf.io decodes
+JPEGs (accurate IDCT) and PNGs in parallel without the GIL and is bit-identical to PIL there;
+CMYK JPEGs, GIFs and BMPs go to PIL inside the same tf.data map. 'nearest' (Keras'
+flow_from_directory default) reproduces PIL's nearest-neighbour indices exactly; the smooth
+methods use tf.image.resize with antialiasing, within 1-2 levels of PIL's.
+
+With config.data.cache (the default) each image is decoded once into a uint8 array; an epoch
+is then a seeded permutation gathered batch by batch with NumPy, prefetched in a thread.
+Batches: {'image': uint8 [B,H,W,3], 'label': int32 [B], 'mask': bool [B]}, B the per-process
+batch, the last batch zero-padded with mask False, in training too (steps = ceil(n / batch)).
+"""
+
+import dataclasses
+import io
+import math
+import os
+import queue
+import threading
+from typing import Iterator, Optional, Sequence
+
+from absl import logging
+import numpy as np
+from PIL import Image
+import tensorflow as tf
+
+from rpsflax import data_files
+from rpsflax.data_files import DataError  # noqa: F401  (re-exported: callers catch it here)
+
+try:
+  tf.config.set_visible_devices([], "GPU")
+except RuntimeError as e:  # TF already initialised by someone else: say so, carry on
+  logging.warning("could not hide GPUs from TensorFlow (%s); it may take GPU memory", e)
+
+_CODES = {"jpeg": 0, "png": 1, "pil": 2}
+# Keras / PIL interpolation names -> tf.image.resize methods (antialiased, as PIL is).
+# 'box' and 'hamming' have no TF equivalent close to PIL's.
+RESIZE_METHODS = {"nearest": "nearest", "bilinear": "bilinear", "bicubic": "bicubic",
+                  "lanczos": "lanczos3", "lanczos3": "lanczos3", "lanczos5": "lanczos5",
+                  "area": "area", "mitchellcubic": "mitchellcubic", "gaussian": "gaussian"}
+_KNOWN_TFDS_SPLITS = {"rock_paper_scissors": ("train", "test"), "cats_vs_dogs": ("train",)}
+_DECODE_BATCH = 64
+_PROGRESS_MIN = 2000
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding and resizing (TF graph functions, used inside tf.data maps).
+
+def _pil_rgb(data: bytes) -> np.ndarray:
+  with Image.open(io.BytesIO(data)) as im:
+    return np.asarray(im.convert("RGB"))  # what keras.utils.load_img does
+
+
+def decode_image(data: tf.Tensor, code: tf.Tensor) -> tf.Tensor:
+  """Encoded bytes -> uint8 [h, w, 3]; `code` picks the decoder (see ImageInfo.decoder)."""
+  def jpeg():
+    return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
+
+  def png():
+    return tf.io.decode_png(data, channels=3, dtype=tf.uint8)
+
+  def pil():
+    return tf.ensure_shape(tf.numpy_function(_pil_rgb, [data], tf.uint8, stateful=False),
+                           [None, None, 3])
+  return tf.switch_case(tf.cast(code, tf.int32), [jpeg, png, pil])
+
+
+def _pil_nearest_index(n_in, n_out):
+  """Source rows PIL's NEAREST resize reads: x0 = s/2, x_k = x_{k-1} + s, floor (float64)."""
+  s = tf.cast(n_in, tf.float64) / tf.cast(n_out, tf.float64)
+  steps = tf.concat([[s * 0.5], tf.fill([n_out - 1], s)], 0)
+  return tf.minimum(tf.cast(tf.math.cumsum(steps), tf.int32), n_in - 1)
+
+
+def resize_image(image: tf.Tensor, size: tuple[int, int], method: str = "nearest") -> tf.Tensor:
+  """uint8 [h, w, 3] -> uint8 [size[0], size[1], 3], as PIL's Image.resize(method)."""
+  h, w = size
+  if method == "nearest":
+    shape = tf.shape(image)
+    image = tf.gather(image, _pil_nearest_index(shape[0], h), axis=0)
+    image = tf.gather(image, _pil_nearest_index(shape[1], w), axis=1)
+    return tf.ensure_shape(image, [h, w, 3])
+
+  def smooth():
+    out = tf.image.resize(image, (h, w), method=RESIZE_METHODS[method], antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
+  same = tf.reduce_all(tf.shape(image)[:2] == (h, w))  # Keras leaves such images untouched
+  return tf.ensure_shape(tf.cond(same, lambda: image, smooth), [h, w, 3])
+
+
+def _load_resize(path, code, size, method):
+  return resize_image(decode_image(tf.io.read_file(path), code), size, method)
+
+
+def _image_size(size) -> tuple[int, int]:
+  if isinstance(size, int):
+    return (size, size)
+  h, w = size
+  return (int(h), int(w))
+
+
+def _check_method(method: str):
+  if method not in RESIZE_METHODS:
+    raise DataError(f"config.data.resize_method={method!r}: use one of "
+                    f"{sorted(RESIZE_METHODS)} ('nearest' is Keras' flow_from_directory default)")
+
+
+def _pil_load_resize(path: str, size, method) -> np.ndarray:
+  """The slow, sure path for a file tf.io refused: PIL decode, same resize."""
+  with open(path, "rb") as f:
+    rgb = _pil_rgb(f.read())
+  return resize_image(tf.constant(rgb), size, method).numpy()
+
+
+def _decode_files(paths: np.ndarray, codes: np.ndarray, size, method, num_parallel_calls,
+                  out: np.ndarray, desc: str = "decoding") -> list[tuple[int, str]]:
+  """Decode paths[i] into out[i] in parallel; returns [(i, reason)] of files no decoder read."""
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  n = len(paths)
+  if n == 0:
+    return []
+  done = np.zeros(n, bool)
+  ds = tf.data.Dataset.from_tensor_slices((np.arange(n), paths.astype(str), codes))
+  ds = ds.map(lambda i, p, c: (i, _load_resize(p, c, size, method)),
+              num_parallel_calls=num_parallel_calls, deterministic=False)
+  ds = ds.ignore_errors().batch(_DECODE_BATCH).prefetch(2)
+  with tqdm(total=n, desc=desc, unit="img", disable=n < _PROGRESS_MIN) as bar:
+    for idx, images in ds.as_numpy_iterator():
+      out[idx] = images
+      done[idx] = True
+      bar.update(len(idx))
+  failed = []
+  for i in np.flatnonzero(~done):
+    try:
+      out[i] = _pil_load_resize(str(paths[i]), size, method)
+    except Exception as e:  # pylint: disable=broad-except
+      failed.append((int(i), f"cannot decode: {e}"))
+  return failed
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching.
+
+def _prefetch(make_iter, size: int = 2):
+  """Run `make_iter()` in a thread, `size` items ahead; stops when the consumer does."""
+  q, stop, end = queue.Queue(size), threading.Event(), object()
+
+  def put(item):
+    while not stop.is_set():
+      try:
+        q.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        pass
+    return False
+
+  def work():
+    try:
+      for item in make_iter():
+        if not put(item):
+          return
+      put(end)
+    except BaseException as e:  # pylint: disable=broad-except
+      put(_Raised(e))
+
+  threading.Thread(target=work, daemon=True, name="rpsflax-prefetch").start()
+  try:
+    while True:
+      item = q.get()
+      if item is end:
+        return
+      if isinstance(item, _Raised):
+        raise item.error
+      yield item
+  finally:
+    stop.set()
+
+
+@dataclasses.dataclass
+class _Raised:
+  error: BaseException
+
+
+@dataclasses.dataclass
+class _Split:
+  paths: np.ndarray              # str
+  labels: np.ndarray             # int32
+  codes: np.ndarray              # int32 decoder codes
+  images: Optional[np.ndarray] = None   # cache, uint8 [n, H, W, 3]
+  decoded: Optional[np.ndarray] = None  # bool [n]: rows of `images` filled
+
+
+class Datasets:
+  """The splits of one data source, batched for this process. See the module docstring."""
+
+  def __init__(self, *, class_names: Sequence[str], splits: dict[str, _Split],
+               skipped: list[tuple[str, str]], image_size, resize_method: str, batch_size: int,
+               eval_batch_size: int, seed: int, cache: bool = True, num_parallel_calls: int = -1,
+               process_index: int = 0, process_count: int = 1, source: str = "",
+               report: Optional[dict] = None):
+    _check_batches(batch_size, eval_batch_size, process_count)
+    self.class_names = list(class_names)
+    self.skipped = list(skipped)
+    self.image_size = _image_size(image_size)
+    self.resize_method = resize_method
+    self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+    self.seed, self.cache = seed, cache
+    self.num_parallel_calls = num_parallel_calls
+    self.process_index, self.process_count = process_index, process_count
+    self.source = source
+    self.report = report or {}
+    self._splits = splits
+    self._lock = threading.Lock()
+
+  # -- sizes ----------------------------------------------------------------------------------
+  @property
+  def num_examples(self) -> dict[str, int]:
+    return {k: len(s.paths) for k, s in self._splits.items()}
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return math.ceil(self.num_examples.get("train", 0) / self.batch_size)
+
+  def eval_steps(self, split: str) -> int:
+    return math.ceil(len(self._get(split).paths) / self.eval_batch_size)
+
+  def split_paths(self, split: str) -> list[str]:
+    return [str(p) for p in self._get(split).paths]
+
+  def split_labels(self, split: str) -> np.ndarray:
+    return self._get(split).labels.copy()
+
+  def _get(self, split: str) -> _Split:
+    if split not in self._splits:
+      raise DataError(f"no split {split!r} in {self.source}: have {sorted(self._splits)}")
+    return self._splits[split]
+
+  # -- batches --------------------------------------------------------------------------------
+  def train_order(self, epoch: int) -> np.ndarray:
+    """Global example order of `epoch`: a pure function of (config.seed, epoch)."""
+    return data_files.epoch_order(self.seed, epoch, len(self._get("train").paths))
+
+  def train_batches(self, epoch: int) -> Iterator[dict]:
+    """This process's slice of every global batch of epoch `epoch` (shuffled, padded)."""
+    idx = data_files.batch_index_matrix(self.train_order(epoch), self.batch_size,
+                                        self.process_index, self.process_count)
+    return self._batches("train", idx)
+
+  def eval_batches(self, split: str = "validation") -> Iterator[dict]:
+    """Every example of `split` exactly once, in file order, padded and masked."""
+    idx = data_files.batch_index_matrix(np.arange(len(self._get(split).paths)),
+                                        self.eval_batch_size, self.process_index,
+                                        self.process_count)
+    return self._batches(split, idx)
+
+  def prepare(self, splits: Optional[Sequence[str]] = None):
+    """Decode the caches now (else done on first use): training splits, or `splits`."""
+    if not self.cache:
+      return
+    for name in splits or [s for s in ("train", "validation") if s in self._splits]:
+      self._ensure_decoded(name, np.arange(len(self._splits[name].paths)))
+
+  def _batches(self, split: str, idx: np.ndarray) -> Iterator[dict]:
+    s = self._get(split)
+    if self.cache or s.images is not None:
+      self._ensure_decoded(split, np.unique(idx[idx >= 0]))
+      return _prefetch(lambda: (self._gather(s, row) for row in idx))
+    return self._stream(s, idx)
+
+  @staticmethod
+  def _gather(s: _Split, row: np.ndarray) -> dict:
+    valid = row >= 0
+    take = np.where(valid, row, 0)
+    images = s.images[take]
+    images[~valid] = 0
+    return {"image": images, "label": np.where(valid, s.labels[take], 0).astype(np.int32),
+            "mask": valid}
+
+  def _ensure_decoded(self, split: str, rows: np.ndarray):
+    s = self._splits[split]
+    with self._lock:
+      n = len(s.paths)
+      if s.images is None:
+        h, w = self.image_size
+        s.images = np.zeros((n, h, w, 3), np.uint8)  # calloc: untouched rows cost nothing
+        s.decoded = np.zeros(n, bool)
+        logging.info("caching %d %s images at %dx%d (%.2f GB)", n, split, h, w,
+                     n * h * w * 3 / 1e9)
+      rows = rows[~s.decoded[rows]]
+      if not len(rows):
+        return
+      tmp = np.zeros((len(rows), *s.images.shape[1:]), np.uint8)
+      failed = _decode_files(s.paths[rows], s.codes[rows], self.image_size, self.resize_method,
+                             self.num_parallel_calls, tmp, desc=f"decoding {split}")
+      if failed:
+        i, reason = failed[0]
+        raise DataError(f"{s.paths[rows[i]]}: {reason}. It was readable when the data was "
+                        f"checked; it changed since. Remove or restore it "
+                        f"({len(failed)} such files)")
+      s.images[rows] = tmp
+      s.decoded[rows] = True
+
+  def _stream(self, s: _Split, idx: np.ndarray) -> Iterator[dict]:
+    """Uncached: decode each batch with tf.data (parallel map, prefetch), in order."""
+    b = idx.shape[1]
+    size, method = self.image_size, self.resize_method
+    zeros = tf.zeros((*size, 3), tf.uint8)
+
+    def dataset(rows):
+      flat = rows.reshape(-1)
+      valid = flat >= 0
+      take = np.where(valid, flat, 0)
+      ds = tf.data.Dataset.from_tensor_slices(
+          (s.paths[take].astype(str), s.codes[take], s.labels[take] * valid, valid))
+      ds = ds.map(lambda p, c, l, v: {"image": tf.cond(v, lambda: _load_resize(p, c, size,
+                                                                              method),
+                                                       lambda: zeros),
+                                      "label": l, "mask": v},
+                  num_parallel_calls=self.num_parallel_calls, deterministic=True)
+      return ds.batch(b, drop_remainder=True).prefetch(2)
+
+    step = 0
+    while step < len(idx):
+      try:
+        for batch in dataset(idx[step:]).as_numpy_iterator():
+          step += 1
+          yield batch
+      except tf.errors.OpError:  # a file tf.io refused: this batch through PIL, then go on
+        yield self._pil_batch(s, idx[step])
+        step += 1
+
+  def _pil_batch(self, s: _Split, row: np.ndarray) -> dict:
+    h, w = self.image_size
+    images = np.zeros((len(row), h, w, 3), np.uint8)
+    for j, i in enumerate(row):
+      if i >= 0:
+        try:
+          images[j] = _pil_load_resize(str(s.paths[i]), self.image_size, self.resize_method)
+        except Exception as e:  # pylint: disable=broad-except
+          raise DataError(f"{s.paths[i]}: cannot decode ({e}). It was readable when the data "
+                          "was checked; it changed since. Remove or restore it") from e
+    valid = row >= 0
+    return {"image": images, "label": np.where(valid, s.labels[np.maximum(row, 0)], 0)
+            .astype(np.int32), "mask": valid}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources.
+
+def _process(process_index, process_count) -> tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=import-outside-toplevel
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise DataError(f"process_index={process_index} outside [0, {process_count})")
+  return process_index, process_count
+
+
+def _check_batches(batch_size, eval_batch_size, process_count):
+  for key, b in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+    if b <= 0 or b % process_count:
+      raise DataError(f"config.{key}={b} must be positive and divide by the number of "
+                      f"processes ({process_count})")
+
+
+def _check_head(config, class_names):
+  n = getattr(getattr(config, "head", None), "num_classes", None)
+  if n is None:
+    return
+  if not (n == len(class_names) or (n == 1 and len(class_names) == 2)):
+    raise DataError(f"config.head.num_classes={n} but the data has {len(class_names)} classes "
+                    f"{class_names}: set --config.head.num_classes={len(class_names)}"
+                    + (" (or 1 for a sigmoid output)" if len(class_names) == 2 else ""))
+
+
+def _split_objects(splits, codes_of) -> dict[str, _Split]:
+  return {k: _Split(np.asarray(paths, dtype=object), np.asarray(labels, np.int32),
+                    np.asarray([codes_of(p) for p in paths], np.int32).reshape(-1))
+          for k, (paths, labels) in splits.items()}
+
+
+def create_datasets(config, workdir=None, *, process_index: Optional[int] = None,
+                    process_count: Optional[int] = None, check_head: bool = True) -> Datasets:
+  """The train/validation(/holdout/test) splits of config.data.dir, or of TFDS when it is ''.
+
+  Checks every file, draws or reuses the splits, writes workdir/splits/*.txt and
+  workdir/data_report.json (process 0 only; nothing when workdir is None). Raises DataError
+  before any training for anything a user must fix (with `check_head`, also a class count
+  that config.head.num_classes cannot represent).
+  """
+  pi, pc = _process(process_index, process_count)
+  _check_method(config.data.resize_method)
+  _check_batches(config.batch_size, config.eval_batch_size, pc)
+  common = dict(image_size=config.data.image_size, resize_method=config.data.resize_method,
+                batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
+                seed=config.seed, num_parallel_calls=config.data.num_parallel_calls,
+                process_index=pi, process_count=pc)
+  if config.data.dir:
+    fd = data_files.prepare_folder(config.data.dir, workdir, seed=config.seed,
+                                   holdout=config.data.holdout,
+                                   val_fraction=config.data.val_fraction, write=pi == 0)
+    if check_head:
+      _check_head(config, fd.class_names)
+    splits = _split_objects(fd.splits, lambda p: _CODES[fd.infos[p].decoder])
+    return Datasets(class_names=fd.class_names, splits=splits, skipped=fd.skipped,
+                    cache=config.data.cache, source=fd.report["source"], report=fd.report,
+                    **common)
+  return _tfds_datasets(config, workdir, write=pi == 0, common=common, check_head=check_head)
+
+
+def create_eval_dataset(config, path, class_names: Optional[Sequence[str]] = None, *,
+                        process_index: Optional[int] = None,
+                        process_count: Optional[int] = None) -> Datasets:
+  """Every readable labelled image of one folder (either layout) as split 'eval'.
+
+  For evaluating a trained model on another folder: labels index `class_names` (the model's
+  classes; the folder may hold a subset), else the folder's own sorted classes.
+  """
+  pi, pc = _process(process_index, process_count)
+  _check_method(config.data.resize_method)
+  path = os.path.abspath(os.fspath(path))
+  if not os.path.isdir(path):
+    raise DataError(f"{path}: no such folder to evaluate on")
+  listing = data_files.list_folder(path)
+  if listing.layout not in ("classes", "flat"):
+    raise DataError(f"{path} has no labelled images ({listing.layout}): use class folders or "
+                    "class-prefixed file names; to label unlabelled images use rpsflax.predict")
+  infos, skipped = data_files.scan_images(listing.files)
+  names = list(class_names) if class_names is not None else listing.class_names
+  unknown = sorted(set(listing.classes) - set(names))
+  if unknown:
+    raise DataError(f"{path} has classes {unknown} that the model does not know ({names})")
+  index = {c: i for i, c in enumerate(names)}
+  ok = [(f, index[c]) for f, c in zip(listing.files, listing.classes) if f in infos]
+  if not ok:
+    raise DataError(f"{path} has no readable image ({len(skipped)} unreadable)")
+  splits = {"eval": ([f for f, _ in ok], np.asarray([l for _, l in ok], np.int32))}
+  report = data_files.make_report(source=path, class_names=names, splits=splits,
+                                  skipped=skipped, ignored=listing.ignored,
+                                  layouts={"eval": listing.layout})
+  data_files.log_report(report)
+  return Datasets(class_names=names, splits=_split_objects(
+      splits, lambda p: _CODES[infos[p].decoder]), skipped=skipped, cache=config.data.cache,
+                  source=path, report=report, image_size=config.data.image_size,
+                  resize_method=config.data.resize_method, batch_size=config.batch_size,
+                  eval_batch_size=config.eval_batch_size, seed=config.seed,
+                  num_parallel_calls=config.data.num_parallel_calls, process_index=pi,
+                  process_count=pc)
+
+
+def _offline_message(name: str, data_dir, error: Exception) -> str:
+  where = data_dir or "~/tensorflow_datasets"
+  return (f"no local data: config.data.dir is '' and the TFDS dataset {name!r} is not prepared "
+          f"in {where}, and downloading it failed ({type(error).__name__}: "
+          f"{str(error)[:300]}). Fix: pass a local folder with --config.data.dir=/path/to/"
+          f"folder (DIR/train/<class>/*.jpg or flat DIR/train/cat.1.jpg, optional "
+          f"DIR/validation), or run once online to let TFDS download {name!r} (or set "
+          f"--config.data.tfds_data_dir to where it is prepared)")
+
+
+def _tfds_datasets(config, workdir, *, write: bool, common: dict, check_head: bool) -> Datasets:
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  name, data_dir = config.data.tfds_name, config.data.tfds_data_dir or None
+  if not name:
+    raise DataError("no data: config.data.dir and config.data.tfds_name are both empty; pass "
+                    "--config.data.dir=/path/to/folder")
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(f"config.data.tfds_name={name!r} is not a TFDS dataset ({e}); or pass "
+                    "--config.data.dir=/path/to/folder") from e
+  if not builder.is_prepared():
+    logging.info("TFDS %s is not prepared in %s: downloading", name, builder.data_dir)
+    try:
+      builder.download_and_prepare()
+    except Exception as e:  # pylint: disable=broad-except
+      raise DataError(_offline_message(name, data_dir, e)) from e
+  available = list(builder.info.splits.keys()) or list(_KNOWN_TFDS_SPLITS.get(name, ("train",)))
+  label_names = list(builder.info.features["label"].names)
+  class_names = sorted(label_names)  # alphabetical, as for folders (TFDS rps: rock, paper, ..)
+  if check_head:
+    _check_head(config, class_names)
+  remap = np.asarray([class_names.index(c) for c in label_names], np.int32)
+  val_split = next((s for s in ("validation", "test") if s in available), None)
+  wanted = {"train": "train", **({"validation": val_split} if val_split else {})}
+  size = _image_size(config.data.image_size)
+  arrays, where, sources, skipped = {}, {}, {}, []
+  for role, split in wanted.items():
+    arrays[split], labels, failed = _read_tfds_split(
+        builder, split, size, config.data.resize_method, config.data.num_parallel_calls)
+    keep = np.setdiff1d(np.arange(len(labels)), failed)
+    paths = [f"{data_files.TFDS_PREFIX}{name}/{split}/{i}" for i in keep]
+    skipped += [(f"{data_files.TFDS_PREFIX}{name}/{split}/{i}", "cannot decode") for i in failed]
+    where.update({p: (split, i) for p, i in zip(paths, keep)})
+    sources[role] = (paths, remap[labels[keep]])
+  source = f"{data_files.TFDS_PREFIX}{name}"
+  splits, notes = data_files.assign_splits(
+      sources, class_names, seed=config.seed, holdout=config.data.holdout,
+      val_fraction=config.data.val_fraction, source=source, workdir=workdir, write=write)
+  objs = {}
+  for k, (paths, labels) in splits.items():
+    arr = np.zeros((len(paths), *size, 3), np.uint8)
+    for j, p in enumerate(paths):
+      sp, i = where[p]
+      arr[j] = arrays[sp][i]
+    objs[k] = _Split(np.asarray(paths, dtype=object), np.asarray(labels, np.int32),
+                     np.zeros(len(paths), np.int32), arr, np.ones(len(paths), bool))
+  report = data_files.make_report(source=source, class_names=class_names, splits=splits,
+                                  skipped=skipped, tfds_splits=wanted, seed=config.seed,
+                                  holdout=config.data.holdout,
+                                  val_fraction=config.data.val_fraction, **notes)
+  if workdir is not None and write:
+    data_files.write_report(workdir, report)
+  data_files.log_report(report)
+  return Datasets(class_names=class_names, splits=objs, skipped=skipped, cache=True,
+                  source=source, report=report, **common)
+
+
+def _read_tfds_split(builder, split, size, method, num_parallel_calls):
+  """Decode a whole TFDS split once: (uint8 [n,H,W,3] by example index, labels, failed idx)."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          decoders={"image": tfds.decode.SkipDecoding()})
+
+  def load(i, ex):
+    code = tf.where(tf.io.is_jpeg(ex["image"]), 0, 1)
+    return i, resize_image(decode_image(ex["image"], code), size, method), ex["label"]
+  n = int(ds.cardinality())
+  if n < 0:  # unknown: count the records (labels only)
+    n = sum(1 for _ in ds.map(lambda ex: ex["label"]).as_numpy_iterator())
+  out = np.zeros((n, *size, 3), np.uint8)
+  labels = np.zeros(n, np.int32)
+  done = np.zeros(n, bool)
+  ds = ds.enumerate().map(load, num_parallel_calls=num_parallel_calls, deterministic=False)
+  for idx, imgs, lab in ds.ignore_errors().batch(_DECODE_BATCH).prefetch(2).as_numpy_iterator():
+    out[idx], labels[idx], done[idx] = imgs, lab, True
+  return out, labels, np.flatnonzero(~done)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction.
+
+def list_images(paths) -> list[str]:
+  """Image files named by `paths` (files or folders, recursive, sorted)."""
+  return data_files.list_images(paths)
+
+
+def load_images(paths: Sequence[str], image_size, resize_method: str = "nearest",
+                num_parallel_calls: int = -1) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+  """Decode files for prediction: (uint8 [n,H,W,3], readable paths, [(path, reason)])."""
+  _check_method(resize_method)
+  paths = [os.fspath(p) for p in paths]
+  infos, skipped = data_files.scan_images(paths)
+  ok = [p for p in paths if p in infos]
+  size = _image_size(image_size)
+  out = np.zeros((len(ok), *size, 3), np.uint8)
+  failed = _decode_files(np.asarray(ok, dtype=object),
+                         np.asarray([_CODES[infos[p].decoder] for p in ok], np.int32), size,
+                         resize_method, num_parallel_calls, out)
+  if failed:
+    bad = {i for i, _ in failed}
+    skipped += [(ok[i], r) for i, r in failed]
+    keep = [i for i in range(len(ok)) if i not in bad]
+    out, ok = out[keep], [ok[i] for i in keep]
+  for p, r in skipped:
+    logging.warning("skipped %s: %s", p, r)
+  return out, ok, skipped
+
+
+def folder_train_iterator(data_dir, image_size=224, batch_size=32, *, epoch: int = 0,
+                          cache: bool = True, seed: int = 0, resize_method: str = "nearest",
+                          val_fraction: float = 0.0, num_parallel_calls: int = -1,
+                          ) -> tuple[Datasets, Iterator[dict]]:
+  """For benchmarks: the training batches of one epoch of a folder, nothing written."""
+  from rpsflax import config_base  # pylint: disable=import-outside-toplevel
+  c = config_base.get_config()
+  c.seed, c.batch_size, c.eval_batch_size = seed, batch_size, batch_size
+  c.data.dir, c.data.image_size, c.data.cache = os.fspath(data_dir), image_size, cache
+  c.data.resize_method, c.data.val_fraction = resize_method, val_fraction
+  c.data.num_parallel_calls = num_parallel_calls
+  ds = create_datasets(c, None, process_index=0, process_count=1, check_head=False)
+  return ds, ds.train_batches(epoch)
