@@ -20,6 +20,7 @@ import os
 # from TensorFlow on import (tf.config.set_visible_devices([], 'GPU')) so JAX keeps the memory.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import logging as std_logging  # noqa: E402
 import pathlib  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -107,13 +108,18 @@ def train(config, workdir: pathlib.Path) -> dict:
 
 
 def evaluate(config, workdir: pathlib.Path, split: str, data_dir: str) -> dict:
+  """Evaluate with the config the workdir was trained with (its config.json), which built the
+  checkpoint; --config is used only for a workdir without one."""
   if not workdir.is_dir():
     raise RunError(f"--workdir={workdir} does not exist: train first (--mode=train)")
-  if config is None:
-    try:
-      config = report.read_config(workdir)
-    except FileNotFoundError as e:
-      raise RunError(f"{e} Pass --config=... as well, or train first.") from None
+  if (workdir / report.CONFIG_FILE).is_file():
+    if config is not None:
+      logging.info("--mode=evaluate uses %s (the config the checkpoint was trained with); "
+                   "--config is ignored", workdir / report.CONFIG_FILE)
+    config = report.read_config(workdir)
+  elif config is None:
+    raise RunError(f"{workdir / report.CONFIG_FILE} not found: is {workdir} the --workdir of a "
+                   "training run? Pass --config=... as well, or train first.")
   config_check.check_config(config)
   init_distributed(config)
   from rpsflax import train as train_lib  # noqa: PLC0415
@@ -162,7 +168,15 @@ def parse_flags(argv: list[str]) -> list[str]:
   sys.exit(EXIT_USER_ERROR)
 
 
+class _QuietOrbax(std_logging.Filter):
+  """Orbax logs every save and restore at INFO, drowning the training log; keep its warnings."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
+  logging.get_absl_handler().addFilter(_QuietOrbax())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   workdir = pathlib.Path(FLAGS.workdir).expanduser()
