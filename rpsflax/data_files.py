@@ -19,7 +19,7 @@ import json
 import os
 import pathlib
 import re
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 from absl import logging
 import numpy as np

@@ -470,6 +470,8 @@ def _tfds_datasets(config, workdir, *, write: bool, common: dict, check_head: bo
   if not name:
     raise DataError("no data: config.data.dir and config.data.tfds_name are both empty; pass "
                     "--config.data.dir=/path/to/folder")
+  if not config.data.cache:
+    logging.info("TFDS data is decoded once into memory whatever config.data.cache says")
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # pylint: disable=broad-except
@@ -552,7 +554,8 @@ def list_images(paths) -> list[str]:
 
 
 def load_images(paths: Sequence[str], image_size, resize_method: str = "nearest",
-                num_parallel_calls: int = -1) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+                num_parallel_calls: int = -1,
+                ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
   """Decode files for prediction: (uint8 [n,H,W,3], readable paths, [(path, reason)])."""
   _check_method(resize_method)
   paths = [os.fspath(p) for p in paths]
@@ -573,16 +576,24 @@ def load_images(paths: Sequence[str], image_size, resize_method: str = "nearest"
   return out, ok, skipped
 
 
-def folder_train_iterator(data_dir, image_size=224, batch_size=32, *, epoch: int = 0,
-                          cache: bool = True, seed: int = 0, resize_method: str = "nearest",
-                          val_fraction: float = 0.0, num_parallel_calls: int = -1,
-                          ) -> tuple[Datasets, Iterator[dict]]:
-  """For benchmarks: the training batches of one epoch of a folder, nothing written."""
+def folder_datasets(data_dir, image_size=224, batch_size=32, *, cache: bool = True,
+                    seed: int = 0, resize_method: str = "nearest", val_fraction: float = 0.0,
+                    num_parallel_calls: int = -1) -> Datasets:
+  """For benchmarks: a folder's Datasets, checked and split, nothing decoded or written yet.
+
+  Time `ds.prepare()` (decode-once cache) and `ds.train_batches(epoch)` separately.
+  """
   from rpsflax import config_base  # pylint: disable=import-outside-toplevel
   c = config_base.get_config()
   c.seed, c.batch_size, c.eval_batch_size = seed, batch_size, batch_size
   c.data.dir, c.data.image_size, c.data.cache = os.fspath(data_dir), image_size, cache
   c.data.resize_method, c.data.val_fraction = resize_method, val_fraction
   c.data.num_parallel_calls = num_parallel_calls
-  ds = create_datasets(c, None, process_index=0, process_count=1, check_head=False)
+  return create_datasets(c, None, process_index=0, process_count=1, check_head=False)
+
+
+def folder_train_iterator(data_dir, image_size=224, batch_size=32, *, epoch: int = 0,
+                          **kw) -> tuple[Datasets, Iterator[dict]]:
+  """For benchmarks: (datasets, training batches of `epoch`) of a folder (see folder_datasets)."""
+  ds = folder_datasets(data_dir, image_size, batch_size, **kw)
   return ds, ds.train_batches(epoch)

@@ -243,8 +243,11 @@ def test_eval_dataset_for_another_folder(tmp_path):
 
 def test_benchmark_entry_point(tmp_path):
   data = _folder(tmp_path, {"a": 4, "b": 4})
-  ds, batches = ip.folder_train_iterator(data, image_size=16, batch_size=4)
-  assert ds.steps_per_epoch == 2 and sum(b["mask"].sum() for b in batches) == 8
+  ds = ip.folder_datasets(data, image_size=16, batch_size=4)
+  ds.prepare()
+  assert ds.steps_per_epoch == 2 and sum(b["mask"].sum() for b in ds.train_batches(0)) == 8
+  ds, batches = ip.folder_train_iterator(data, image_size=16, batch_size=4, cache=False)
+  assert sum(b["mask"].sum() for b in batches) == 8
 
 
 # -- TFDS ----------------------------------------------------------------------------------------
@@ -260,6 +263,9 @@ def test_tfds_mock_reading(tmp_path):
     assert batch["image"].shape == (4, 24, 24, 3) and batch["image"].any()
     assert (tmp_path / "w" / "splits" / "train.txt").read_text().startswith(
         "tfds:rock_paper_scissors/train/0\t")
+    raw = [int(ex["label"]) for ex in tfds.builder("rock_paper_scissors").as_dataset(
+        split="train", shuffle_files=False).as_numpy_iterator()]
+    assert ds.split_labels("train").tolist() == [[1, 0, 2][r] for r in raw]  # rock=1, paper=0
     cd = _create(_config("", size=24, batch=4, classes=1, tfds_name="cats_vs_dogs", holdout=2,
                          val_fraction=0.25), tmp_path / "w2")
     assert cd.num_examples == {"holdout": 2, "validation": 2, "train": 6}
