@@ -25,6 +25,8 @@ import re
 import optax
 from flax import traverse_util
 
+from rpsflax.config_check import ConfigError
+
 FROZEN = "frozen"
 TRAINABLE = "trainable"
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
@@ -46,7 +48,7 @@ def _groups(config) -> list[tuple[str, float]]:
   groups = []
   for i, group in enumerate(config.get("lr_groups", ()) or ()):
     if not (isinstance(group, (tuple, list)) and len(group) == 2):
-      raise ValueError(f"config.lr_groups[{i}]={group!r}: use (pattern, learning_rate) pairs")
+      raise ConfigError(f"config.lr_groups[{i}]={group!r}: use (pattern, learning_rate) pairs")
     groups.append((str(group[0]), float(group[1])))
   return groups
 
@@ -54,7 +56,7 @@ def _groups(config) -> list[tuple[str, float]]:
 def param_labels(params, config):
   """Same-structure tree of labels: 'frozen', 'trainable' or 'group_i'.
 
-  Raises ValueError naming `config.trainable` / `config.lr_groups` for a pattern that matches
+  Raises ConfigError (a ValueError) naming `config.trainable` / `config.lr_groups` for a pattern that matches
   no parameter (a typo would otherwise silently freeze what the user meant to train), and when
   nothing at all is trainable.
   """
@@ -81,14 +83,14 @@ def param_labels(params, config):
   examples = ", ".join(_match_path(p) for p in list(flat)[:3])
   for (pattern, _), used in zip(trainable, used_t):
     if not used:
-      raise ValueError(f"config.trainable: pattern {pattern!r} matches no parameter "
+      raise ConfigError(f"config.trainable: pattern {pattern!r} matches no parameter "
                        f"(paths look like {examples}, ...)")
   for i, ((pattern, _, _), used) in enumerate(zip(groups, used_g)):
     if not used:
-      raise ValueError(f"config.lr_groups[{i}]: pattern {pattern!r} matches no parameter "
+      raise ConfigError(f"config.lr_groups[{i}]: pattern {pattern!r} matches no parameter "
                        f"(paths look like {examples}, ...)")
   if all(label == FROZEN for label in labels.values()):
-    raise ValueError("config.trainable / config.lr_groups: no parameter is trainable; "
+    raise ConfigError("config.trainable / config.lr_groups: no parameter is trainable; "
                      "name at least one pattern, e.g. config.trainable=('head/.*',)")
   return traverse_util.unflatten_dict(labels)
 
@@ -105,7 +107,7 @@ def make_base_optimizer(config, learning_rate: float) -> optax.GradientTransform
   """One optimizer of config.optim.name at `learning_rate`, with Keras' semantics (see above)."""
   o = config.optim
   if not learning_rate > 0:
-    raise ValueError(f"config.optim.learning_rate / config.lr_groups: learning rate "
+    raise ConfigError(f"config.optim.learning_rate / config.lr_groups: learning rate "
                      f"{learning_rate} must be positive")
   if o.name == "rmsprop":
     return optax.rmsprop(learning_rate, decay=o.rho, eps=o.epsilon, initial_scale=0.0,
@@ -114,7 +116,7 @@ def make_base_optimizer(config, learning_rate: float) -> optax.GradientTransform
     return optax.adam(learning_rate, b1=0.9, b2=0.999, eps=o.epsilon)
   if o.name == "sgd":
     return optax.sgd(learning_rate, momentum=o.momentum or None)
-  raise ValueError(f"config.optim.name={o.name!r}: use one of {OPTIMIZERS}")
+  raise ConfigError(f"config.optim.name={o.name!r}: use one of {OPTIMIZERS}")
 
 
 def create_optimizer(config, params) -> optax.GradientTransformation:

@@ -263,10 +263,10 @@ def check_batch_sizes(config, mesh: Mesh) -> None:
   """The global training batch must split evenly across devices and processes."""
   n = mesh.devices.size
   if config.batch_size % n:
-    raise ValueError(f"config.batch_size={config.batch_size} does not divide across {n} devices; "
+    raise config_check.ConfigError(f"config.batch_size={config.batch_size} does not divide across {n} devices; "
                      f"use a multiple of {n}")
   if config.batch_size % jax.process_count() or config.eval_batch_size % jax.process_count():
-    raise ValueError(f"config.batch_size={config.batch_size} and config.eval_batch_size="
+    raise config_check.ConfigError(f"config.batch_size={config.batch_size} and config.eval_batch_size="
                      f"{config.eval_batch_size} must be multiples of the process count "
                      f"({jax.process_count()})")
 
@@ -295,7 +295,7 @@ def shard_batch(batch: dict, mesh: Mesh, *, pad: bool = False) -> dict:
   if pad:
     batch = pad_batch(batch, n)
   elif len(batch["mask"]) % n:
-    raise ValueError(f"a training batch of {len(batch['mask'])} examples per process does not split "
+    raise config_check.ConfigError(f"a training batch of {len(batch['mask'])} examples per process does not split "
                      f"across {n} local devices: make config.batch_size a multiple of "
                      f"{n * jax.process_count()}")
   sharding = data_sharding(mesh)
@@ -513,7 +513,7 @@ def _class_names_for_head(config, class_names) -> None:
   k = int(config.head.num_classes)
   if (k == 1 and n != 2) or (k > 1 and k != n):
     need = "1 (sigmoid) or 2" if n == 2 else str(n)
-    raise ValueError(f"config.head.num_classes={k} does not fit the data's {n} classes "
+    raise config_check.ConfigError(f"config.head.num_classes={k} does not fit the data's {n} classes "
                      f"{list(class_names)}: set --config.head.num_classes={need}")
 
 
@@ -535,6 +535,10 @@ def preflight(config, workdir) -> None:
   check = getattr(weights, "check_spec", None)
   if check is not None:
     check(config.weights)
+  if config.data.dir:  # a listing only (no decoding): a missing or empty folder fails here
+    from rpsflax import data_files  # noqa: PLC0415
+
+    data_files.find_split_folders(config.data.dir)
 
 
 def train_and_evaluate(config, workdir) -> dict:
@@ -732,24 +736,6 @@ def load_for_inference(workdir, config=None, which: str = ckpt_lib.BEST):
   return config, model, state.params, list(meta["class_names"]), make_predict_fn(config, model)
 
 
-def _folder_datasets(config, data_dir: str, workdir: pathlib.Path):
-  """Every image of `data_dir` (class subfolders or Kaggle-style names) as eval splits."""
-  from rpsflax import input_pipeline  # noqa: PLC0415
-
-  cfg = config.copy_and_resolve_references()
-  with cfg.unlocked():
-    cfg.data.dir = str(data_dir)
-    cfg.data.val_fraction = 0.0
-    cfg.data.holdout = 0
-  name = pathlib.Path(data_dir).resolve().name or "folder"
-  return input_pipeline.create_datasets(cfg, workdir / "eval_folders" / name), name
-
-
-def _remap_labels(batches, mapping: np.ndarray):
-  for batch in batches:
-    yield {**batch, "label": mapping[np.asarray(batch["label"])].astype(np.int32)}
-
-
 def evaluate(config, workdir, split: str = "validation", data_dir: Optional[str] = None,
              which: str = ckpt_lib.BEST) -> dict:
   """Evaluate a trained workdir's best (else latest) checkpoint on a split of its data or a folder.
@@ -757,7 +743,7 @@ def evaluate(config, workdir, split: str = "validation", data_dir: Optional[str]
   Writes eval_<name>.json and confusion_matrix_<name>.png into the workdir (name: the split, or
   the folder's name) and returns the same numbers (see `train_and_evaluate`).
   """
-  from rpsflax import input_pipeline, report  # noqa: PLC0415
+  from rpsflax import data_files, input_pipeline, report  # noqa: PLC0415
 
   config_check.check_config(config)
   workdir = pathlib.Path(workdir)
@@ -767,20 +753,14 @@ def evaluate(config, workdir, split: str = "validation", data_dir: Optional[str]
   state, meta = restore_state(config, workdir, which, mesh, model=model)
   class_names = list(meta["class_names"])
   if data_dir:
-    datasets, name = _folder_datasets(config, data_dir, workdir)
-    unknown = [c for c in datasets.class_names if c not in class_names]
-    if unknown:
-      raise ValueError(f"{data_dir}: classes {unknown} were not trained on (the model knows "
-                       f"{class_names})")
-    mapping = np.array([class_names.index(c) for c in datasets.class_names], np.int32)
-    splits = [s for s, n in datasets.num_examples.items() if n]
-    batches = _remap_labels(itertools.chain.from_iterable(
-        datasets.eval_batches(s) for s in splits), mapping)
-    split_name = str(data_dir)
+    # Every labelled image of the folder; labels index the model's classes (by name).
+    datasets = input_pipeline.create_eval_dataset(config, data_dir, class_names)
+    batches, split_name = datasets.eval_batches("eval"), str(data_dir)
+    name = pathlib.Path(data_dir).resolve().name or "folder"
   else:
     datasets = input_pipeline.create_datasets(config, workdir)
     if not datasets.num_examples.get(split, 0):
-      raise ValueError(f"split {split!r} has no examples in this run's data (it has "
+      raise data_files.DataError(f"split {split!r} has no examples in this run's data (it has "
                        f"{ {k: v for k, v in datasets.num_examples.items() if v} }); "
                        "pick another --split")
     batches, name, split_name = datasets.eval_batches(split), split, split

@@ -274,3 +274,166 @@ def test_batch_size_must_divide_across_devices():
   out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                        cwd=pathlib.Path(__file__).resolve().parents[1], timeout=120)
   assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# train_and_evaluate on a tiny folder: outputs, resume, bit-identical replay, evaluate
+
+
+def _write_folder(root: pathlib.Path, per_class=8, size=40):
+  """root/train/<class>/*.png, each class its own colour (learnable), with some noise."""
+  from PIL import Image
+
+  rng = np.random.RandomState(0)
+  for c, name in enumerate(("paper", "rock", "scissors")):
+    folder = root / "train" / name
+    folder.mkdir(parents=True)
+    for i in range(per_class):
+      img = np.full((size, size, 3), 40, np.int32)
+      img[..., c] = 200
+      img = np.clip(img + rng.randint(-30, 30, img.shape), 0, 255).astype(np.uint8)
+      Image.fromarray(img).save(folder / f"{name}_{i}.png")
+  return root
+
+
+def _tiny_config(data_dir, num_epochs):
+  c = _cnn_config()
+  c.data.dir = str(data_dir)
+  c.data.val_fraction = 0.25   # 18 train / 6 validation
+  c.batch_size = 4             # 5 steps per epoch, the last one padded
+  c.eval_batch_size = 4
+  c.num_epochs = num_epochs
+  c.log_every_steps = 2
+  c.head.dropout = 0.5         # randomness that a resumed run must replay exactly
+  c.augment.enabled = True
+  c.augment.rotation_range = 10.0
+  c.augment.horizontal_flip = True
+  return c
+
+
+def _final_state(workdir, config):
+  from rpsflax import checkpoint
+
+  target = train.abstract_train_state(config, models.build_model(config))
+  state, meta = checkpoint.restore_latest(workdir, target)
+  return jax.device_get(state), meta
+
+
+def _assert_states_equal(a, b):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _no_seconds(history):
+  return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  """An uninterrupted 2-epoch run: what every resumed run must reproduce bit for bit."""
+  root = tmp_path_factory.mktemp("resume")
+  data = _write_folder(root / "data")
+  config = _tiny_config(data, 2)
+  result = train.train_and_evaluate(config, root / "straight")
+  return root, data, result
+
+
+def test_train_and_evaluate_writes_the_workdir(straight_run):
+  import json
+
+  root, _, result = straight_run
+  workdir = root / "straight"
+  for name in ("config.json", "history.json", "eval.json", "curves.png", "confusion_matrix.png"):
+    assert (workdir / name).is_file(), name
+  assert list((workdir / "tensorboard").iterdir())
+  history = json.loads((workdir / "history.json").read_text())
+  assert [h["epoch"] for h in history] == [1, 2]
+  assert set(history[0]) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                             "seconds"}
+  ev = json.loads((workdir / "eval.json").read_text())
+  assert ev["split"] == "validation" and ev["num_examples"] == 6 == result["num_examples"]
+  assert ev["accuracy"] == pytest.approx(history[-1]["val_accuracy"])
+  assert sum(map(sum, result["confusion_matrix"])) == 6
+  assert set(ev["per_class_accuracy"]) == {"paper", "rock", "scissors"}
+  # best = the first epoch with the highest validation accuracy
+  from rpsflax import checkpoint
+
+  best_epoch = 1 + int(np.argmax([h["val_accuracy"] for h in history]))
+  assert checkpoint.Checkpoints(workdir).restore_meta(which="best")["epoch"] == best_epoch
+
+
+def test_resume_after_one_epoch_equals_a_straight_run(straight_run, monkeypatch):
+  root, data, result = straight_run
+  workdir = root / "resumed"
+  train.train_and_evaluate(_tiny_config(data, 1), workdir)
+  state1, meta1 = _final_state(workdir, _tiny_config(data, 1))
+  assert meta1["epoch"] == 1 and meta1["step"] == 5
+  again = train.train_and_evaluate(_tiny_config(data, 2), workdir)  # continues with epoch 2
+  straight, _ = _final_state(root / "straight", _tiny_config(data, 2))
+  resumed, meta = _final_state(workdir, _tiny_config(data, 2))
+  _assert_states_equal(resumed, straight)
+  assert meta["step"] == 10
+  assert _no_seconds(meta["history"]) == _no_seconds(_final_state(root / "straight",
+                                                                  _tiny_config(data, 2))[1]["history"])
+  assert again["accuracy"] == result["accuracy"]
+
+  # A finished run is not retrained: it returns its eval.json.
+  def forbid(*a, **k):
+    raise AssertionError("a finished run was retrained")
+  monkeypatch.setattr(train, "train_epoch", forbid)
+  assert train.train_and_evaluate(_tiny_config(data, 2), workdir)["accuracy"] == result["accuracy"]
+
+
+def test_signal_mid_epoch_saves_and_resumes_bit_identically(straight_run, monkeypatch):
+  import signal
+
+  root, data, _ = straight_run
+  workdir = root / "interrupted"
+  config = _tiny_config(data, 2)
+  real = train.compiled_steps
+
+  def steps_with_sigterm(cfg, mesh):
+    step, eval_step = real(cfg, mesh)
+    calls = []
+
+    def wrapped(*args):
+      calls.append(1)
+      if len(calls) == 7:  # step 7 of 10: in the middle of epoch 2
+        os.kill(os.getpid(), signal.SIGTERM)
+      return step(*args)
+    return wrapped, eval_step
+
+  monkeypatch.setattr(train, "compiled_steps", steps_with_sigterm)
+  with pytest.raises(train.TrainingInterrupted, match="step 7"):
+    train.train_and_evaluate(config, workdir)
+  monkeypatch.setattr(train, "compiled_steps", real)
+  _, meta = _final_state(workdir, config)
+  assert meta["step"] == 7 and meta["partial"] is not None
+  train.train_and_evaluate(config, workdir)
+  straight, straight_meta = _final_state(root / "straight", config)
+  resumed, meta = _final_state(workdir, config)
+  _assert_states_equal(resumed, straight)
+  assert _no_seconds(meta["history"]) == _no_seconds(straight_meta["history"])
+
+
+def test_evaluate_restores_best_and_reads_a_folder(straight_run):
+  import json
+
+  root, data, _ = straight_run
+  workdir = root / "straight"
+  config = _tiny_config(data, 2)
+  history = json.loads((workdir / "history.json").read_text())
+  out = train.evaluate(config, workdir, split="validation")
+  assert out["checkpoint"] == "best" and out["num_examples"] == 6
+  assert out["accuracy"] == pytest.approx(max(h["val_accuracy"] for h in history))
+  assert (workdir / "eval_validation.json").is_file()
+  # A folder with a subset of the classes: labels are mapped by class name.
+  folder = root / "extra"
+  (folder / "rock").mkdir(parents=True)
+  for p in sorted((data / "train" / "rock").iterdir())[:3]:
+    (folder / "rock" / p.name).write_bytes(p.read_bytes())
+  out = train.evaluate(config, workdir, data_dir=str(folder))
+  assert out["num_examples"] == 3
+  assert sum(out["confusion_matrix"][1]) == 3  # every example counted in the 'rock' row
