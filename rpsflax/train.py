@@ -752,11 +752,16 @@ def evaluate(config, workdir, split: str = "validation", data_dir: Optional[str]
   model = models.build_model(config)
   state, meta = restore_state(config, workdir, which, mesh, model=model)
   class_names = list(meta["class_names"])
+  extra = {"epoch": meta.get("epoch"), "step": meta.get("step"), "checkpoint": meta["checkpoint"]}
   if data_dir:
-    # Every labelled image of the folder; labels index the model's classes (by name).
-    datasets = input_pipeline.create_eval_dataset(config, data_dir, class_names)
-    batches, split_name = datasets.eval_batches("eval"), str(data_dir)
-    name = pathlib.Path(data_dir).resolve().name or "folder"
+    # Every labelled image under the folder: the folder itself, or each of its split folders
+    # (train/, validation/, test/) when it is laid out like a data set. Labels index the
+    # model's classes by name, so a folder may hold a subset of them.
+    folders = [f.path for f in data_files.find_split_folders(data_dir).values()]
+    sets = [input_pipeline.create_eval_dataset(config, f, class_names) for f in folders]
+    batches = itertools.chain.from_iterable(d.eval_batches("eval") for d in sets)
+    split_name, name = str(data_dir), pathlib.Path(data_dir).resolve().name or "folder"
+    extra["folders"] = folders
   else:
     datasets = input_pipeline.create_datasets(config, workdir)
     if not datasets.num_examples.get(split, 0):
@@ -765,7 +770,6 @@ def evaluate(config, workdir, split: str = "validation", data_dir: Optional[str]
                        "pick another --split")
     batches, name, split_name = datasets.eval_batches(split), split, split
   evaluation = evaluate_batches(compiled_steps(config, mesh)[1], state, batches, mesh, config)
-  extra = {"epoch": meta.get("epoch"), "step": meta.get("step"), "checkpoint": meta["checkpoint"]}
   if _is_chief():
     report.write_eval_report(workdir, evaluation["confusion"], class_names,
                              {"loss": evaluation["loss"], **extra}, split=split_name,

@@ -437,3 +437,5 @@ def test_evaluate_restores_best_and_reads_a_folder(straight_run):
   out = train.evaluate(config, workdir, data_dir=str(folder))
   assert out["num_examples"] == 3
   assert sum(out["confusion_matrix"][1]) == 3  # every example counted in the 'rock' row
+  # A data set folder (train/ inside): every labelled image under it, once.
+  assert train.evaluate(config, workdir, data_dir=str(data))["num_examples"] == 24
