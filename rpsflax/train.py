@@ -135,6 +135,7 @@ def make_train_step(config, model) -> Callable:
   metrics: loss_sum (float32), correct, count (int32, real examples only), nonfinite (1 when the
   loss or gradient norm is NaN/inf) and first_nonfinite_step.
   """
+  config = config.copy_and_resolve_references()  # read at trace time: later edits must not leak in
   num_classes = int(config.head.num_classes)
 
   def train_step(state: TrainState, batch, rng):
@@ -187,6 +188,7 @@ def make_eval_step(config, model) -> Callable:
 
   `state` is anything with `.params` (a TrainState, or a restored one without optimizer state).
   """
+  config = config.copy_and_resolve_references()
   num_classes = int(config.head.num_classes)
   c = num_outputs(config)
 
@@ -213,6 +215,8 @@ def make_predict_fn(config, model) -> Callable:
 
   A sigmoid head gives [1 - p, p] so column i is always class i.
   """
+  config = config.copy_and_resolve_references()
+
   def predict(params, images):
     logits = model.apply({"params": params}, _prepare_images(config, images), train=False)
     if config.head.num_classes == 1:
@@ -445,6 +449,7 @@ def train_epoch(state, batches: Iterable[dict], train_step: Callable, rng, mesh:
           writer.add_scalar("train/accuracy", interval["accuracy"], int(state.step))
         last_logged = host
       if stop is not None and stop.signum is not None and (steps is None or i < steps):
+        _check_finite(jax.device_get(acc), epoch, ckpt_dir)  # never checkpoint a NaN state
         return state, acc, i  # mid-epoch; at the last batch the epoch finishes normally
   finally:
     bar.close()
@@ -513,8 +518,9 @@ def _class_names_for_head(config, class_names) -> None:
   k = int(config.head.num_classes)
   if (k == 1 and n != 2) or (k > 1 and k != n):
     need = "1 (sigmoid) or 2" if n == 2 else str(n)
-    raise config_check.ConfigError(f"config.head.num_classes={k} does not fit the data's {n} classes "
-                     f"{list(class_names)}: set --config.head.num_classes={need}")
+    raise config_check.ConfigError(
+        f"config.head.num_classes={k} does not fit the data's {n} classes {list(class_names)}: "
+        f"set --config.head.num_classes={need}")
 
 
 def _final_split(datasets) -> str:
@@ -528,13 +534,9 @@ def preflight(config, workdir) -> None:
   config_check.check_config(config)
   mesh = make_mesh()
   check_batch_sizes(config, mesh)
-  try:
-    from rpsflax import weights  # noqa: PLC0415
-  except ImportError:
-    weights = None
-  check = getattr(weights, "check_spec", None)
-  if check is not None:
-    check(config.weights)
+  from rpsflax import weights  # noqa: PLC0415
+
+  weights.check_spec(config.weights)
   if config.data.dir:  # a listing only (no decoding): a missing or empty folder fails here
     from rpsflax import data_files  # noqa: PLC0415
 

@@ -247,7 +247,7 @@ def test_nonfinite_loss_is_flagged_with_its_step():
   assert int(total["first_nonfinite_step"]) == flags.index(1)
 
 
-def test_batch_size_must_divide_across_devices():
+def test_four_devices_match_one_and_batch_size_must_divide():
   script = textwrap.dedent("""
       import jax, pytest
       from rpsflax import config_base, train
@@ -267,12 +267,27 @@ def test_batch_size_must_divide_across_devices():
       padded = train.shard_batch(b, mesh, pad=True)
       assert padded["mask"].shape == (8,) and int(padded["mask"].sum()) == 6
       assert len(padded["image"].sharding.device_set) == 4
+      # Two training steps on 4 devices match 1 device (same batches, same rng), and the
+      # state stays replicated.
+      import test_train as T
+      config = T._cnn_config()
+      config.head.dropout = 0.5
+      params = T._random_params(config)
+      batches = [T._batch(n=8, seed=s, size=T.CNN_IMAGE) for s in range(2)]
+      _, p4, m4 = T._run_steps(config, params, batches, mesh=mesh)
+      _, p1, m1 = T._run_steps(config, params, batches, mesh=train.make_mesh(jax.devices()[:1]))
+      for a, b in zip(jax.tree.leaves(p4), jax.tree.leaves(p1)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+      for a, b in zip(m4, m1):
+        np.testing.assert_allclose(a["loss_sum"], b["loss_sum"], rtol=1e-5)
+        assert int(a["correct"]) == int(b["correct"])
       print("OK")
   """)
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
          "JAX_PLATFORMS": "cpu"}
+  env["PYTHONPATH"] = os.pathsep.join([str(pathlib.Path(__file__).parent), env.get("PYTHONPATH", "")])
   out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                       cwd=pathlib.Path(__file__).resolve().parents[1], timeout=120)
+                       cwd=pathlib.Path(__file__).resolve().parents[1], timeout=300)
   assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
 
 
