@@ -570,6 +570,7 @@ def train_and_evaluate(config, workdir) -> dict:
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   repl = replicated(mesh)
   ckpts = ckpt_lib.Checkpoints(workdir)
+  writer = None
   try:
     target = abstract_train_state(config, model, repl)
     restored = ckpts.restore(target, which=ckpt_lib.LATEST)
@@ -650,9 +651,6 @@ def train_and_evaluate(config, workdir) -> dict:
           raise TrainingInterrupted(
               f"stopped by signal {stop.signum} after epoch {epoch}; its checkpoint is in "
               f"{ckpts.directory}. Run the same command again to resume.")
-    if writer is not None:
-      writer.close()
-
     if final_split == "validation" and last_eval is not None:
       evaluation = last_eval
     else:
@@ -663,7 +661,9 @@ def train_and_evaluate(config, workdir) -> dict:
     ckpts.wait()
     return _eval_result(evaluation, class_names, final_split, **extra)
   finally:
-    ckpts.close()
+    if writer is not None:
+      writer.close()
+    ckpts.close()  # waits for pending saves
 
 
 class _Sized:
