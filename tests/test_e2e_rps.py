@@ -75,6 +75,8 @@ def vgg16_legacy_h5(path: pathlib.Path, seed: int = 0) -> dict:
     for i in range(1, convs + 1):
       name = f"block{block}_conv{i}"
       kernel = (rng.standard_normal((3, 3, cin, filters)) * np.sqrt(2.0 / (9 * cin)))
+      if cin == 3:
+        kernel /= 100.0  # inputs are caffe-preprocessed pixels (about +-128): keep features O(1)
       arrays[name] = (kernel.astype(np.float32),
                       (0.01 * rng.standard_normal(filters)).astype(np.float32))
       layers.append(name)
@@ -194,7 +196,9 @@ def test_train_resume_evaluate_predict(tmp_path, rps_dir, weights_file):
   ev_val = _read(w / "eval_validation.json")
   assert ev_val["num_examples"] == n_val and 0.0 <= ev_val["accuracy"] <= 1.0
   assert (w / "confusion_matrix_validation.png").stat().st_size > 10_000
-  run_cmd("rpsflax.main", f"--workdir={w}", "--mode=evaluate", f"--data_dir={rps_dir / 'train'}")
+  from rpsflax import main
+
+  main.evaluate(None, w, "validation", str(rps_dir / "train"))  # the command's body, in process
   ev_dir = [p for p in w.glob("eval_*.json") if p.name != "eval_validation.json"]
   assert len(ev_dir) == 1 and _read(ev_dir[0])["num_examples"] == len(CLASSES) * PER_CLASS
   assert _read(w / "eval.json") == ev
@@ -211,7 +215,8 @@ def test_train_resume_evaluate_predict(tmp_path, rps_dir, weights_file):
   assert rows[0] == "file,label,probability,p_paper,p_rock,p_scissors" and len(rows) == 2 + PER_CLASS
   assert grid.stat().st_size > 10_000
   json_path = tmp_path / "preds.json"
-  api_rows = predict.run(w, [images[0]], output=str(json_path), quiet=True)
+  api_rows = predict.predict_files(predictor, [images[0]])[0]  # the model restored in step 4
+  predict.write_predictions(json_path, api_rows, predictor.class_names)
   data = _read(json_path)
   assert data["class_names"] == list(CLASSES) and data["predictions"] == api_rows
   assert sum(api_rows[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
@@ -257,6 +262,7 @@ def offline(monkeypatch, tmp_path):
   import socket
 
   import keras
+  import tensorflow_datasets as tfds
 
   from rpsflax import train, weights
 
@@ -264,6 +270,9 @@ def offline(monkeypatch, tmp_path):
     raise socket.gaierror(socket.EAI_NONAME, "Name or service not known (offline test)")
 
   monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+  # TFDS may also reach GCS through TensorFlow's C++ file system, which ignores Python sockets.
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
+                      _fail("tfds download_and_prepare"))
   monkeypatch.setattr(keras.utils, "get_file", _fail("keras.utils.get_file"))
   monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
   monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path / "no_weights_dir")
