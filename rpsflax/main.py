@@ -84,15 +84,23 @@ def save_config(config, workdir: pathlib.Path) -> None:
 def preflight(config, workdir: pathlib.Path) -> None:
   """Fail in seconds, before any model is built or data decoded, when data or weights are missing.
 
-  The weights come first: they are resolved (an 'imagenet' download, a file, a converted folder)
-  before the data, whose listing is the first thing training does.
+  The training core resolves the weights (an 'imagenet' download, a file, a converted folder) and
+  lists a local data folder. When the weights are missing and the folder is too, one message
+  says both, so an offline user fixes the command once.
   """
-  from rpsflax import train as train_lib  # noqa: PLC0415  (imports no TensorFlow)
+  from rpsflax import data_files  # noqa: PLC0415  (imports no TensorFlow)
+  from rpsflax import train as train_lib  # noqa: PLC0415
   from rpsflax import weights  # noqa: PLC0415
 
-  train_lib.preflight(config, workdir)  # batch sizes vs devices; weights.check_spec when present
-  if config.weights and not hasattr(weights, "check_spec"):
-    weights.weights_for_spec(str(config.weights))  # raises WeightsError naming the fix
+  try:
+    train_lib.preflight(config, workdir)
+  except weights.WeightsError as weights_error:
+    if config.data.dir:
+      try:
+        data_files.find_split_folders(config.data.dir)
+      except data_files.DataError as data_error:
+        raise weights.WeightsError(f"{weights_error}\nAlso: {data_error}") from weights_error
+    raise
 
 
 def train(config, workdir: pathlib.Path) -> dict:

@@ -232,7 +232,18 @@ def test_missing_weights_file_stops_with_the_flag(tmp_path, rps_dir):
                   expect_rc=2)
   assert "Traceback" not in proc.stderr
   assert "nope.h5" in proc.stderr and "config.weights=" in proc.stderr
+  assert "Also:" not in proc.stderr  # the data folder is fine
   assert not w.exists()  # stopped before even creating the workdir
+
+
+def test_missing_weights_and_data_say_both_at_once(tmp_path):
+  from rpsflax import main
+
+  config = _tiny_config(**{"weights": str(tmp_path / "nope.h5"),
+                           "data.dir": str(tmp_path / "no-data")})
+  msg = _error_of(main, config, tmp_path / "run")
+  assert "nope.h5" in msg and "no-data" in msg and "--config.data.dir" in msg
+  assert not (tmp_path / "run").exists()
 
 
 def test_missing_data_folder_stops_with_the_flag(tmp_path):
