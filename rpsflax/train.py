@@ -13,14 +13,13 @@
   in checkpointing (Orbax coordinates).
 """
 
-import collections
 import itertools
 import math
 import pathlib
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import flax
 import jax
@@ -29,14 +28,13 @@ import numpy as np
 import optax
 from absl import logging
 from flax import traverse_util
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
 from rpsflax import checkpoint as ckpt_lib
 from rpsflax import config_check, models, optim, preprocess
+from rpsflax.sharding import (BATCH_KEYS, DATA_AXIS, check_batch_sizes, data_sharding,  # noqa: F401
+                              make_mesh, pad_batch, prefetch_to_mesh, replicated, shard_batch)
 
-DATA_AXIS = "data"
-BATCH_KEYS = ("image", "label", "mask")
 _NO_STEP = np.iinfo(np.int32).max  # "no non-finite step seen" in the min-accumulated metric
 
 
@@ -247,76 +245,7 @@ def summarize(sums: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Sharding
-
-def make_mesh(devices=None) -> Mesh:
-  """A 1-D data-parallel mesh over every device of every process."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
-def data_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(DATA_AXIS))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
-
-
-def check_batch_sizes(config, mesh: Mesh) -> None:
-  """The global training batch must split evenly across devices and processes."""
-  n = mesh.devices.size
-  if config.batch_size % n:
-    raise config_check.ConfigError(f"config.batch_size={config.batch_size} does not divide across {n} devices; "
-                     f"use a multiple of {n}")
-  if config.batch_size % jax.process_count() or config.eval_batch_size % jax.process_count():
-    raise config_check.ConfigError(f"config.batch_size={config.batch_size} and config.eval_batch_size="
-                     f"{config.eval_batch_size} must be multiples of the process count "
-                     f"({jax.process_count()})")
-
-
-def _local_devices(mesh: Mesh) -> int:
-  return sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
-
-
-def pad_batch(batch: dict, multiple: int) -> dict:
-  """Pad a host batch with masked zero rows up to a multiple of `multiple`."""
-  b = len(batch["mask"])
-  extra = -b % multiple
-  if not extra:
-    return batch
-  return {k: np.concatenate([v, np.zeros((extra,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
-
-
-def shard_batch(batch: dict, mesh: Mesh, *, pad: bool = False) -> dict:
-  """This process' slice of a global batch -> global jax.Arrays sharded on the batch axis.
-
-  pad=True (evaluation, prediction) pads with masked rows to a multiple of the local devices;
-  otherwise a batch that does not divide is an error naming config.batch_size.
-  """
-  batch = {k: np.asarray(batch[k]) for k in BATCH_KEYS if k in batch}
-  n = _local_devices(mesh)
-  if pad:
-    batch = pad_batch(batch, n)
-  elif len(batch["mask"]) % n:
-    raise config_check.ConfigError(f"a training batch of {len(batch['mask'])} examples per process does not split "
-                     f"across {n} local devices: make config.batch_size a multiple of "
-                     f"{n * jax.process_count()}")
-  sharding = data_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
-
-
-def prefetch_to_mesh(batches: Iterable[dict], mesh: Mesh, size: int = 2, *,
-                     pad: bool = False) -> Iterator[dict]:
-  """Start host->device copies `size` batches ahead, so transfers overlap the running step."""
-  queue = collections.deque()
-  for batch in batches:
-    queue.append(shard_batch(batch, mesh, pad=pad))
-    if len(queue) > size:
-      yield queue.popleft()
-  while queue:
-    yield queue.popleft()
-
+# Sharding (the mesh helpers live in rpsflax.sharding; re-exported here for callers)
 
 def jit_train_step(config, model, mesh: Mesh) -> Callable:
   """The jit-compiled train step: state replicated and donated, batch sharded on 'data'."""
