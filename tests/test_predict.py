@@ -179,3 +179,66 @@ def test_batch_size_does_not_change_predictions(catsdogs_workdir, kaggle_test_fo
   assert [r["file"] for r in a] == [r["file"] for r in b]
   np.testing.assert_allclose([r["probabilities"]["dog"] for r in a],
                              [r["probabilities"]["dog"] for r in b], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cats vs dogs, Kaggle style: train, final evaluation on the holdout (one command), submission
+
+SHARED_CATSDOGS = (pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "catsdogs"
+                   / "train")
+
+
+def _kaggle_folders(root: pathlib.Path, per_class: int = 10, n_test: int = 6):
+  """root/train/{cat,dog}.N.jpg (real samples when present, else drawn) and root/test1/N.jpg."""
+  train, test = root / "train", root / "test1"
+  train.mkdir(parents=True)
+  test.mkdir()
+  rng = np.random.default_rng(1)
+  for cls, shade in (("cat", 60), ("dog", 190)):
+    for i in range(per_class):
+      src = SHARED_CATSDOGS / f"{cls}.{i}.jpg"
+      if src.is_file():
+        (train / src.name).write_bytes(src.read_bytes())
+      else:
+        arr = np.clip(rng.normal(shade, 30, (60, 50, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(train / f"{cls}.{i}.jpg")
+  for k, src in enumerate(sorted(train.iterdir())[::3][:n_test], start=1):
+    (test / f"{k}.jpg").write_bytes(src.read_bytes())
+  return train.parent, test
+
+
+def test_catsdogs_holdout_evaluation_and_submission(tmp_path):
+  from rpsflax import config_base, config_check, main
+
+  data, test1 = _kaggle_folders(tmp_path / "dogs-vs-cats")
+  config = config_base.load_sibling(str(pathlib.Path(__file__).parents[1] / "configs" / "x.py"),
+                                    "catsdogs").get_config()
+  config.data.dir = str(data)
+  config.data.image_size = config_check.min_image_size("cnn")
+  config.data.holdout = 4
+  config.head.hidden = (16,)
+  config.batch_size = config.eval_batch_size = 8
+  config.num_epochs = 1
+  workdir = tmp_path / "run"
+  main.train(config, workdir)
+  holdout = (workdir / "splits" / "holdout.txt").read_text().splitlines()
+  assert len(holdout) == 4
+
+  # The final evaluation (python -m rpsflax.main --mode=evaluate --workdir=W --split=holdout;
+  # the e2e test runs that command line) writes its own file and leaves eval.json alone.
+  main.evaluate(None, workdir, "holdout", "")
+  ev = json.loads((workdir / "eval_holdout.json").read_text())
+  assert ev["split"] == "holdout" and ev["num_examples"] == 4
+  assert set(ev["per_class_accuracy"]) == set(CATSDOGS) and 0.0 <= ev["accuracy"] <= 1.0
+  assert (workdir / "confusion_matrix_holdout.png").is_file()
+  assert json.loads((workdir / "eval.json").read_text())["split"] == "holdout"  # training's final
+
+  # Kaggle submission and a grid labelled cat/dog.
+  sub, grid = tmp_path / "submission.csv", tmp_path / "grid.png"
+  rows = predict.run(workdir, [test1], submission=str(sub), grid=str(grid), quiet=True)
+  lines = sub.read_text().splitlines()
+  assert lines[0] == "id,label" and [int(x.split(",")[0]) for x in lines[1:]] == [1, 2, 3, 4, 5, 6]
+  assert {r["label"] for r in rows} <= set(CATSDOGS)
+  for line, r in zip(lines[1:], sorted(rows, key=lambda r: int(pathlib.Path(r["file"]).stem))):
+    assert float(line.split(",")[1]) == pytest.approx(r["probabilities"]["dog"], abs=1e-6)
+  assert grid.stat().st_size > 5000
