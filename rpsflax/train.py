@@ -45,6 +45,10 @@ class NonFiniteError(FloatingPointError):
 class TrainingInterrupted(KeyboardInterrupt):
   """SIGINT/SIGTERM during training: a checkpoint of the current step was saved first."""
 
+  def __init__(self, message: str, signum: int = signal.SIGINT):
+    super().__init__(message)
+    self.signum = int(signum)  # main exits with 128 + signum, as a shell reports a signal
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -126,12 +130,14 @@ def _prepare_images(config, images, rng=None):
   return preprocess.get_preprocessor(config.preprocess)(images, dtype=dtype)
 
 
-def make_train_step(config, model) -> Callable:
+def make_train_step(config, model, *, on_features: bool = False) -> Callable:
   """train_step(state, batch, rng) -> (state, metrics), pure; jit it (see `jit_train_step`).
 
   `rng` is the run's training key; the step folds in state.step, so it is the same every call.
   metrics: loss_sum (float32), correct, count (int32, real examples only), nonfinite (1 when the
   loss or gradient norm is NaN/inf) and first_nonfinite_step.
+  on_features=True: batch['image'] holds cached backbone features (rpsflax.features) and only
+  the head runs (no augmentation, no preprocessing).
   """
   config = config.copy_and_resolve_references()  # read at trace time: later edits must not leak in
   num_classes = int(config.head.num_classes)
@@ -139,7 +145,7 @@ def make_train_step(config, model) -> Callable:
   def train_step(state: TrainState, batch, rng):
     step_rng = jax.random.fold_in(rng, state.step)
     aug_rng, dropout_rng = jax.random.split(step_rng)
-    x = _prepare_images(config, batch["image"], aug_rng)
+    x = batch["image"] if on_features else _prepare_images(config, batch["image"], aug_rng)
     labels = batch["label"]
     mask = batch["mask"]
     maskf = mask.astype(jnp.float32)
@@ -151,7 +157,8 @@ def make_train_step(config, model) -> Callable:
 
     def loss_fn(trainable_params):
       params = optim.merge(trainable_params, frozen)
-      logits = model.apply({"params": params}, x, train=True, rngs={"dropout": dropout_rng})
+      logits = model.apply({"params": params}, x, train=True, rngs={"dropout": dropout_rng},
+                           method="classify" if on_features else None)
       loss, pred = per_example_loss(logits, labels, num_classes)
       loss_sum = jnp.sum(loss * maskf)
       count = jnp.sum(maskf)
@@ -181,18 +188,20 @@ def make_train_step(config, model) -> Callable:
   return train_step
 
 
-def make_eval_step(config, model) -> Callable:
+def make_eval_step(config, model, *, on_features: bool = False) -> Callable:
   """eval_step(state, batch) -> metrics: loss_sum, correct, count and confusion [C, C] (true, pred).
 
   `state` is anything with `.params` (a TrainState, or a restored one without optimizer state).
+  on_features=True: batch['image'] holds cached backbone features; only the head runs.
   """
   config = config.copy_and_resolve_references()
   num_classes = int(config.head.num_classes)
   c = num_outputs(config)
 
   def eval_step(state, batch):
-    x = _prepare_images(config, batch["image"])
-    logits = model.apply({"params": state.params}, x, train=False)
+    x = batch["image"] if on_features else _prepare_images(config, batch["image"])
+    logits = model.apply({"params": state.params}, x, train=False,
+                         method="classify" if on_features else None)
     labels = batch["label"].astype(jnp.int32)
     mask = batch["mask"]
     loss, pred = per_example_loss(logits, labels, num_classes)
@@ -548,8 +557,9 @@ def train_and_evaluate(config, workdir) -> dict:
           ckpts.save(state, meta, which=ckpt_lib.LATEST)
           ckpts.wait()
           raise TrainingInterrupted(
-              f"stopped by signal {stop.signum} at step {step} (epoch {epoch}); saved a checkpoint "
-              f"in {ckpts.directory}. Run the same command again to resume.")
+              f"stopped by {signal.Signals(stop.signum).name} at step {step} (epoch {epoch}); "
+              f"saved a checkpoint in {ckpts.directory}. Run the same command again to resume.",
+              stop.signum)
         train = summarize(sums)
         if datasets.num_examples.get("validation", 0):
           last_eval = evaluate_batches(eval_step, state, datasets.eval_batches("validation"), mesh,
@@ -578,8 +588,8 @@ def train_and_evaluate(config, workdir) -> dict:
         if stop.signum is not None and step < total_steps:
           ckpts.wait()
           raise TrainingInterrupted(
-              f"stopped by signal {stop.signum} after epoch {epoch}; its checkpoint is in "
-              f"{ckpts.directory}. Run the same command again to resume.")
+              f"stopped by {signal.Signals(stop.signum).name} after epoch {epoch}; its checkpoint "
+              f"is in {ckpts.directory}. Run the same command again to resume.", stop.signum)
     if final_split == "validation" and last_eval is not None:
       evaluation = last_eval
     else:
