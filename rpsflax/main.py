@@ -12,6 +12,8 @@ Evaluate a trained workdir (its config.json and best checkpoint) on a split or a
 
 Mistakes a user can fix (bad config value, missing data or weights) end with one message naming
 the key or path and the flag that fixes it, and exit status 2; real bugs keep their traceback.
+A NaN/inf loss exits with status 3 and SIGINT/SIGTERM with 130/143 (a checkpoint saved first);
+either way the checkpoints already written are kept and the same command resumes.
 """
 
 import os
@@ -22,8 +24,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import logging as std_logging  # noqa: E402
 import pathlib  # noqa: E402
+import re  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from typing import Optional  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -33,6 +38,7 @@ from rpsflax import config_check, report  # noqa: E402
 FLAGS = flags.FLAGS
 
 EXIT_USER_ERROR = 2
+EXIT_NONFINITE = 3  # the loss became NaN/inf; interrupted runs exit 128 + signal (130, 143)
 
 
 class RunError(ValueError):
@@ -50,16 +56,19 @@ def user_error_types() -> tuple[type[BaseException], ...]:
   return tuple(types)
 
 
-def init_distributed(config) -> None:
-  """jax.distributed.initialize from config.distributed (no-op on a single host)."""
-  d = config.distributed
-  if not d.initialize:
-    return
-  import jax  # noqa: PLC0415
+def stopped_types() -> tuple[type[BaseException], ...]:
+  """Training stopped on purpose with its checkpoints kept (a NaN/inf loss): no traceback."""
+  mod = sys.modules.get("rpsflax.train")
+  error = getattr(mod, "NonFiniteError", None)
+  return (error,) if isinstance(error, type) else ()
 
-  jax.distributed.initialize(coordinator_address=d.coordinator_address or None,
-                             num_processes=d.num_processes or None,
-                             process_id=d.process_id if d.process_id >= 0 else None)
+
+def init_distributed(config) -> None:
+  """jax.distributed.initialize when config.distributed.initialize or RPSFLAX_DISTRIBUTED=1 asks
+  for it (see rpsflax.sharding); before anything touches a device."""
+  from rpsflax import sharding  # noqa: PLC0415
+
+  sharding.initialize_distributed(config)
 
 
 def is_chief() -> bool:
@@ -118,18 +127,19 @@ def train(config, workdir: pathlib.Path) -> dict:
 def evaluate(config, workdir: pathlib.Path, split: str, data_dir: str) -> dict:
   """Evaluate with the config the workdir was trained with (its config.json), which built the
   checkpoint; --config is used only for a workdir without one."""
+  launch = config  # how this launch starts jax.distributed: --config's, never config.json's
   if not workdir.is_dir():
     raise RunError(f"--workdir={workdir} does not exist: train first (--mode=train)")
   if (workdir / report.CONFIG_FILE).is_file():
     if config is not None:
       logging.info("--mode=evaluate uses %s (the config the checkpoint was trained with); "
-                   "--config is ignored", workdir / report.CONFIG_FILE)
+                   "--config is ignored but for config.distributed", workdir / report.CONFIG_FILE)
     config = report.read_config(workdir)
   elif config is None:
     raise RunError(f"{workdir / report.CONFIG_FILE} not found: is {workdir} the --workdir of a "
                    "training run? Pass --config=... as well, or train first.")
   config_check.check_config(config)
-  init_distributed(config)
+  init_distributed(launch)  # None: only RPSFLAX_DISTRIBUTED=1 starts it
   from rpsflax import train as train_lib  # noqa: PLC0415
 
   return train_lib.evaluate(config, workdir, split=split, data_dir=data_dir or None)
@@ -160,6 +170,13 @@ def define_flags() -> None:
   flags.mark_flag_as_required("workdir")
 
 
+def _unknown_override(arg: str) -> Optional[str]:
+  """For an argument --config.KEY[=VALUE] whose KEY is no config field: a line naming it."""
+  m = re.match(r"--?(?:no)?config\.([A-Za-z0-9_.]+)(?:=|$)", arg)
+  problem = config_check.unknown_key(m.group(1)) if m else None
+  return f"--config.{m.group(1)}: {problem}" if problem else None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, with mistakes in flags (a --config.KEY that does not exist, a value of the
   wrong type, a recipe file that fails to load) reported in one line instead of a traceback."""
@@ -172,6 +189,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     message = str(e)
   except (KeyError, AttributeError, TypeError, ValueError, OSError) as e:  # from config loading
     message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+  unknown = [u for u in map(_unknown_override, argv[1:]) if u]
+  if unknown:  # config_flags' own message for a typo is a KeyError repr; name the key instead
+    message = "; ".join(unknown)
   print(f"error: {message}\nSee python -m rpsflax.main --helpfull for the flags.", file=sys.stderr)
   sys.exit(EXIT_USER_ERROR)
 
@@ -202,6 +222,16 @@ def main(argv):
   except user_error_types() as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(EXIT_USER_ERROR)
+  except KeyboardInterrupt as e:
+    # train.TrainingInterrupted (SIGINT/SIGTERM: a checkpoint was saved, the message says where),
+    # or Ctrl-C outside the training loop (nothing since the last checkpoint was saved).
+    message = str(e) or (f"interrupted; checkpoints already in {workdir / 'checkpoints'} are "
+                         "kept. Run the same command again to resume.")
+    print(f"stopped: {message}", file=sys.stderr, flush=True)
+    sys.exit(128 + getattr(e, "signum", signal.SIGINT))
+  except stopped_types() as e:  # NaN/inf loss: the last good checkpoints are kept
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_NONFINITE)
   logging.info("%s done in %.0fs: %s", FLAGS.mode, time.time() - start, summary(metrics))
 
 

@@ -63,6 +63,9 @@ def initialize_distributed(config=None) -> bool:
   try:
     jax.distributed.initialize(**kwargs)
   except (ValueError, TypeError, RuntimeError) as e:
+    if "before any JAX" in str(e):  # a bug, not a setting: something used a device first
+      raise RuntimeError(
+          f"initialize_distributed must run before anything touches a device: {e}") from e
     given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "nothing"
     raise config_check.ConfigError(
         f"jax.distributed.initialize failed ({e}) with config.distributed {given}. Either launch "
