@@ -5,7 +5,9 @@ what would fix it, so a typo in a recipe or on the command line costs one try, n
 """
 
 import difflib
+import math
 import re
+from typing import Optional
 
 import ml_collections
 
@@ -105,11 +107,13 @@ def check_config(config) -> None:
   for key in ("dropout", "hidden_dropout"):
     if not 0.0 <= c.head[key] < 1.0:
       problems.append(f"config.head.{key}={c.head[key]}: must be in [0, 1)")
-  if any(int(w) < 1 for w in c.head.hidden):
-    problems.append(f"config.head.hidden={tuple(c.head.hidden)}: widths must be at least 1")
+  if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in c.head.hidden):
+    problems.append(f"config.head.hidden={tuple(c.head.hidden)}: widths must be whole numbers, "
+                    "at least 1, e.g. --config.head.hidden='(256,)'")
 
-  if not c.optim.learning_rate > 0:
-    problems.append(f"config.optim.learning_rate={c.optim.learning_rate}: must be positive")
+  if not 0 < c.optim.learning_rate < math.inf:
+    problems.append(f"config.optim.learning_rate={c.optim.learning_rate}: must be positive "
+                    "and finite")
   for key in ("rho", "momentum"):
     if not 0.0 <= c.optim[key] < 1.0:
       problems.append(f"config.optim.{key}={c.optim[key]}: must be in [0, 1)")
@@ -121,7 +125,7 @@ def check_config(config) -> None:
       problems.append(f"config.lr_groups[{i}]={group!r}: use (pattern, learning_rate) pairs")
       continue
     _check_patterns(problems, f"config.lr_groups[{i}]", [group[0]])
-    if not isinstance(group[1], (int, float)) or not group[1] > 0:
+    if not isinstance(group[1], (int, float)) or not 0 < group[1] < math.inf:
       problems.append(f"config.lr_groups[{i}] learning rate {group[1]!r}: must be positive")
   if not c.trainable and not c.lr_groups:
     problems.append("config.trainable: nothing is trainable; name at least one pattern, "
@@ -145,6 +149,21 @@ def check_config(config) -> None:
                     "(zoom is drawn from [1 - z, 1 + z])")
   if problems:
     raise ConfigError(_message(problems))
+
+
+def unknown_key(dotted: str) -> Optional[str]:
+  """None when `dotted` ('optim.learning_rate') names a config field, else one line naming the
+  first unknown part and the closest known key: what a --config.KEY=VALUE typo gets."""
+  node, path = config_base.get_config(), "config"
+  for part in dotted.split("."):
+    if not isinstance(node, ml_collections.ConfigDict):
+      return f"{path}.{part}: unknown key ({path} is a single setting, not a group)"
+    if part not in node:
+      close = difflib.get_close_matches(part, list(node.keys()), n=1)
+      hint = f" (did you mean {path}.{close[0]}?)" if close else ""
+      return f"{path}.{part}: unknown key{hint}"
+    node, path = node[part], f"{path}.{part}"
+  return None
 
 
 def _message(problems: list[str]) -> str:

@@ -174,7 +174,10 @@ def _unknown_override(arg: str) -> Optional[str]:
   """For an argument --config.KEY[=VALUE] whose KEY is no config field: a line naming it."""
   m = re.match(r"--?(?:no)?config\.([A-Za-z0-9_.]+)(?:=|$)", arg)
   problem = config_check.unknown_key(m.group(1)) if m else None
-  return f"--config.{m.group(1)}: {problem}" if problem else None
+  if not problem:
+    return None
+  flag = f"--config.{m.group(1)}"
+  return f"--{problem}" if problem.startswith(flag[2:] + ":") else f"{flag}: {problem}"
 
 
 def parse_flags(argv: list[str]) -> list[str]:
