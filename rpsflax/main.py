@@ -206,8 +206,15 @@ class _QuietOrbax(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
+def quiet_orbax_logs() -> None:
+  """Drop Orbax's INFO lines from absl's log (the commands call it; libraries leave logs alone)."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _QuietOrbax) for f in handler.filters):
+    handler.addFilter(_QuietOrbax())
+
+
 def main(argv):
-  logging.get_absl_handler().addFilter(_QuietOrbax())
+  quiet_orbax_logs()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   workdir = pathlib.Path(FLAGS.workdir).expanduser()

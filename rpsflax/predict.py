@@ -267,6 +267,8 @@ def main(argv):
                          "python -m rpsflax.predict --workdir=W PATH...")
   from rpsflax import main as main_lib  # noqa: PLC0415  (import-safe: it defines no flags)
 
+  main_lib.quiet_orbax_logs()
+
   try:
     run(FLAGS.workdir, paths, which=FLAGS.checkpoint, batch_size=FLAGS.batch_size,
         output=FLAGS.output, grid=FLAGS.grid, grid_max=FLAGS.grid_max,
