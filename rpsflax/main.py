@@ -19,8 +19,10 @@ either way the checkpoints already written are kept and the same command resumes
 import os
 
 # Before anything can import TensorFlow: quiet its C++ logging. The input pipeline hides the GPUs
-# from TensorFlow on import (tf.config.set_visible_devices([], 'GPU')) so JAX keeps the memory.
+# from TensorFlow on import (tf.config.set_visible_devices([], 'GPU')) so JAX keeps the memory;
+# should TensorFlow start before that (Keras downloading weights), it grows instead of grabbing.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 import logging as std_logging  # noqa: E402
 import pathlib  # noqa: E402

@@ -13,7 +13,8 @@ cats vs dogs), sorted by id. Unreadable files are reported and skipped.
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # and the input pipeline hides GPUs from TF
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 import csv  # noqa: E402
 import json  # noqa: E402
