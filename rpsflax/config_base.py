@@ -75,6 +75,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 10
   c.keep_checkpoints = True
 
+  # Cached features (rpsflax/features.py): with the backbone frozen, run it once per image (and on
+  # `augmented_views` augmented copies of each training image), store the features in the workdir
+  # and train the head on them for every epoch. The checkpoint is the full model, as usual.
+  c.cached_features = ml_collections.ConfigDict()
+  c.cached_features.enabled = False
+  c.cached_features.augmented_views = 0   # K: augmented views per training image, besides the clean one
+  c.cached_features.dir = ""              # '' = WORKDIR/features
+
   # Multi-host: jax.distributed.initialize() when True (or 'auto' under SLURM/launchers).
   c.distributed = ml_collections.ConfigDict()
   c.distributed.initialize = False

@@ -469,7 +469,10 @@ def _final_split(datasets) -> str:
 
 def preflight(config, workdir) -> None:
   """Checks that take seconds and catch missing data or weights before any work (called by main)."""
+  from rpsflax import features  # noqa: PLC0415
+
   config_check.check_config(config)
+  features.check_config(config)
   mesh = make_mesh()
   check_batch_sizes(config, mesh)
   from rpsflax import weights  # noqa: PLC0415
@@ -488,9 +491,10 @@ def train_and_evaluate(config, workdir) -> dict:
   per_class_accuracy, plus confusion_matrix, class_names, epoch). A run that already finished
   is not retrained: its eval.json is returned (or recomputed from the checkpoint if missing).
   """
-  from rpsflax import input_pipeline, report, weights  # noqa: PLC0415
+  from rpsflax import features, input_pipeline, report, weights  # noqa: PLC0415
 
   config_check.check_config(config)
+  features.check_config(config)  # cached features need a frozen backbone (no-op when disabled)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = make_mesh()
@@ -536,7 +540,10 @@ def train_and_evaluate(config, workdir) -> dict:
         logging.info("%s already finished %d epochs: not retraining.", workdir, len(history))
         return report_json(eval_path)
 
-    train_step, eval_step = compiled_steps(config, mesh)
+    if features.enabled(config):  # the head trains on cached backbone features (rpsflax.features)
+      datasets, (train_step, eval_step) = features.prepare(config, workdir, datasets, state, mesh)
+    else:
+      train_step, eval_step = compiled_steps(config, mesh)
     writer = _tb_writer(workdir)
     last_eval = None
     with _StopRequest() as stop:

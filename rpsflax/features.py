@@ -1,0 +1,392 @@
+"""Cached backbone features: with the backbone frozen, run it once per image, then train the head.
+
+A frozen backbone computes the same function every epoch, so `configs/rps_cached.py` runs it once:
+  - for every image of every split, un-augmented (view 0), and for each training image
+    `config.cached_features.augmented_views` (K) more times on augmented copies (views 1..K;
+    view k of image i is a pure function of (config.seed, k, i), whatever the batching);
+  - stores them in WORKDIR/features (or config.cached_features.dir) as `<split>.npy`
+    (float32 [views, n, ...]) with `manifest.json`, keyed by the backbone weights, the split files
+    (paths, labels, sizes, mtimes), the image size and everything else the features depend on.
+    A resumed run reuses a matching cache; anything else is recomputed (the log says why);
+  - trains the head on them for every epoch, in the very order of the uncached run; each epoch
+    draws one of the K+1 views per image (seeded by (config.seed, epoch)).
+The state holds the full model (backbone weights untouched + trained head), so checkpoints,
+`rpsflax.predict` and `--mode=evaluate` use the full model on images, unchanged.
+
+With global max/avg pooling the head's first op reduces the feature map, so the cache stores the
+pooled vector as a [1, 1, C] map (the head's pooling of a 1x1 map is the identity): 2 KB per
+VGG16 image instead of 100 KB, and the very same head outputs.
+
+Model/step code: no TensorFlow here.
+"""
+
+import collections
+import hashlib
+import json
+import os
+import pathlib
+import time
+from typing import Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import traverse_util
+
+from rpsflax import config_check, data_files, models, optim, sharding, train
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_VIEW_TAG = 7031  # seeds the per-epoch view draw apart from every other seeded stream
+_AUG_TAG = 7032   # seeds the augmented views
+
+
+def enabled(config) -> bool:
+  cf = config.get("cached_features")
+  return bool(cf is not None and cf.get("enabled", False))
+
+
+def pools_features(config) -> bool:
+  """Whether the cache can hold pooled vectors (the head starts with a global max/avg pool)."""
+  return config.head.pooling in ("max", "avg")
+
+
+def _abstract_params(config, model=None):
+  model = models.build_model(config) if model is None else model
+  size = config.data.image_size
+  return jax.eval_shape(lambda r, x: model.init(r, x, train=False)["params"],
+                        jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+
+
+def check_config(config, model=None) -> None:
+  """ConfigError naming the key unless the cached-feature settings can work (no-op when disabled).
+
+  The backbone must be frozen: features computed once would be stale after any backbone update.
+  """
+  if not enabled(config):
+    return
+  cf = config.cached_features
+  problems = []
+  if cf.augmented_views < 0:
+    problems.append(f"config.cached_features.augmented_views={cf.augmented_views}: must be 0 or more")
+  if cf.augmented_views > 0 and not config.augment.enabled:
+    problems.append(f"config.cached_features.augmented_views={cf.augmented_views} needs "
+                    "config.augment.enabled=True (augmented views of what?); set it to 0")
+  labels = traverse_util.flatten_dict(optim.param_labels(_abstract_params(config, model), config))
+  trained = [optim.path_str(p) for p, label in labels.items()
+             if p[0] == "backbone" and label != optim.FROZEN]
+  if trained:
+    problems.append(
+        f"config.cached_features.enabled=True needs a frozen backbone, but config.trainable / "
+        f"config.lr_groups train {len(trained)} backbone parameters ({', '.join(trained[:3])}"
+        f"{', ...' if len(trained) > 3 else ''}): set --config.cached_features.enabled=False to "
+        "train them, or keep the backbone out of config.trainable and config.lr_groups")
+  if problems:
+    raise config_check.ConfigError("\n".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# Computing features
+
+def make_feature_fn(config, model, *, augmented: bool):
+  """features(params, images uint8 [B,H,W,3], view_key, index int32 [B]) -> float32 features.
+
+  Augmented: image b gets the augmentation drawn from fold_in(view_key, index[b]) alone
+  (vmapped), so a view of an example does not depend on the batch it was computed in. Pooled per `pools_features`, in the compute dtype
+  (as the head would), then float32 (exact for bfloat16).
+  """
+  config = config.copy_and_resolve_references()
+  pooled = pools_features(config)
+
+  def fn(params, images, view_key, index):
+    if augmented:
+      from rpsflax import augment  # noqa: PLC0415
+
+      def one(i, image):
+        key = jax.random.fold_in(view_key, i)
+        return augment.augment_batch(key, image[None], config.augment)[0]
+      images = jax.vmap(one)(index, images)
+    x = train._prepare_images(config, images)  # noqa: SLF001  (the step's exact preprocessing)
+    f = model.apply({"params": params}, x, method="features")
+    if pooled:
+      reduce = jnp.max if config.head.pooling == "max" else jnp.mean
+      f = reduce(f, axis=(1, 2), keepdims=True)
+    return f.astype(jnp.float32)
+
+  return fn
+
+
+def feature_shape(config, model=None) -> tuple[int, ...]:
+  """Shape of one image's cached features."""
+  model = models.build_model(config) if model is None else model
+  size = config.data.image_size
+  params = _abstract_params(config, model)
+  out = jax.eval_shape(make_feature_fn(config, model, augmented=False), params,
+                       jax.ShapeDtypeStruct((1, size, size, 3), jnp.uint8),
+                       jax.ShapeDtypeStruct((2,), jnp.uint32), jax.ShapeDtypeStruct((1,), jnp.int32))
+  return tuple(out.shape[1:])
+
+
+def _global_rows(n: int, batch: int, process_count: int, local_devices: int) -> np.ndarray:
+  """[steps, rows] example index of every row of the global arrays that `shard_batch(pad=True)`
+  builds from eval_batches (each process' slice padded to its local devices), -1 = padding."""
+  parts = []
+  for p in range(process_count):
+    part = data_files.batch_index_matrix(np.arange(n), batch, p, process_count)
+    extra = -part.shape[1] % local_devices
+    parts.append(np.pad(part, ((0, 0), (0, extra)), constant_values=-1))
+  return np.concatenate(parts, axis=1)
+
+
+def _host(x) -> np.ndarray:
+  """A replicated array's value on this host (fully addressable or not)."""
+  return np.asarray(x.addressable_shards[0].data)
+
+
+def compute_split(config, datasets, split: str, params, mesh, views: int) -> np.ndarray:
+  """float32 [views, n, ...]: view 0 clean, views 1.. augmented (train only)."""
+  model = models.build_model(config)
+  n = datasets.num_examples[split]
+  fns = _feature_fns(config, model, mesh)
+  rows = _global_rows(n, datasets.eval_batch_size, datasets.process_count,
+                      sharding.local_device_count(mesh))
+  out = np.zeros((views, n) + feature_shape(config, model), np.float32)
+  repl = sharding.replicated(mesh)
+  base = jax.random.fold_in(jax.random.PRNGKey(config.seed), _AUG_TAG)
+  view_keys = [jax.device_put(np.asarray(jax.random.fold_in(base, v)), repl) for v in range(views)]
+  pending = collections.deque()
+
+  def drain(limit):
+    while len(pending) > limit:
+      b, v, f = pending.popleft()
+      r = rows[b]
+      ok = r >= 0
+      out[v, r[ok]] = _host(f)[ok]
+
+  for b, batch in enumerate(sharding.prefetch_to_mesh(datasets.eval_batches(split), mesh, pad=True)):
+    idx = jax.device_put(np.maximum(rows[b], 0).astype(np.int32), repl)
+    for v in range(views):
+      f = fns[v > 0](params, batch["image"], view_keys[v], idx)
+      pending.append((b, v, f))
+    drain(2 * views)  # keep a few batches in flight: the host copies overlap the device work
+  drain(0)
+  return out
+
+
+_jitted: dict = {}
+
+
+def _feature_fns(config, model, mesh):
+  key = ("features", train._step_key(config, mesh))  # noqa: SLF001
+  if key not in _jitted:
+    repl, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
+    _jitted[key] = tuple(
+        jax.jit(make_feature_fn(config, model, augmented=a),
+                in_shardings=(repl, data, repl, repl), out_shardings=repl) for a in (False, True))
+  return _jitted[key]
+
+
+def jit_head_steps(config, mesh):
+  """(train_step, eval_step) on cached features, jit-compiled (state donated), cached per config."""
+  key = ("head", train._step_key(config, mesh))  # noqa: SLF001
+  if key not in _jitted:
+    model = models.build_model(config)
+    repl, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
+    step = jax.jit(train.make_train_step(config, model, on_features=True),
+                   in_shardings=(repl, data, repl), out_shardings=(repl, repl),
+                   donate_argnums=(0,))
+    evaluate = jax.jit(train.make_eval_step(config, model, on_features=True),
+                       in_shardings=(repl, data), out_shardings=repl)
+    _jitted[key] = (step, evaluate)
+  return _jitted[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache on disk
+
+def weights_fingerprint(params) -> str:
+  """sha256 of the backbone's parameters (paths, dtypes, shapes, bytes)."""
+  h = hashlib.sha256()
+  flat = traverse_util.flatten_dict(params.get("backbone", {}) if hasattr(params, "get") else {})
+  for path in sorted(flat):
+    x = flat[path]
+    a = _host(x) if isinstance(x, jax.Array) else np.asarray(x)
+    h.update(f"{optim.path_str(path)}:{a.dtype}:{a.shape};".encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()
+
+
+def data_fingerprint(datasets, split: str) -> str:
+  """sha256 of a split's files: paths, labels, and each local file's size and mtime."""
+  h = hashlib.sha256()
+  for path, label in zip(datasets.split_paths(split), datasets.split_labels(split)):
+    try:
+      st = os.stat(path)
+      stamp = f"{st.st_size}:{st.st_mtime_ns}"
+    except OSError:  # TFDS examples ('tfds://...') are identified by name
+      stamp = "-"
+    h.update(f"{path}\t{int(label)}\t{stamp}\n".encode())
+  return h.hexdigest()
+
+
+def cache_key_fields(config, datasets, params) -> dict:
+  """Everything the cached features depend on (the manifest's key)."""
+  k = int(config.cached_features.augmented_views)
+  fields = {
+      "version": FORMAT_VERSION,
+      "model": config.model.name, "dtype": config.model.dtype, "preprocess": config.preprocess,
+      "image_size": int(config.data.image_size), "resize_method": config.data.resize_method,
+      "pooled": config.head.pooling if pools_features(config) else "none",
+      "weights": config.weights, "weights_sha256": weights_fingerprint(params),
+      "augmented_views": k, "seed": int(config.seed),
+      "augment": config.augment.to_dict() if k else None,
+      "data": {s: data_fingerprint(datasets, s) for s, n in sorted(datasets.num_examples.items())
+               if n},
+  }
+  return json.loads(json.dumps(fields, default=str))  # tuples -> lists, as read back
+
+
+def _key(fields: dict) -> str:
+  return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def cache_dir(config, workdir) -> pathlib.Path:
+  d = config.cached_features.dir
+  return pathlib.Path(d).expanduser() if d else pathlib.Path(workdir) / "features"
+
+
+def load_cache(directory, fields: dict) -> tuple[Optional[dict], str]:
+  """({split: array (memory-mapped)}, '') when `directory` holds features for `fields`, else
+  (None, why not)."""
+  directory = pathlib.Path(directory)
+  path = directory / MANIFEST
+  if not path.is_file():
+    return None, "no cache yet"
+  try:
+    manifest = json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    return None, f"unreadable {path} ({e})"
+  if manifest.get("key") != _key(fields):
+    old = manifest.get("fields", {})
+    changed = sorted(k for k in set(old) | set(fields) if old.get(k) != fields.get(k))
+    return None, f"cached for other settings (changed: {', '.join(changed) or 'format'})"
+  arrays = {}
+  for split, info in manifest.get("splits", {}).items():
+    try:
+      a = np.load(directory / f"{split}.npy", mmap_mode="r")
+    except (OSError, ValueError) as e:
+      return None, f"{directory / (split + '.npy')} unreadable ({e})"
+    if list(a.shape) != info["shape"] or a.dtype != np.float32:
+      return None, f"{split}.npy has shape {a.shape}, the manifest says {info['shape']}"
+    arrays[split] = a
+  return arrays, ""
+
+
+def save_cache(directory, fields: dict, arrays: dict, seconds: float) -> pathlib.Path:
+  """Write <split>.npy then the manifest (last: a cache without one is never used)."""
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / MANIFEST).unlink(missing_ok=True)  # invalid until rewritten
+  for split, a in arrays.items():
+    tmp = directory / f".{split}.npy.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+      np.save(f, np.ascontiguousarray(a, np.float32))
+    os.replace(tmp, directory / f"{split}.npy")
+  manifest = {"key": _key(fields), "fields": fields, "seconds": round(seconds, 3),
+              "splits": {s: {"shape": list(a.shape), "views": int(a.shape[0])}
+                         for s, a in arrays.items()}}
+  tmp = directory / f".{MANIFEST}.tmp{os.getpid()}"
+  tmp.write_text(json.dumps(manifest, indent=1))
+  os.replace(tmp, directory / MANIFEST)
+  return directory
+
+
+def build_or_load(config, workdir, datasets, params, mesh) -> tuple[dict, dict]:
+  """({split: [views, n, ...] float32}, info) from the cache, computed now when it does not fit."""
+  fields = cache_key_fields(config, datasets, params)
+  directory = cache_dir(config, workdir)
+  multi = jax.process_count() > 1
+  arrays, why = (None, "multi-process run: computed in memory") if multi else load_cache(
+      directory, fields)
+  if arrays is not None:
+    logging.info("cached features: reusing %s", directory)
+    return arrays, {"reused": True, "seconds": 0.0, "directory": str(directory)}
+  logging.info("cached features: computing them (%s)", why)
+  views = 1 + int(config.cached_features.augmented_views)
+  t0 = time.time()
+  arrays, images = {}, 0
+  for split, n in sorted(datasets.num_examples.items()):
+    if n:
+      v = views if split == "train" else 1
+      arrays[split] = compute_split(config, datasets, split, params, mesh, v)
+      images += v * n
+  seconds = time.time() - t0
+  if jax.process_index() == 0:
+    save_cache(directory, fields, arrays, seconds)
+  logging.info("cached features: %d forward passes (%d train images x %d views + other splits) in "
+               "%.1fs (%.1f images/s), stored in %s", images, datasets.num_examples.get("train", 0),
+               views, seconds, images / max(seconds, 1e-9), directory)
+  return arrays, {"reused": False, "seconds": seconds, "directory": str(directory),
+                  "images": images, "images_per_sec": images / max(seconds, 1e-9)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature batches, in the uncached run's order
+
+def view_choice(seed: int, epoch: int, n: int, views: int) -> np.ndarray:
+  """Which view each training example uses in `epoch` (0-based): a pure function of its args."""
+  if views == 1:
+    return np.zeros(n, np.int64)
+  return data_files.seeded_rng(seed, _VIEW_TAG, epoch).integers(0, views, n)
+
+
+class FeatureDatasets:
+  """A `Datasets` whose batches carry cached features under 'image' (the steps' batch key).
+
+  Sizes, class names, order and padding are those of the wrapped image `Datasets`.
+  """
+
+  def __init__(self, datasets, arrays: dict, seed: int):
+    self._ds, self._arrays, self._seed = datasets, arrays, seed
+
+  def __getattr__(self, name):  # class_names, num_examples, steps_per_epoch, ...
+    return getattr(self._ds, name)
+
+  def train_batches(self, epoch: int) -> Iterator[dict]:
+    a = self._arrays["train"]
+    view = view_choice(self._seed, epoch, a.shape[1], a.shape[0])
+    idx = data_files.batch_index_matrix(self._ds.train_order(epoch), self._ds.batch_size,
+                                        self._ds.process_index, self._ds.process_count)
+    return self._batches("train", idx, view)
+
+  def eval_batches(self, split: str = "validation") -> Iterator[dict]:
+    if split not in self._arrays:
+      raise data_files.DataError(f"no cached features for split {split!r}")
+    n = self._arrays[split].shape[1]
+    idx = data_files.batch_index_matrix(np.arange(n), self._ds.eval_batch_size,
+                                        self._ds.process_index, self._ds.process_count)
+    return self._batches(split, idx, np.zeros(n, np.int64))
+
+  def _batches(self, split, idx, view) -> Iterator[dict]:
+    a, labels = self._arrays[split], self._ds.split_labels(split)
+    for row in idx:
+      ok = row >= 0
+      take = np.where(ok, row, 0)
+      feats = np.asarray(a[view[take], take], np.float32)  # mmap -> memory, this batch only
+      feats[~ok] = 0
+      yield {"image": feats, "label": np.where(ok, labels[take], 0).astype(np.int32), "mask": ok}
+
+
+def prepare(config, workdir, datasets, state, mesh):
+  """(FeatureDatasets, (train_step, eval_step)) for train_and_evaluate's loop."""
+  check_config(config)
+  arrays, info = build_or_load(config, workdir, datasets, state.params, mesh)
+  n = datasets.num_examples.get("train", 0)
+  epochs = int(config.num_epochs)
+  if not info["reused"] and info.get("images"):
+    rate = info["images_per_sec"]
+    logging.info("cached features: the uncached run would run the backbone on %d images x %d "
+                 "epochs (>= %.0fs at this rate, plus backward/augmentation); cached: %.0fs once, "
+                 "then only the head trains", n, epochs, n * epochs / rate, info["seconds"])
+  return FeatureDatasets(datasets, arrays, int(config.seed)), jit_head_steps(config, mesh)
