@@ -1,0 +1,822 @@
+r"""Throughput of a config on this machine: jit steps, backbone forward, input pipeline, and Keras.
+
+  python -m rpsflax.benchmark --config=configs/rps.py                       # a table
+  python -m rpsflax.benchmark --config=configs/rps.py --json                # one JSON object
+  python -m rpsflax.benchmark --config=configs/rps.py --compare-keras \
+      --data_dir=../shared/data/rps --batch_size=32 --steps=5 --repeats=5
+
+Every figure is images/second, the median over `--repeats` timed runs of `--steps` calls each,
+after compilation and `--warmup` untimed calls; each timed run ends with block_until_ready. Inputs
+are device-resident synthetic uint8 batches (values do not change the work), parameters are
+random (`--weights` loads real ones; speed does not depend on them).
+
+- train_images_per_sec: the full jit train step (on-device augmentation, preprocessing, forward,
+  backward of the trainable part, optimizer update; frozen VGG16 + head for rps, the CNN for
+  catsdogs), state donated.
+- eval_images_per_sec: the eval step. forward_images_per_sec: preprocessing + backbone alone.
+- finetune_images_per_sec: the train step with everything trainable; the ratios
+  frozen_step_over_forward and finetune_step_over_forward (time per image relative to the
+  forward pass) show what freezing saves; *_flops_over_forward are the same ratios from XLA's
+  cost analysis (deterministic).
+- augment_images_per_sec: the on-device augmentation alone. cached_head_images_per_sec: the head
+  train step on cached features (rpsflax.features), and cached_features_speedup_estimate for the
+  config's epochs and views.
+- pipeline (needs TensorFlow and --data_dir): decode_images_per_sec (decode + resize once into
+  the cache), cached_epoch_images_per_sec (an epoch of batches from the cache: what epochs 2..N
+  cost), uncached_epoch_images_per_sec (decode every epoch); pipeline_images_per_sec is the one
+  of the two that config.data.cache selects.
+- --compare-keras (needs TensorFlow/Keras): the same model, batch, size and optimizer in Keras 3
+  (frozen layers trainable=False, `train_on_batch` on the same arrays as tf tensors, after
+  warm-up), run in a subprocess of this invocation (before JAX takes the accelerator) ->
+  keras_train_images_per_sec, keras_forward_images_per_sec, train_speedup_vs_keras. Keras gets
+  the already preprocessed batch and NO augmentation; our train step augments on device, so
+  the speed-up is conservative.
+- scaling (several devices): train images/s on 1, 2, 4, ..., N devices, `--batch_size` per device.
+
+Figures that need TensorFlow are None when it is missing, with the reason under "skipped".
+"""
+
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+FIGURES = (
+    "train_images_per_sec", "eval_images_per_sec", "forward_images_per_sec",
+    "finetune_images_per_sec", "augment_images_per_sec", "cached_head_images_per_sec",
+    "frozen_step_over_forward", "finetune_step_over_forward",
+    "train_step_flops", "forward_flops", "finetune_step_flops",
+    "frozen_flops_over_forward", "finetune_flops_over_forward",
+    "train_step_donates_state", "train_step_host_transfers", "compile_seconds",
+    "peak_memory_bytes", "cached_features_speedup_estimate",
+    "pipeline_images_per_sec", "decode_images_per_sec", "cached_epoch_images_per_sec",
+    "uncached_epoch_images_per_sec", "pipeline_num_images",
+    "keras_train_images_per_sec", "keras_forward_images_per_sec", "keras_frozen_step_over_forward",
+    "train_speedup_vs_keras", "keras_jit_compile", "scaling",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+def median_rate(call: Callable[[], object], images_per_call: int, *, steps: int, repeats: int,
+                warmup: int) -> tuple[float, list[float]]:
+  """(median images/s, images/s of each repeat): `call()` returns something to block on."""
+  import jax  # noqa: PLC0415
+
+  for _ in range(warmup):
+    jax.block_until_ready(call())
+  rates = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    out = None
+    for _ in range(steps):
+      out = call()
+    jax.block_until_ready(out)
+    rates.append(steps * images_per_call / (time.perf_counter() - t0))
+  return statistics.median(rates), rates
+
+
+def _ratio(a, b):
+  return None if a is None or b is None or not b else a / b
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs and inputs
+
+def bench_config(config, *, batch_size: int = 0, image_size: int = 0, dtype: str = "",
+                 weights: str = ""):
+  """The config to measure: overrides applied, weights '' (random) unless given."""
+  c = config.copy_and_resolve_references()
+  if batch_size:
+    c.batch_size = c.eval_batch_size = int(batch_size)
+  else:
+    c.eval_batch_size = c.batch_size
+  if image_size:
+    c.data.image_size = int(image_size)
+  if dtype:
+    c.model.dtype = dtype
+  c.weights = weights
+  return c
+
+
+def finetune_config(config):
+  c = config.copy_and_resolve_references()
+  c.trainable, c.lr_groups = (".*",), ()
+  return c
+
+
+def random_params(config, model, seed: int = 0) -> dict:
+  """He-normal kernels, zero biases, from the model's shapes in NumPy (no init compile)."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  size = config.data.image_size
+  shapes = jax.eval_shape(lambda r, x: model.init(r, x, train=False)["params"],
+                          jax.random.PRNGKey(0),
+                          jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+  rng = np.random.RandomState(seed)
+
+  def init(path, s):
+    if path[-1].key == "bias":
+      return np.zeros(s.shape, np.float32)
+    std = np.sqrt(2.0 / np.prod(s.shape[:-1]))
+    return (rng.standard_normal(s.shape) * std).astype(np.float32)
+  return jax.tree_util.tree_map_with_path(init, shapes)
+
+
+def model_params(config, model):
+  if not config.weights:
+    return random_params(config, model)
+  from rpsflax import models, weights  # noqa: PLC0415
+
+  return weights.load_for_model(config.weights, random_params(config, model),
+                                models.keras_layer_map(config))
+
+
+def synthetic_batch(config, batch_size: int, seed: int = 0) -> dict:
+  """uint8 images and labels: the host arrays both JAX and Keras are fed."""
+  rng = np.random.RandomState(seed)
+  size = config.data.image_size
+  classes = max(2, int(config.head.num_classes))
+  return {"image": rng.randint(0, 256, (batch_size, size, size, 3)).astype(np.uint8),
+          "label": rng.randint(0, classes, batch_size).astype(np.int32),
+          "mask": np.ones(batch_size, bool)}
+
+
+def _flops(compiled) -> Optional[float]:
+  try:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0]
+    return float(cost["flops"]) if cost and "flops" in cost else None
+  except Exception:  # pylint: disable=broad-except  (not every backend reports costs)
+    return None
+
+
+def _compile(jitted, *args):
+  t0 = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  return compiled, time.perf_counter() - t0
+
+
+_HOST_OPS = ("callback", "outfeed", "infeed", "send-start", "recv-start", "host-compute")
+
+
+def host_ops(compiled) -> list[str]:
+  """Host round-trip ops in a compiled computation's HLO (python callbacks, in/outfeed)."""
+  text = compiled.as_text() or ""
+  return sorted({op for op in _HOST_OPS if op in text})
+
+
+# ---------------------------------------------------------------------------------------------
+# JAX figures
+
+def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune: bool = True,
+                cached: bool = True) -> dict:
+  """Train/eval/forward/finetune/augment/cached-head throughput of `config` on `mesh`."""
+  import jax  # noqa: PLC0415
+
+  from rpsflax import augment, features, models, sharding, train  # noqa: PLC0415
+
+  model = models.build_model(config)
+  b = int(config.batch_size)
+  repl, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
+  host = synthetic_batch(config, b)
+  batch = sharding.shard_batch(host, mesh)
+  rng = jax.device_put(jax.random.PRNGKey(0), repl)
+  host_params = model_params(config, model)  # each state gets its own device copy (donated)
+  params = jax.device_put(host_params, repl)
+  out, compile_s = {}, {}
+  timing = dict(steps=steps, repeats=repeats, warmup=warmup)
+  samples = {}
+
+  def train_rate(cfg, name):
+    state = jax.device_put(train.create_train_state(cfg, model, params=host_params), repl)
+    compiled, compile_s[name] = _compile(train.jit_train_step(cfg, model, mesh), state, batch,
+                                         rng)
+    holder = {"state": state}
+
+    def call():
+      holder["state"], metrics = compiled(holder["state"], batch, rng)
+      return metrics["loss_sum"]
+    first_leaf = jax.tree.leaves(state.params)[0]
+    call()
+    donated = first_leaf.is_deleted()
+    with jax.transfer_guard("disallow"):  # any implicit host<->device copy raises
+      try:
+        call()
+        guarded = False
+      except Exception as e:  # pylint: disable=broad-except
+        guarded = f"{type(e).__name__}: {str(e)[:200]}"
+    rate, samples[name] = median_rate(call, b, **timing)
+    return rate, compiled, donated, guarded
+
+  out["train_images_per_sec"], c_train, donated, guarded = train_rate(config, "train")
+  out["train_step_donates_state"] = bool(donated)
+  ops = host_ops(c_train)
+  out["train_step_host_transfers"] = (ops or []) + ([guarded] if guarded else [])
+  out["train_step_flops"] = _flops(c_train)
+
+  state = train.TrainState(step=None, params=params, opt_state=None)
+  ev, compile_s["eval"] = _compile(train.jit_eval_step(config, model, mesh), state, batch)
+  out["eval_images_per_sec"], samples["eval"] = median_rate(lambda: ev(state, batch)["count"], b,
+                                                            **timing)
+
+  fwd_fn = lambda p, x: model.apply({"params": p}, train._prepare_images(config, x),  # noqa: SLF001
+                                    method="features")
+  fwd, compile_s["forward"] = _compile(jax.jit(fwd_fn, in_shardings=(repl, data),
+                                               out_shardings=data), params, batch["image"])
+  out["forward_images_per_sec"], samples["forward"] = median_rate(
+      lambda: fwd(params, batch["image"]), b, **timing)
+  out["forward_flops"] = _flops(fwd)
+
+  if config.augment.enabled:
+    aug_fn = lambda r, x: augment.augment_batch(r, x, config.augment)
+    aug, compile_s["augment"] = _compile(jax.jit(aug_fn, in_shardings=(repl, data),
+                                                 out_shardings=data), rng, batch["image"])
+    out["augment_images_per_sec"], samples["augment"] = median_rate(
+        lambda: aug(rng, batch["image"]), b, **timing)
+  else:
+    out["augment_images_per_sec"] = None
+
+  if finetune:
+    ft = finetune_config(config)
+    out["finetune_images_per_sec"], c_ft, _, _ = train_rate(ft, "finetune")
+    out["finetune_step_flops"] = _flops(c_ft)
+  else:
+    out["finetune_images_per_sec"] = out["finetune_step_flops"] = None
+
+  out["cached_head_images_per_sec"] = None
+  if cached:
+    try:
+      features.check_config(_cached(config))
+      usable = True
+    except ValueError:
+      usable = False  # the backbone trains (catsdogs): nothing to cache
+    if usable:
+      cfg = _cached(config)
+      fb = {**host, "image": np.zeros((b,) + features.feature_shape(cfg, model), np.float32)}
+      fbatch = sharding.shard_batch(fb, mesh)
+      state = jax.device_put(train.create_train_state(cfg, model, params=host_params), repl)
+      head_step = features.jit_head_steps(cfg, mesh)[0]
+      compiled, compile_s["cached_head"] = _compile(head_step, state, fbatch, rng)
+      holder = {"state": state}
+
+      def head_call():
+        holder["state"], metrics = compiled(holder["state"], fbatch, rng)
+        return metrics["loss_sum"]
+      out["cached_head_images_per_sec"], samples["cached_head"] = median_rate(
+          head_call, b, **timing)
+
+  out["frozen_step_over_forward"] = _ratio(out["forward_images_per_sec"],
+                                           out["train_images_per_sec"])
+  out["finetune_step_over_forward"] = _ratio(out["forward_images_per_sec"],
+                                             out["finetune_images_per_sec"])
+  out["frozen_flops_over_forward"] = _ratio(out["train_step_flops"], out["forward_flops"])
+  out["finetune_flops_over_forward"] = _ratio(out["finetune_step_flops"], out["forward_flops"])
+  out["compile_seconds"] = {k: round(v, 2) for k, v in compile_s.items()}
+  out["samples"] = {k: [round(r, 3) for r in v] for k, v in samples.items()}
+  out["peak_memory_bytes"] = _peak_memory(mesh)
+  return out
+
+
+def _cached(config):
+  c = config.copy_and_resolve_references()
+  c.cached_features.enabled = True
+  return c
+
+
+def _peak_memory(mesh) -> Optional[int]:
+  try:
+    stats = [d.memory_stats() for d in mesh.devices.flat]
+    peaks = [s.get("peak_bytes_in_use") for s in stats if s]
+    return int(max(peaks)) if peaks and None not in peaks else None
+  except Exception:  # pylint: disable=broad-except  (CPU backends have no stats)
+    return None
+
+
+def cached_speedup_estimate(config, forward_ips, train_ips, head_ips, num_train: int = 2520) -> Optional[dict]:
+  """Modelled wall time of the config's epochs, uncached vs cached (features once, then the head).
+
+    uncached = E*N/train; cached = (1+K)*N/forward + E*N/head. N defaults to the full RPS
+    training set (2520 images). A model from measured rates, not a measurement of a run.
+    """
+  if not (forward_ips and train_ips and head_ips):
+    return None
+  e = int(config.num_epochs)
+  k = int(config.cached_features.get("augmented_views", 0)) if config.get("cached_features") else 0
+  k = k or 4  # the rps_cached recipe's views when the config being measured has none
+  uncached = e * num_train / train_ips
+  cached = (1 + k) * num_train / forward_ips + e * num_train / head_ips
+  return {"epochs": e, "augmented_views": k, "num_train": num_train,
+          "uncached_seconds": round(uncached, 2), "cached_seconds": round(cached, 2),
+          "speedup": round(uncached / cached, 2)}
+
+
+def bench_scaling(config, *, steps: int, repeats: int, warmup: int) -> list[dict]:
+  """Train images/s over 1, 2, 4, ..., N local devices, config.batch_size per device."""
+  import jax  # noqa: PLC0415
+
+  from rpsflax import models, sharding, train  # noqa: PLC0415
+
+  counts = (sharding.device_counts_to_try() if hasattr(sharding, "device_counts_to_try")
+            else [jax.local_device_count()])
+  model = models.build_model(config)
+  params = model_params(config, model)
+  rows = []
+  for n in counts:
+    mesh = sharding.make_mesh(jax.local_devices()[:n])
+    c = config.copy_and_resolve_references()
+    c.batch_size = c.eval_batch_size = int(config.batch_size) * n
+    repl = sharding.replicated(mesh)
+    state = jax.device_put(train.create_train_state(c, model, params=params), repl)
+    batch = sharding.shard_batch(synthetic_batch(c, c.batch_size), mesh)
+    rng = jax.device_put(jax.random.PRNGKey(0), repl)
+    compiled, _ = _compile(train.jit_train_step(c, model, mesh), state, batch, rng)
+    holder = {"state": state}
+
+    def call():
+      holder["state"], metrics = compiled(holder["state"], batch, rng)
+      return metrics["loss_sum"]
+    rate, _ = median_rate(call, c.batch_size, steps=steps, repeats=repeats, warmup=warmup)
+    rows.append({"devices": n, "global_batch": c.batch_size,
+                 "train_images_per_sec": rate, "per_device_images_per_sec": rate / n})
+  for r in rows:
+    r["efficiency"] = r["per_device_images_per_sec"] / rows[0]["per_device_images_per_sec"]
+  return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Input pipeline (TensorFlow)
+
+def tensorflow_missing() -> Optional[str]:
+  """Why TensorFlow figures cannot run here, or None."""
+  try:
+    if importlib.util.find_spec("tensorflow") is None:
+      return "tensorflow is not installed"
+    import tensorflow  # noqa: F401,PLC0415
+  except Exception as e:  # pylint: disable=broad-except
+    return f"tensorflow does not import ({type(e).__name__}: {e})"
+  return None
+
+
+def bench_pipeline(config, data_dir: str, *, repeats: int, epochs: int = 2) -> dict:
+  """Decode-once, cached-epoch and uncached-epoch images/s on a real folder (train split)."""
+  from rpsflax import input_pipeline  # noqa: PLC0415
+
+  kw = dict(image_size=config.data.image_size, batch_size=int(config.batch_size),
+            resize_method=config.data.resize_method,
+            num_parallel_calls=config.data.num_parallel_calls)
+
+  def epoch_rate(ds, epoch):
+    t0, n = time.perf_counter(), 0
+    for batch in ds.train_batches(epoch):
+      n += int(batch["mask"].sum())
+    return n / (time.perf_counter() - t0)
+
+  decode, cached, uncached, n = [], [], [], 0
+  for r in range(repeats):
+    ds = input_pipeline.folder_datasets(data_dir, cache=True, **kw)
+    n = ds.num_examples["train"]
+    t0 = time.perf_counter()
+    ds.prepare(["train"])
+    decode.append(n / (time.perf_counter() - t0))
+    cached.append(statistics.median(epoch_rate(ds, e) for e in range(epochs)))
+    del ds
+  ds = input_pipeline.folder_datasets(data_dir, cache=False, **kw)
+  for r in range(repeats):
+    uncached.append(epoch_rate(ds, r))
+  out = {"decode_images_per_sec": statistics.median(decode),
+         "cached_epoch_images_per_sec": statistics.median(cached),
+         "uncached_epoch_images_per_sec": statistics.median(uncached),
+         "pipeline_num_images": n,
+         "samples": {"decode": decode, "cached_epoch": cached, "uncached_epoch": uncached}}
+  out["pipeline_images_per_sec"] = (out["cached_epoch_images_per_sec"] if config.data.cache
+                                    else out["uncached_epoch_images_per_sec"])
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Keras (in a subprocess: before JAX holds the accelerator, and TF's memory is freed after)
+
+def keras_spec(config) -> dict:
+  """What the Keras worker needs: the model, which layers train, the optimizer."""
+  from rpsflax import models, optim  # noqa: PLC0415
+  from flax import traverse_util  # noqa: PLC0415
+
+  if config.model.name == "vgg16":
+    backbone = models.vgg16_layer_names(include_top=False)
+  else:
+    backbone = models.cnn_conv_names()
+  head = [f"hidden_{i}" for i in range(len(config.head.hidden))] + ["predictions"]
+  tree = {"backbone": {n: {"kernel": 0, "bias": 0} for n in backbone},
+          "head": {n: {"kernel": 0, "bias": 0} for n in head}}
+  labels = traverse_util.flatten_dict(optim.param_labels(tree, config))
+  trainable = {}
+  for (part, layer, _), label in labels.items():
+    trainable[layer] = trainable.get(layer, False) or label != optim.FROZEN
+  return {"model": config.model.name, "dtype": config.model.dtype,
+          "image_size": int(config.data.image_size), "preprocess": config.preprocess,
+          "head": config.head.to_dict(), "optim": config.optim.to_dict(),
+          "lr_groups": [list(g) for g in config.lr_groups], "backbone": backbone,
+          "trainable": trainable}
+
+
+def bench_keras(config, host_batch: dict, *, steps: int, repeats: int, warmup: int,
+                finetune: bool = False, timeout: int = 3600) -> dict:
+  """Keras figures from a worker process fed the very same arrays."""
+  with tempfile.TemporaryDirectory(prefix="rpsflax_keras_") as tmp:
+    np.savez(os.path.join(tmp, "batch.npz"), image=host_batch["image"],
+             label=host_batch["label"])
+    spec = {"config": keras_spec(config), "batch": os.path.join(tmp, "batch.npz"),
+            "steps": steps, "repeats": repeats, "warmup": warmup,
+            "out": os.path.join(tmp, "out.json")}
+    with open(os.path.join(tmp, "spec.json"), "w") as f:
+      json.dump(spec, f)
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)  # forced host devices are for JAX only
+    proc = subprocess.run([sys.executable, "-m", "rpsflax.benchmark", "--keras_worker",
+                           os.path.join(tmp, "spec.json")], capture_output=True, text=True,
+                          timeout=timeout, env=env, check=False)
+    if proc.returncode or not os.path.exists(spec["out"]):
+      raise RuntimeError(f"Keras worker failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    with open(spec["out"]) as f:
+      return json.load(f)
+
+
+def keras_worker(spec_path: str) -> None:
+  """Run in a fresh process: build, compile and time the Keras model of `spec`."""
+  with open(spec_path) as f:
+    spec = json.load(f)
+  import keras  # noqa: PLC0415
+  import tensorflow as tf  # noqa: PLC0415
+
+  for gpu in tf.config.list_physical_devices("GPU"):
+    tf.config.experimental.set_memory_growth(gpu, True)
+  cfg = spec["config"]
+  if cfg["dtype"] == "bfloat16":
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  elif cfg["dtype"] == "float16":
+    keras.mixed_precision.set_global_policy("mixed_float16")
+  model, base = _keras_model(keras, cfg)
+  data = np.load(spec["batch"])
+  x = tf.constant(_keras_preprocess(keras, cfg, data["image"]))
+  y = tf.constant(data["label"].astype(np.float32 if cfg["head"]["num_classes"] == 1 else np.int32))
+  b = len(data["label"])
+  timing = dict(steps=spec["steps"], repeats=spec["repeats"], warmup=spec["warmup"])
+
+  def rate(call):
+    for _ in range(timing["warmup"]):
+      call()
+    rates = []
+    for _ in range(timing["repeats"]):
+      t0 = time.perf_counter()
+      for _ in range(timing["steps"]):
+        out = call()
+      np.asarray(out)  # results are host values already; this makes it explicit
+      rates.append(timing["steps"] * b / (time.perf_counter() - t0))
+    return statistics.median(rates), rates
+
+  t0 = time.perf_counter()
+  model.train_on_batch(x, y)  # builds and compiles the train function
+  compile_s = time.perf_counter() - t0
+  train_ips, train_s = rate(lambda: model.train_on_batch(x, y))
+  fwd_ips, fwd_s = rate(lambda: base.predict_on_batch(x))
+  out = {"keras_train_images_per_sec": train_ips, "keras_forward_images_per_sec": fwd_ips,
+         "keras_jit_compile": bool(model.jit_compile), "keras_compile_seconds": compile_s,
+         "keras_trainable_weights": len(model.trainable_weights),
+         "keras_samples": {"train": train_s, "forward": fwd_s},
+         "keras_version": keras.__version__, "tensorflow_version": tf.__version__,
+         "keras_devices": [d.name for d in tf.config.list_logical_devices()]}
+  with open(spec["out"], "w") as f:
+    json.dump(out, f)
+
+
+def _keras_preprocess(keras, cfg, images):
+  x = images.astype(np.float32)
+  if cfg["preprocess"] == "vgg16":
+    return keras.applications.vgg16.preprocess_input(x)
+  if cfg["preprocess"] == "rescale":
+    return x * np.float32(1.0 / 255.0)
+  return x
+
+
+def _keras_model(keras, cfg):
+  """(model, backbone) as the tutorials build them, trainable flags from the config's labels."""
+  L = keras.layers
+  size = cfg["image_size"]
+  inputs = keras.Input((size, size, 3))
+  if cfg["model"] == "vgg16":
+    base = keras.applications.VGG16(weights=None, include_top=False, input_shape=(size, size, 3))
+  else:
+    base = keras.Sequential([keras.Input((size, size, 3))], name="cnn")
+    for filters, name in zip((32, 64, 128, 128), cfg["backbone"]):
+      base.add(L.Conv2D(filters, (3, 3), activation="relu", name=name))
+      base.add(L.MaxPooling2D((2, 2)))
+  flags = [cfg["trainable"][n] for n in cfg["backbone"]]
+  if not any(flags):
+    base.trainable = False  # the tutorial's way
+  else:
+    for name, flag in zip(cfg["backbone"], flags):
+      base.get_layer(name).trainable = flag
+  h = cfg["head"]
+  x = base(inputs, training=False) if not any(flags) else base(inputs)
+  pool = {"max": L.GlobalMaxPooling2D, "avg": L.GlobalAveragePooling2D, "flatten": L.Flatten}
+  x = pool[h["pooling"]]()(x)
+  x = L.Dropout(h["dropout"])(x)
+  for i, width in enumerate(h["hidden"]):
+    x = L.Dense(width, activation=h["hidden_activation"], name=f"hidden_{i}")(x)
+    if h["hidden_dropout"]:
+      x = L.Dropout(h["hidden_dropout"])(x)
+  sigmoid = h["num_classes"] == 1
+  out = L.Dense(h["num_classes"], activation="sigmoid" if sigmoid else "softmax",
+                dtype="float32", name="predictions")(x)
+  model = keras.Model(inputs, out)
+  for i in range(len(h["hidden"])):
+    model.get_layer(f"hidden_{i}").trainable = cfg["trainable"][f"hidden_{i}"]
+  model.get_layer("predictions").trainable = cfg["trainable"]["predictions"]
+  o = cfg["optim"]
+  if o["name"] == "rmsprop":
+    opt = keras.optimizers.RMSprop(o["learning_rate"], rho=o["rho"], momentum=o["momentum"],
+                                   epsilon=o["epsilon"])
+  elif o["name"] == "adam":
+    opt = keras.optimizers.Adam(o["learning_rate"], epsilon=o["epsilon"])
+  else:
+    opt = keras.optimizers.SGD(o["learning_rate"], momentum=o["momentum"])
+  model.compile(optimizer=opt, metrics=["accuracy"],
+                loss="binary_crossentropy" if sigmoid else "sparse_categorical_crossentropy")
+  return model, base
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole benchmark
+
+def versions() -> dict:
+  out = {"python": platform.python_version()}
+  for name in ("jax", "jaxlib", "flax", "optax", "numpy", "tensorflow", "keras"):
+    try:
+      if name in ("tensorflow", "keras") and name not in sys.modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+          out[name] = None
+          continue
+        from importlib import metadata  # noqa: PLC0415
+        out[name] = metadata.version(name)
+      else:
+        out[name] = __import__(name).__version__
+    except Exception:  # pylint: disable=broad-except
+      out[name] = None
+  return out
+
+
+def run(config, *, batch_size: int = 0, image_size: int = 0, dtype: str = "", steps: int = 5,
+        repeats: int = 5, warmup: int = 2, data_dir: str = "", compare_keras: bool = False,
+        finetune: bool = True, scaling: bool = True, weights: str = "", config_name: str = "",
+        pipeline_repeats: int = 3, log: Callable[[str], None] = lambda s: None) -> dict:
+  """Every figure as one dict (see the module docstring); None + a reason under 'skipped'."""
+  cfg = bench_config(config, batch_size=batch_size, image_size=image_size, dtype=dtype,
+                     weights=weights)
+  from rpsflax import config_check  # noqa: PLC0415
+
+  config_check.check_config(cfg)
+  result = {k: None for k in FIGURES}
+  skipped = {}
+  timing = dict(steps=steps, repeats=repeats, warmup=warmup)
+  host = synthetic_batch(cfg, int(cfg.batch_size))
+  tf_missing = tensorflow_missing() if (compare_keras or data_dir) else None
+
+  if compare_keras:  # first: the worker process may use the accelerator before JAX holds it
+    if tf_missing:
+      skipped["keras"] = f"--compare-keras needs TensorFlow and Keras: {tf_missing}"
+    else:
+      log("Keras: timing the same model in a worker process")
+      k = bench_keras(cfg, host, **timing)
+      result.update({key: k[key] for key in ("keras_train_images_per_sec",
+                                             "keras_forward_images_per_sec",
+                                             "keras_jit_compile")})
+      result["keras_details"] = {key: v for key, v in k.items() if key not in result}
+  else:
+    skipped["keras"] = "not asked for (--compare-keras)"
+
+  import jax  # noqa: PLC0415
+
+  from rpsflax import sharding  # noqa: PLC0415
+
+  devices = jax.local_devices()
+  log(f"JAX: {len(devices)} x {devices[0].device_kind} ({jax.default_backend()})")
+  mesh = sharding.make_mesh(devices[:1])  # the headline figures: one device
+  result.update(bench_steps(cfg, mesh, **timing, finetune=finetune))
+  if len(devices) > 1 and scaling:
+    log("scaling over devices")
+    result["scaling"] = bench_scaling(cfg, **timing)
+  else:
+    result["scaling"] = [{"devices": 1, "global_batch": int(cfg.batch_size),
+                          "train_images_per_sec": result["train_images_per_sec"],
+                          "per_device_images_per_sec": result["train_images_per_sec"],
+                          "efficiency": 1.0}]
+    if len(devices) == 1:
+      skipped["scaling"] = "one device: scaling has only the 1-device row"
+
+  if data_dir:
+    if tf_missing:
+      skipped["pipeline"] = f"the input pipeline needs TensorFlow: {tf_missing}"
+    else:
+      log(f"input pipeline on {data_dir}")
+      p = bench_pipeline(cfg, data_dir, repeats=pipeline_repeats)
+      result["samples"].update({f"pipeline_{k}": v for k, v in p.pop("samples").items()})
+      result.update(p)
+  else:
+    skipped["pipeline"] = "no --data_dir (a folder of class subfolders) given"
+
+  result["train_speedup_vs_keras"] = _ratio(result["train_images_per_sec"],
+                                            result["keras_train_images_per_sec"])
+  result["keras_frozen_step_over_forward"] = _ratio(result["keras_forward_images_per_sec"],
+                                                    result["keras_train_images_per_sec"])
+  result["cached_features_speedup_estimate"] = cached_speedup_estimate(
+      cfg, result["forward_images_per_sec"], result["train_images_per_sec"],
+      result["cached_head_images_per_sec"])
+  if result["cached_head_images_per_sec"] is None:
+    skipped["cached_features"] = "the config trains the backbone: nothing to cache"
+  if result["augment_images_per_sec"] is None:
+    skipped["augment"] = "config.augment.enabled is False"
+  if not finetune:
+    skipped["finetune"] = "--nofinetune"
+
+  result.update({
+      "config": config_name, "model": cfg.model.name, "dtype": cfg.model.dtype,
+      "batch_size": int(cfg.batch_size), "image_size": int(cfg.data.image_size),
+      "steps": steps, "repeats": repeats, "warmup": warmup,
+      "weights": cfg.weights or "random (He-normal)",
+      "device": str(devices[0]), "device_kind": devices[0].device_kind,
+      "device_count": len(devices), "backend": jax.default_backend(),
+      "host_cpus": os.cpu_count(), "versions": versions(), "skipped": skipped,
+  })
+  return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+def _fmt(v, unit=""):
+  if v is None:
+    return "n/a"
+  if isinstance(v, bool):
+    return "yes" if v else "no"
+  if isinstance(v, float):
+    return f"{v:,.2f}{unit}" if abs(v) < 1e4 else f"{v:,.0f}{unit}"
+  return f"{v}{unit}"
+
+
+def format_table(r: dict) -> str:
+  lines = [f"rpsflax benchmark: {r['config'] or r['model']} ({r['model']}, {r['dtype']}, "
+           f"batch {r['batch_size']}, {r['image_size']}px) on {r['device_kind']} "
+           f"[{r['backend']}, {r['device_count']} device(s), {r['host_cpus']} host CPUs]",
+           f"median of {r['repeats']} runs x {r['steps']} steps after {r['warmup']} warm-up "
+           f"steps; weights {r['weights']}", ""]
+  rows = [
+      ("train step (frozen as configured)", r["train_images_per_sec"], "img/s"),
+      ("eval step", r["eval_images_per_sec"], "img/s"),
+      ("backbone forward", r["forward_images_per_sec"], "img/s"),
+      ("fine-tune step (all trainable)", r["finetune_images_per_sec"], "img/s"),
+      ("augmentation alone (on device)", r["augment_images_per_sec"], "img/s"),
+      ("head step on cached features", r["cached_head_images_per_sec"], "img/s"),
+      ("train step / forward (time)", r["frozen_step_over_forward"], "x"),
+      ("fine-tune step / forward (time)", r["finetune_step_over_forward"], "x"),
+      ("train step / forward (XLA flops)", r["frozen_flops_over_forward"], "x"),
+      ("fine-tune / forward (XLA flops)", r["finetune_flops_over_forward"], "x"),
+      ("train step donates its state", r["train_step_donates_state"], ""),
+      ("host round-trips in the train step", r["train_step_host_transfers"] or "none", ""),
+      ("decode + resize once", r["decode_images_per_sec"], "img/s"),
+      ("epoch from the decoded cache", r["cached_epoch_images_per_sec"], "img/s"),
+      ("epoch decoding every time", r["uncached_epoch_images_per_sec"], "img/s"),
+      ("Keras train_on_batch", r["keras_train_images_per_sec"], "img/s"),
+      ("Keras backbone predict_on_batch", r["keras_forward_images_per_sec"], "img/s"),
+      ("Keras train / forward (time)", r["keras_frozen_step_over_forward"], "x"),
+      ("train speed-up vs Keras", r["train_speedup_vs_keras"], "x"),
+  ]
+  width = max(len(name) for name, _, _ in rows)
+  lines += [f"  {name:<{width}}  {_fmt(v)} {unit}".rstrip() for name, v, unit in rows]
+  est = r.get("cached_features_speedup_estimate")
+  if est:
+    lines.append(f"  cached features, {est['epochs']} epochs x {est['num_train']} images, "
+                 f"{est['augmented_views']} aug views: ~{est['uncached_seconds']:.0f}s uncached "
+                 f"vs ~{est['cached_seconds']:.0f}s cached (x{est['speedup']:.1f}, modelled)")
+  if r.get("scaling") and len(r["scaling"]) > 1:
+    lines.append("  scaling (per-device batch %d):" % r["batch_size"])
+    for s in r["scaling"]:
+      lines.append(f"    {s['devices']:>3} devices: {s['train_images_per_sec']:,.1f} img/s "
+                   f"({s['efficiency'] * 100:.0f}% per-device efficiency)")
+  if r.get("compile_seconds"):
+    lines.append("  compile seconds: " + ", ".join(f"{k} {v}" for k, v in
+                                                   r["compile_seconds"].items()))
+  for key, why in r["skipped"].items():
+    lines.append(f"  skipped {key}: {why}")
+  v = r["versions"]
+  lines.append("  versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val))
+  return "\n".join(lines)
+
+
+def _jsonable(x):
+  if isinstance(x, dict):
+    return {k: _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, (np.floating, np.integer)):
+    return x.item()
+  return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+def _normalize_argv(argv: list[str]) -> list[str]:
+  """--compare-keras -> --compare_keras (absl flag names use underscores)."""
+  out = []
+  for a in argv:
+    if a.startswith("--") and not a.startswith("--config"):
+      name, eq, value = a[2:].partition("=")
+      a = "--" + name.replace("-", "_") + eq + value
+    out.append(a)
+  return out
+
+
+def define_flags():
+  from absl import flags  # noqa: PLC0415
+  from ml_collections import config_flags  # noqa: PLC0415
+
+  config_flags.DEFINE_config_file("config", None, "Recipe, e.g. configs/rps.py "
+                                  "(override fields with --config.KEY=VALUE).", lock_config=True)
+  flags.DEFINE_integer("batch_size", 0, "Batch size (0: the config's batch_size).")
+  flags.DEFINE_integer("image_size", 0, "Image side (0: the config's data.image_size).")
+  flags.DEFINE_integer("steps", 5, "Steps per timed run.")
+  flags.DEFINE_integer("repeats", 5, "Timed runs; figures are their median.")
+  flags.DEFINE_integer("warmup", 2, "Untimed calls after compilation.")
+  flags.DEFINE_enum("dtype", "", ["", "float32", "bfloat16", "float16"],
+                    "Compute dtype ('' = the config's model.dtype); params stay float32.")
+  flags.DEFINE_string("data_dir", "", "A real image folder for the input-pipeline figures.")
+  flags.DEFINE_integer("pipeline_repeats", 3, "Repeats of the input-pipeline measurements.")
+  flags.DEFINE_bool("compare_keras", False, "Also time the same model in Keras (--compare-keras).")
+  flags.DEFINE_bool("finetune", True, "Also time the step with everything trainable.")
+  flags.DEFINE_bool("scaling", True, "With several devices, time 1, 2, 4, ..., N of them.")
+  flags.DEFINE_string("weights", "", "config.weights to load ('' = random He-normal init).")
+  flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+  flags.DEFINE_string("out", "", "Also write the JSON object to this file.")
+  flags.DEFINE_string("keras_worker", "", "Internal: run the Keras worker for this spec file.")
+
+
+def main(argv=None) -> int:
+  argv = _normalize_argv(list(sys.argv if argv is None else argv))
+  if "--keras_worker" in argv:  # the worker: no flags, no JAX
+    keras_worker(argv[argv.index("--keras_worker") + 1])
+    return 0
+  from absl import app, flags, logging  # noqa: PLC0415
+
+  app.define_help_flags()  # --help, --helpfull
+  define_flags()
+  FLAGS = flags.FLAGS  # noqa: N806
+  try:
+    FLAGS(argv)
+    if FLAGS.config is None:
+      raise flags.Error("--config is required, e.g. --config=configs/rps.py")
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  logging.set_verbosity(logging.WARNING)
+  log = (lambda s: print(s, file=sys.stderr, flush=True)) if FLAGS.json else (
+      lambda s: print(s, flush=True))
+  from rpsflax import config_check  # noqa: PLC0415
+
+  try:
+    result = run(FLAGS.config, batch_size=FLAGS.batch_size, image_size=FLAGS.image_size,
+                 dtype=FLAGS.dtype, steps=FLAGS.steps, repeats=FLAGS.repeats,
+                 warmup=FLAGS.warmup, data_dir=FLAGS.data_dir,
+                 compare_keras=FLAGS.compare_keras, finetune=FLAGS.finetune,
+                 scaling=FLAGS.scaling, weights=FLAGS.weights,
+                 config_name=FLAGS["config"].config_filename if hasattr(
+                     FLAGS["config"], "config_filename") else "",
+                 pipeline_repeats=FLAGS.pipeline_repeats, log=log)
+  except config_check.ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  result = _jsonable(result)
+  text = json.dumps(result, indent=1)
+  if FLAGS.out:
+    with open(FLAGS.out, "w") as f:
+      f.write(text + "\n")
+  print(text if FLAGS.json else format_table(result), flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
