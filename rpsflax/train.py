@@ -347,8 +347,9 @@ def _is_chief() -> bool:
 
 def _check_finite(host: dict, epoch: int, ckpt_dir) -> None:
   if int(host["nonfinite"]):
+    step = int(host["first_nonfinite_step"]) + 1  # counted from 1, as TensorBoard and signals do
     raise NonFiniteError(
-        f"the training loss or gradient became NaN/inf at step {int(host['first_nonfinite_step'])} "
+        f"the training loss or gradient became NaN/inf at step {step} "
         f"(epoch {epoch}); stopped without saving it. The last good checkpoints in {ckpt_dir} are "
         "kept. Lower config.optim.learning_rate, or check the data.")
 
