@@ -1,0 +1,101 @@
+"""`python -m rpsflax.main`, with one test hook that parks the process at a chosen moment.
+
+tests/test_reliability.py runs the real command through this script when it has to kill or
+signal a run at an exact point (no sleeps, no races):
+
+  RPSFLAX_HOOK=step:7            park before the 8th optimizer step (7 done: inside epoch 2);
+                                 go on once the training loop has seen SIGINT/SIGTERM
+  RPSFLAX_HOOK=commit:latest/10  park inside Orbax's commit of checkpoints/latest/10: its files
+                                 are written in the temporary folder, which is not yet renamed
+  RPSFLAX_HOOK_MARKER=FILE       written when the process parks (the test waits for it)
+  RPSFLAX_HOOK_GO=FILE           go on once this file exists
+
+Everything else (flags, errors, exit codes) is rpsflax.main's own.
+"""
+
+import os
+import pathlib
+import signal
+import sys
+import time
+
+HOOK = os.environ.get("RPSFLAX_HOOK", "")
+MARKER = os.environ.get("RPSFLAX_HOOK_MARKER", "")
+GO = os.environ.get("RPSFLAX_HOOK_GO", "")
+PARK_SECONDS = 300  # a test that never comes back must not leave the process behind forever
+
+
+def park(what: str, until=lambda: False) -> None:
+  pathlib.Path(MARKER).write_text(what)
+  deadline = time.time() + PARK_SECONDS
+  while time.time() < deadline:
+    if until() or (GO and os.path.exists(GO)):
+      return
+    time.sleep(0.02)  # Python runs signal handlers between sleeps
+  print(f"reliability_hooks: parked at {what} for {PARK_SECONDS}s; giving up", file=sys.stderr)
+  os._exit(99)
+
+
+def stop_requested() -> bool:
+  """Whether the training loop's SIGINT/SIGTERM handler (a bound method of train._StopRequest)
+  has recorded a signal: the test signals, and the loop goes on to see it, without races."""
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    request = getattr(signal.getsignal(sig), "__self__", None)
+    if getattr(request, "signum", None) is not None:
+      return True
+  return False
+
+
+def hook_step(n: int) -> None:
+  """Park the main thread before the optimizer step that follows step n, until signalled."""
+  from rpsflax import train
+
+  real = train.compiled_steps
+
+  def compiled_steps(config, mesh):
+    train_step, eval_step = real(config, mesh)
+
+    def step(state, batch, rng):
+      if int(state.step) == n:
+        park(f"step {n}", until=stop_requested)
+      return train_step(state, batch, rng)
+    return step, eval_step
+
+  train.compiled_steps = compiled_steps
+
+
+def hook_commit(which_step: str) -> None:
+  """Park Orbax's save thread just before it renames the finished temporary folder."""
+  from orbax.checkpoint._src.path import atomicity
+
+  cls = atomicity.AtomicRenameTemporaryPath
+  real = cls.finalize
+  which, step = which_step.split("/")
+
+  async def finalize(self, *args, **kwargs):
+    final = pathlib.Path(str(self.get_final()))
+    if final.name == step and final.parent.name == which:
+      park(f"commit of {final} (temporary folder {self.get()})")
+    return await real(self, *args, **kwargs)
+
+  cls.finalize = finalize
+
+
+def main() -> None:
+  kind, _, arg = HOOK.partition(":")
+  if kind == "step":
+    hook_step(int(arg))
+  elif kind == "commit":
+    hook_commit(arg)
+  elif kind:
+    raise SystemExit(f"reliability_hooks: unknown RPSFLAX_HOOK={HOOK!r}")
+  from absl import app
+
+  from rpsflax import main as rps_main
+
+  rps_main.define_flags()
+  app.run(rps_main.main, flags_parser=rps_main.parse_flags)
+
+
+if __name__ == "__main__":
+  main()
