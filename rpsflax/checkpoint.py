@@ -27,9 +27,13 @@ class CheckpointError(RuntimeError):
 
 
 def _manager(directory: pathlib.Path, max_to_keep: int, async_save: bool) -> ocp.CheckpointManager:
+  # The latest and best managers save the same step at once: without their own barrier prefix,
+  # Orbax's multi-process barriers (named after the step) would pair one manager's with the other's.
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
-      enable_async_checkpointing=async_save)
+      enable_async_checkpointing=async_save,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=f"rpsflax_{directory.name}"))
   return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
 
 
