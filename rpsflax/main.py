@@ -70,7 +70,8 @@ def init_distributed(config) -> None:
   for it (see rpsflax.sharding); before anything touches a device."""
   from rpsflax import sharding  # noqa: PLC0415
 
-  sharding.initialize_distributed(config)
+  if sharding.initialize_distributed(config) and not sharding.is_chief():
+    logging.set_verbosity(logging.WARNING)  # progress and INFO lines from process 0 only
 
 
 def is_chief() -> bool:
