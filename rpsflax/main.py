@@ -209,11 +209,30 @@ class _QuietOrbax(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
+def _closed_loop_noise(unraisable) -> bool:
+  e = unraisable.exc_value
+  return isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
+
+
 def quiet_orbax_logs() -> None:
-  """Drop Orbax's INFO lines from absl's log (the commands call it; libraries leave logs alone)."""
+  """Drop Orbax's INFO lines from absl's log (the commands call it; libraries leave logs alone).
+
+  Also drop the 'Event loop is closed' tracebacks of a failed Orbax restore (a damaged weights
+  folder or checkpoint): the reads still in flight when the first one fails report, one by one,
+  that the loop which awaited them is gone, burying the one error message that says what to do.
+  """
   handler = logging.get_absl_handler()
   if not any(isinstance(f, _QuietOrbax) for f in handler.filters):
     handler.addFilter(_QuietOrbax())
+  previous = sys.unraisablehook
+  if getattr(previous, "_rpsflax_quiet", False):
+    return
+
+  def hook(unraisable):
+    if not _closed_loop_noise(unraisable):
+      previous(unraisable)
+  hook._rpsflax_quiet = True
+  sys.unraisablehook = hook
 
 
 def main(argv):

@@ -6,7 +6,8 @@ cats-vs-dogs convnet at 48x48, frozen backbone, 3 classes, 5 steps per epoch, 2 
 codes, messages and surviving a kill are properties of the process. A run that must be stopped at
 an exact moment goes through tests/reliability_hooks.py, which parks the very same command there
 (no sleeps, no timing races). Final parameters are compared bit for bit (CPU) with an
-uninterrupted run of the same command.
+uninterrupted run of the same command. The independent command sequences run concurrently (see
+`Runs`): about 160 s of CPU in all, so about 90 s on two idle cores.
 
 Covered at unit level elsewhere, and not repeated here:
   tests/test_data_files.py      every DataError message, the reason of each unreadable file
@@ -73,8 +74,9 @@ def main_args(workdir, data_dir, *extra) -> list[str]:
 
 
 def run_main(workdir, data_dir, *extra) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "rpsflax.main", *main_args(workdir, data_dir, *extra)],
-                        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+  args = main_args(workdir, data_dir, *extra)
+  return subprocess.run([sys.executable, "-m", "rpsflax.main", *args], cwd=REPO, env=_env(),
+                        capture_output=True, text=True, timeout=TIMEOUT)
 
 
 def describe(rc, stderr: str) -> str:
@@ -134,7 +136,9 @@ def recipe():
 
 def steps_on_disk(workdir, which="latest") -> list[int]:
   folder = pathlib.Path(workdir) / "checkpoints" / which
-  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+  if not folder.is_dir():
+    return []
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
 
 
 def restore(workdir, which="latest", step=None):
