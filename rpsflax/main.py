@@ -257,9 +257,9 @@ def main(argv):
   except KeyboardInterrupt as e:
     # train.TrainingInterrupted (SIGINT/SIGTERM: a checkpoint was saved, the message says where),
     # or Ctrl-C outside the training loop (nothing since the last checkpoint was saved).
-    message = str(e) or (f"interrupted; checkpoints already in {workdir / 'checkpoints'} are "
-                         "kept. Run the same command again to resume.")
-    print(f"stopped: {message}", file=sys.stderr, flush=True)
+    message = str(e) or (f"checkpoints already in {workdir / 'checkpoints'} are kept. Run the "
+                         "same command again to resume.")
+    print(f"interrupted: {message}", file=sys.stderr, flush=True)
     sys.exit(128 + getattr(e, "signum", signal.SIGINT))
   except stopped_types() as e:  # NaN/inf loss: the last good checkpoints are kept
     print(f"error: {e}", file=sys.stderr, flush=True)

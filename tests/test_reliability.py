@@ -262,7 +262,7 @@ def sigint_then_sigterm(runs) -> pathlib.Path:
   run.wait_parked()
   rc, stderr = _signal(run, signal.SIGINT)
   assert rc == 128 + signal.SIGINT, describe(rc, stderr)
-  message = assert_one_message(stderr, "stopped: ")
+  message = assert_one_message(stderr, "interrupted: ")
   assert "SIGINT at step 3" in message and "same command" in message, message
   assert steps_on_disk(workdir) == [3]
   # The same command resumes at step 3; SIGTERM in epoch 2 saves step 8, exit 143.
@@ -272,7 +272,7 @@ def sigint_then_sigterm(runs) -> pathlib.Path:
   rc, stderr = _signal(run, signal.SIGTERM)
   assert rc == 128 + signal.SIGTERM, describe(rc, stderr)
   assert resumed_from(stderr) == 3
-  message = assert_one_message(stderr, "stopped: ")
+  message = assert_one_message(stderr, "interrupted: ")
   assert "SIGTERM at step 8" in message, message
   assert steps_on_disk(workdir) == [STEPS_PER_EPOCH, 8]
   # And once more: it finishes (compared with the straight run by the test).
