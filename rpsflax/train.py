@@ -340,6 +340,20 @@ class _StopRequest:
     for sig, handler in self._old.items():
       signal.signal(sig, handler)
 
+  def requested(self, sync: bool = True) -> bool:
+    """Whether to stop now. Several processes must stop at the same step, or one would wait in a
+    collective of the next step while another saves: they agree (any signal stops all), and only at
+    points every process reaches together (`sync`), so the per-step check costs nothing there."""
+    if jax.process_count() == 1:
+      return self.signum is not None
+    if not sync:
+      return False
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+    signum = int(np.max(multihost_utils.process_allgather(np.int32(self.signum or 0))))
+    if signum and self.signum is None:
+      self.signum = signum
+    return signum != 0
+
 
 def _is_chief() -> bool:
   return jax.process_index() == 0
@@ -387,7 +401,8 @@ def train_epoch(state, batches: Iterable[dict], train_step: Callable, rng, mesh:
           writer.add_scalar("train/loss", interval["loss"], int(state.step))
           writer.add_scalar("train/accuracy", interval["accuracy"], int(state.step))
         last_logged = host
-      if stop is not None and stop.signum is not None and (steps is None or i < steps):
+      if (stop is not None and (steps is None or i < steps)
+          and stop.requested(sync=i % log_every == 0)):
         _check_finite(jax.device_get(acc), epoch, ckpt_dir)  # never checkpoint a NaN state
         return state, acc, i  # mid-epoch; at the last batch the epoch finishes normally
   finally:
@@ -593,7 +608,7 @@ def train_and_evaluate(config, workdir) -> dict:
         _log_epoch(row, writer)
         if _is_chief():
           report.write_history(workdir, history)
-        if stop.signum is not None and step < total_steps:
+        if step < total_steps and stop.requested():
           ckpts.wait()
           raise TrainingInterrupted(
               f"stopped by {signal.Signals(stop.signum).name} after epoch {epoch}; its checkpoint "
