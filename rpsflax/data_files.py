@@ -470,24 +470,19 @@ def _check_classes(listing: FolderListing, infos, split: str):
                       f"{what}, see the log): add images, or remove the class folder")
 
 
-def prepare_folder(data_dir, workdir=None, *, seed: int = 0, holdout: int = 0,
-                   val_fraction: float = 0.2, write: bool = True,
-                   num_threads: Optional[int] = None) -> FolderData:
-  """List, check and split a data folder; write splits and report into `workdir` if given."""
-  data_dir = os.path.abspath(os.fspath(data_dir))
-  listings = find_split_folders(data_dir)
+def check_listings(listings: dict[str, FolderListing]) -> list[str]:
+  """The checks a listing answers without opening an image (run before any work); returns the
+  class names. Empty or unlabelled splits, a single class, and validation classes that differ
+  from training's each raise a DataError naming the folder."""
   train = listings["train"]
   if train.layout in ("empty", "unlabelled"):
     what = ("no image files" if train.layout == "empty" else
             f"only unlabelled images such as {os.path.basename(train.ignored[0])}")
     raise DataError(f"{train.path} has {what}: {_LAYOUT_HELP}; point --config.data.dir there")
-  all_files = [f for l in listings.values() for f in l.files]
-  infos, skipped = scan_images(all_files, num_threads=num_threads)
   for split, listing in listings.items():
     if listing.layout in ("empty", "unlabelled"):
       raise DataError(f"the {split} folder {listing.path} has no labelled images "
                       f"({listing.layout}): {_LAYOUT_HELP}")
-    _check_classes(listing, infos, split)
   class_names = train.class_names
   if len(class_names) < 2:
     raise DataError(f"{train.path} has one class ({class_names}): a classifier needs at least "
@@ -497,6 +492,20 @@ def prepare_folder(data_dir, workdir=None, *, seed: int = 0, holdout: int = 0,
       raise DataError(f"the {split} folder {listing.path} has classes {listing.class_names} "
                       f"but the training folder {train.path} has {class_names}: make the "
                       "class folders (or file name prefixes) match")
+  return class_names
+
+
+def prepare_folder(data_dir, workdir=None, *, seed: int = 0, holdout: int = 0,
+                   val_fraction: float = 0.2, write: bool = True,
+                   num_threads: Optional[int] = None) -> FolderData:
+  """List, check and split a data folder; write splits and report into `workdir` if given."""
+  data_dir = os.path.abspath(os.fspath(data_dir))
+  listings = find_split_folders(data_dir)
+  class_names = check_listings(listings)
+  all_files = [f for l in listings.values() for f in l.files]
+  infos, skipped = scan_images(all_files, num_threads=num_threads)
+  for split, listing in listings.items():
+    _check_classes(listing, infos, split)
   index = {c: i for i, c in enumerate(class_names)}
   sources = {s: _labelled(l, infos, index) for s, l in listings.items()}
   splits, notes = assign_splits(sources, class_names, seed=seed, holdout=holdout,

@@ -494,10 +494,10 @@ def preflight(config, workdir) -> None:
   from rpsflax import weights  # noqa: PLC0415
 
   weights.check_spec(config.weights)
-  if config.data.dir:  # a listing only (no decoding): a missing or empty folder fails here
+  if config.data.dir:  # a listing only (no decoding): missing, empty or mismatched folders fail here
     from rpsflax import data_files  # noqa: PLC0415
 
-    data_files.find_split_folders(config.data.dir)
+    data_files.check_listings(data_files.find_split_folders(config.data.dir))
 
 
 def train_and_evaluate(config, workdir) -> dict:

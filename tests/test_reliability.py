@@ -473,10 +473,13 @@ def _check_refused(runs, name, *, workdir_created: bool) -> str:
   return message
 
 
-@pytest.mark.parametrize("name", ["data_class_without_readable_image",
-                                  "data_validation_classes_differ", "data_empty_folder"])
-def test_bad_data_stops_before_training_naming_the_path(runs, name):
-  _check_refused(runs, name, workdir_created=True)  # found when the data is read: config.json only
+@pytest.mark.parametrize("name, workdir_created", [
+    ("data_class_without_readable_image", True),  # found when the images are read: config.json only
+    ("data_validation_classes_differ", False),    # the listing alone tells: before the workdir
+    ("data_empty_folder", False),
+])
+def test_bad_data_stops_before_training_naming_the_path(runs, name, workdir_created):
+  _check_refused(runs, name, workdir_created=workdir_created)
 
 
 @pytest.mark.parametrize("name, workdir_created", [
