@@ -1,0 +1,151 @@
+"""The benchmark in a tiny mode: every key is emitted, runs without TensorFlow skip only what needs
+it (saying why), and the frozen step's cost is one forward pass by XLA's own flop count.
+
+No speed is asserted: timings on a shared machine mean nothing. Flop counts are deterministic.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import pytest
+
+import data_factory
+import keras_reference as kr
+from rpsflax import benchmark, models, sharding, train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = ["--steps=1", "--repeats=1", "--warmup=0", "--pipeline_repeats=1", "--json"]
+
+# Makes tensorflow, keras and tensorflow_datasets unimportable, as on a GPU box without them.
+NO_TF = textwrap.dedent("""
+    import sys
+    class _NoTF:
+      def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('tensorflow', 'keras', 'tensorflow_datasets'):
+          raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+        return None
+    sys.meta_path.insert(0, _NoTF())
+    from rpsflax import benchmark
+    sys.exit(benchmark.main(['benchmark'] + sys.argv[1:]))
+""")
+
+
+def _run(args, *, devices=1, no_tf=False, timeout=600) -> dict:
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  cmd = ([sys.executable, "-c", NO_TF] if no_tf
+         else [sys.executable, str(REPO / "scripts" / "benchmark.py")]) + args
+  out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout,
+                       check=False)
+  assert out.returncode == 0, out.stderr[-4000:]
+  return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+  root = tmp_path_factory.mktemp("bench_data")
+  data_factory.class_folders(root / "train", {"cat": 4, "dog": 4}, size=(60, 50), ext=".jpg")
+  return root
+
+
+@pytest.fixture(scope="module")
+def catsdogs_keras(folder):
+  """The cats-vs-dogs CNN on 2 (fake) devices with the pipeline and the Keras comparison."""
+  return _run(["--config=configs/catsdogs.py", "--image_size=48", "--batch_size=2",
+               f"--data_dir={folder}", "--compare-keras", *TINY], devices=2)
+
+
+@pytest.fixture(scope="module")
+def rps_no_tf():
+  """VGG16 + head (rps) where TensorFlow cannot be imported."""
+  return _run(["--config=configs/rps.py", "--image_size=32", "--batch_size=2", "--nofinetune",
+               "--compare-keras", "--data_dir=/nonexistent", *TINY], no_tf=True)
+
+
+def _positive(result, keys):
+  for key in keys:
+    assert isinstance(result[key], (int, float)) and result[key] > 0, (key, result[key])
+
+
+def test_every_key_is_emitted_and_measured(catsdogs_keras):
+  r = catsdogs_keras
+  assert set(benchmark.FIGURES) <= set(r)
+  _positive(r, ["train_images_per_sec", "eval_images_per_sec", "forward_images_per_sec",
+                "finetune_images_per_sec", "augment_images_per_sec", "frozen_step_over_forward",
+                "finetune_step_over_forward", "pipeline_images_per_sec", "decode_images_per_sec",
+                "cached_epoch_images_per_sec", "uncached_epoch_images_per_sec",
+                "keras_train_images_per_sec", "keras_forward_images_per_sec",
+                "train_speedup_vs_keras", "forward_flops", "train_step_flops"])
+  assert r["pipeline_num_images"] == 8
+  assert r["train_step_donates_state"] is True and r["train_step_host_transfers"] == []
+  assert r["model"] == "cnn" and r["image_size"] == 48 and r["batch_size"] == 2
+  assert r["backend"] == "cpu" and r["device_count"] == 2 and r["device"]
+  assert r["versions"]["jax"] == jax.__version__ and r["versions"]["tensorflow"]
+  assert [s["devices"] for s in r["scaling"]] == [1, 2]
+  assert [s["global_batch"] for s in r["scaling"]] == [2, 4]
+  assert isinstance(r["keras_jit_compile"], bool)
+  # The CNN trains its backbone: nothing to cache, and the output says so.
+  assert r["cached_head_images_per_sec"] is None and "backbone" in r["skipped"]["cached_features"]
+  assert "keras" not in r["skipped"] and "pipeline" not in r["skipped"]
+
+
+def test_without_tensorflow_only_its_figures_are_skipped(rps_no_tf):
+  r = rps_no_tf
+  assert set(benchmark.FIGURES) <= set(r)
+  _positive(r, ["train_images_per_sec", "eval_images_per_sec", "forward_images_per_sec",
+                "augment_images_per_sec", "cached_head_images_per_sec"])
+  for key in ("pipeline_images_per_sec", "decode_images_per_sec", "keras_train_images_per_sec",
+              "train_speedup_vs_keras", "finetune_images_per_sec"):
+    assert r[key] is None, key
+  assert "tensorflow" in r["skipped"]["keras"].lower()
+  assert "tensorflow" in r["skipped"]["pipeline"].lower()
+  assert r["versions"]["tensorflow"] is None and r["model"] == "vgg16"
+  assert r["train_step_donates_state"] is True and r["train_step_host_transfers"] == []
+  assert r["frozen_flops_over_forward"] <= 1.3
+  assert r["cached_features_speedup_estimate"]["speedup"] > 0
+
+
+def test_frozen_step_costs_one_forward_and_finetuning_about_three():
+  """XLA's flop count of the jitted steps (lowered, not compiled: cheap and deterministic)."""
+  config = benchmark.bench_config(kr.load_recipe("rps"), batch_size=4, image_size=32)
+  model = models.build_model(config)
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  params = benchmark.random_params(config, model)
+  batch = benchmark.synthetic_batch(config, 4)
+  rng = jax.random.PRNGKey(0)
+
+  def step_flops(cfg):
+    state = train.create_train_state(cfg, model, params=params)
+    return train.jit_train_step(cfg, model, mesh).lower(state, batch, rng).cost_analysis()["flops"]
+  forward = jax.jit(lambda p, x: model.apply({"params": p}, train._prepare_images(config, x),
+                                             method="features")).lower(params, batch["image"])
+  forward = forward.cost_analysis()["flops"]
+  frozen, full = step_flops(config), step_flops(benchmark.finetune_config(config))
+  assert frozen / forward <= 1.3, frozen / forward
+  assert 2.5 <= full / forward <= 3.5, full / forward
+
+
+def test_table_names_every_figure_and_the_skips(catsdogs_keras, rps_no_tf):
+  table = benchmark.format_table(catsdogs_keras)
+  for words in ("train step", "backbone forward", "Keras train_on_batch", "speed-up vs Keras",
+                "decode + resize once", "scaling", "2 devices", "versions"):
+    assert words in table, words
+  table = benchmark.format_table(rps_no_tf)
+  assert "n/a" in table and "skipped keras" in table and "skipped pipeline" in table
+
+
+def test_flag_spelling_and_estimate():
+  assert benchmark._normalize_argv(["x", "--compare-keras", "--data-dir=a-b", "--config.x-y=1"]) \
+      == ["x", "--compare_keras", "--data_dir=a-b", "--config.x-y=1"]
+  config = kr.load_recipe("rps_cached")
+  est = benchmark.cached_speedup_estimate(config, forward_ips=100.0, train_ips=80.0,
+                                          head_ips=1e5, num_train=1000)
+  # uncached 20 * 1000 / 80 = 250 s; cached 5 * 1000 / 100 + 20 * 1000 / 1e5 = 50.2 s
+  assert est["uncached_seconds"] == 250.0 and est["cached_seconds"] == pytest.approx(50.2)
+  assert est["speedup"] == pytest.approx(250 / 50.2, abs=0.01)
+  assert benchmark.cached_speedup_estimate(config, None, 80.0, 1e5) is None
