@@ -267,10 +267,11 @@ def write_training_report(workdir, history: Sequence[Mapping[str, Any]], confusi
   return paths
 
 
-def write_eval_report(workdir, confusion, class_names: Sequence[str], eval_metrics: Mapping[str, Any],
-                      split: str, suffix: str = "") -> dict[str, pathlib.Path]:
-  """eval{suffix}.json and confusion_matrix{suffix}.png for one evaluation."""
-  workdir = pathlib.Path(workdir)
+def write_eval_report(directory, confusion, class_names: Sequence[str], eval_metrics: Mapping[str, Any],
+                      split: str) -> dict[str, pathlib.Path]:
+  """eval.json and confusion_matrix.png for one evaluation, in `directory` (made if missing)."""
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
   derived = metrics_from_confusion(confusion, class_names)
   metrics = {**derived, **{k: v for k, v in eval_metrics.items() if v is not None}}
   metrics["split"] = split
@@ -280,10 +281,10 @@ def write_eval_report(workdir, confusion, class_names: Sequence[str], eval_metri
   title = (f"{split}: {metrics['num_examples']} examples, accuracy {metrics['accuracy']:.1%}"
            if metrics.get("accuracy") is not None else None)
   return {
-      "eval": write_eval_json(workdir / f"eval{suffix}.json", accuracy=metrics.get("accuracy"),
+      "eval": write_eval_json(directory / "eval.json", accuracy=metrics.get("accuracy"),
                               loss=metrics.get("loss"), num_examples=metrics["num_examples"],
                               per_class_accuracy=metrics["per_class_accuracy"], split=split,
                               class_names=class_names, confusion=confusion, **extra),
       "confusion_matrix": plot_confusion_matrix(confusion, class_names,
-                                                workdir / f"confusion_matrix{suffix}.png", title=title),
+                                                directory / "confusion_matrix.png", title=title),
   }

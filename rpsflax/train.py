@@ -704,8 +704,9 @@ def evaluate(config, workdir, split: str = "validation", data_dir: Optional[str]
              which: str = ckpt_lib.BEST) -> dict:
   """Evaluate a trained workdir's best (else latest) checkpoint on a split of its data or a folder.
 
-  Writes eval_<name>.json and confusion_matrix_<name>.png into the workdir (name: the split, or
-  the folder's name) and returns the same numbers (see `train_and_evaluate`).
+  Writes eval.json and confusion_matrix.png into workdir/eval/<split> (or eval/folder-<name> for
+  a folder), beside, never over, the training run's own eval.json, and returns the same numbers
+  (see `train_and_evaluate`).
   """
   from rpsflax import data_files, input_pipeline, report  # noqa: PLC0415
 
@@ -724,7 +725,8 @@ def evaluate(config, workdir, split: str = "validation", data_dir: Optional[str]
     folders = [f.path for f in data_files.find_split_folders(data_dir).values()]
     sets = [input_pipeline.create_eval_dataset(config, f, class_names) for f in folders]
     batches = itertools.chain.from_iterable(d.eval_batches("eval") for d in sets)
-    split_name, name = str(data_dir), pathlib.Path(data_dir).resolve().name or "folder"
+    split_name = str(data_dir)
+    name = f"folder-{pathlib.Path(data_dir).resolve().name}"
     extra["folders"] = folders
   else:
     datasets = input_pipeline.create_datasets(config, workdir)
@@ -735,7 +737,6 @@ def evaluate(config, workdir, split: str = "validation", data_dir: Optional[str]
     batches, name, split_name = datasets.eval_batches(split), split, split
   evaluation = evaluate_batches(compiled_steps(config, mesh)[1], state, batches, mesh, config)
   if _is_chief():
-    report.write_eval_report(workdir, evaluation["confusion"], class_names,
-                             {"loss": evaluation["loss"], **extra}, split=split_name,
-                             suffix=f"_{name}")
+    report.write_eval_report(workdir / "eval" / name, evaluation["confusion"], class_names,
+                             {"loss": evaluation["loss"], **extra}, split=split_name)
   return _eval_result(evaluation, class_names, split_name, **extra)

@@ -189,13 +189,13 @@ def test_kaggle_layout_train_holdout_submission(tmp_path, kaggle_dir):
   # 4. The final evaluation is one command: the best checkpoint on the holdout, in files of its
   #    own (eval.json stays the training run's).
   proc = run_cmd("rpsflax.main", "--mode=evaluate", f"--workdir={w}", "--split=holdout")
-  final = _read(w / "eval_holdout.json")
+  final = _read(w / "eval" / "holdout" / "eval.json")
   assert final["split"] == "holdout" and final["num_examples"] == HOLDOUT
   assert final["checkpoint"] == "best" and 0.0 <= final["accuracy"] <= 1.0
   cm = np.asarray(final["confusion_matrix"])
   assert cm.shape == (2, 2) and cm.sum() == HOLDOUT and list(cm.sum(axis=1)) == [10, 10]
   assert final["accuracy"] == pytest.approx(np.trace(cm) / HOLDOUT)
-  assert (w / "confusion_matrix_holdout.png").stat().st_size > 10_000
+  assert (w / "eval" / "holdout" / "confusion_matrix.png").stat().st_size > 10_000
   assert _read(w / "eval.json") == ev
   assert f"num_examples={HOLDOUT}" in proc.stderr
 

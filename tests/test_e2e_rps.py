@@ -193,13 +193,13 @@ def test_train_resume_evaluate_predict(tmp_path, rps_dir, weights_file):
 
   # 5. Evaluation only, on a split and on a folder: files of their own, eval.json kept.
   run_main(w, "--mode=evaluate", "--split=validation")
-  ev_val = _read(w / "eval_validation.json")
+  ev_val = _read(w / "eval" / "validation" / "eval.json")
   assert ev_val["num_examples"] == n_val and 0.0 <= ev_val["accuracy"] <= 1.0
-  assert (w / "confusion_matrix_validation.png").stat().st_size > 10_000
+  assert (w / "eval" / "validation" / "confusion_matrix.png").stat().st_size > 10_000
   from rpsflax import main
 
   main.evaluate(None, w, "validation", str(rps_dir / "train"))  # the command's body, in process
-  ev_dir = [p for p in w.glob("eval_*.json") if p.name != "eval_validation.json"]
+  ev_dir = list(w.glob("eval/folder-*/eval.json"))
   assert len(ev_dir) == 1 and _read(ev_dir[0])["num_examples"] == len(CLASSES) * PER_CLASS
   assert _read(w / "eval.json") == ev
 

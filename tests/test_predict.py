@@ -227,10 +227,10 @@ def test_catsdogs_holdout_evaluation_and_submission(tmp_path):
   # The final evaluation (python -m rpsflax.main --mode=evaluate --workdir=W --split=holdout;
   # the e2e test runs that command line) writes its own file and leaves eval.json alone.
   main.evaluate(None, workdir, "holdout", "")
-  ev = json.loads((workdir / "eval_holdout.json").read_text())
+  ev = json.loads((workdir / "eval" / "holdout" / "eval.json").read_text())
   assert ev["split"] == "holdout" and ev["num_examples"] == 4
   assert set(ev["per_class_accuracy"]) == set(CATSDOGS) and 0.0 <= ev["accuracy"] <= 1.0
-  assert (workdir / "confusion_matrix_holdout.png").is_file()
+  assert (workdir / "eval" / "holdout" / "confusion_matrix.png").is_file()
   assert json.loads((workdir / "eval.json").read_text())["split"] == "holdout"  # training's final
 
   # Kaggle submission and a grid labelled cat/dog.

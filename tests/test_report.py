@@ -127,7 +127,7 @@ def test_write_training_report(tmp_path):
   assert data["loss"] == pytest.approx(0.7) and data["step"] == 30
   assert data["confusion_matrix"] == cm.tolist() and data["class_names"] == CLASSES
   # An evaluation-only report goes beside it under its own name, leaving eval.json alone.
-  report.write_eval_report(tmp_path, np.eye(3, dtype=int), CLASSES, {"loss": 0.1},
-                           split="holdout", suffix="_holdout")
-  assert json.loads((tmp_path / "eval_holdout.json").read_text())["accuracy"] == 1.0
+  report.write_eval_report(tmp_path / "eval" / "holdout", np.eye(3, dtype=int), CLASSES,
+                           {"loss": 0.1}, split="holdout")
+  assert json.loads((tmp_path / "eval" / "holdout" / "eval.json").read_text())["accuracy"] == 1.0
   assert json.loads((tmp_path / "eval.json").read_text())["split"] == "validation"

@@ -443,7 +443,7 @@ def test_evaluate_restores_best_and_reads_a_folder(straight_run):
   out = train.evaluate(config, workdir, split="validation")
   assert out["checkpoint"] == "best" and out["num_examples"] == 6
   assert out["accuracy"] == pytest.approx(max(h["val_accuracy"] for h in history))
-  assert (workdir / "eval_validation.json").is_file()
+  assert (workdir / "eval" / "validation" / "eval.json").is_file()
   # A folder with a subset of the classes: labels are mapped by class name.
   folder = root / "extra"
   (folder / "rock").mkdir(parents=True)
