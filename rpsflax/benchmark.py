@@ -69,22 +69,49 @@ FIGURES = (
 # ---------------------------------------------------------------------------------------------
 # Timing
 
+def _time_once(call, steps: int, images: int) -> float:
+  import jax  # noqa: PLC0415
+
+  t0 = time.perf_counter()
+  out = None
+  for _ in range(steps):
+    out = call()
+  jax.block_until_ready(out)
+  return steps * images / (time.perf_counter() - t0)
+
+
 def median_rate(call: Callable[[], object], images_per_call: int, *, steps: int, repeats: int,
                 warmup: int) -> tuple[float, list[float]]:
   """(median images/s, images/s of each repeat): `call()` returns something to block on."""
+  rates = interleaved({"x": (call, images_per_call)}, steps=steps, repeats=repeats,
+                      warmup=warmup)["x"]
+  return statistics.median(rates), rates
+
+
+def interleaved(runners: dict, *, steps: int, repeats: int, warmup: int) -> dict:
+  """{name: [images/s per repeat]}: repeat r times every runner once, round-robin.
+
+  On a shared machine the load drifts; interleaving exposes every figure to the same drift, so
+  ratios between figures (taken per round, see `paired_ratio`) stay meaningful.
+  runners: {name: (call, images per call)}; call() returns something to block on.
+  """
   import jax  # noqa: PLC0415
 
-  for _ in range(warmup):
-    jax.block_until_ready(call())
-  rates = []
+  for call, _ in runners.values():
+    for _ in range(warmup):
+      jax.block_until_ready(call())
+  rates = {name: [] for name in runners}
   for _ in range(repeats):
-    t0 = time.perf_counter()
-    out = None
-    for _ in range(steps):
-      out = call()
-    jax.block_until_ready(out)
-    rates.append(steps * images_per_call / (time.perf_counter() - t0))
-  return statistics.median(rates), rates
+    for name, (call, images) in runners.items():
+      rates[name].append(_time_once(call, steps, images))
+  return rates
+
+
+def paired_ratio(fast: list, slow: list) -> Optional[float]:
+  """Median over rounds of fast[r] / slow[r] (images/s): how many times slower `slow` is."""
+  if not fast or not slow:
+    return None
+  return statistics.median(f / s for f, s in zip(fast, slow))
 
 
 def _ratio(a, b):
@@ -184,7 +211,10 @@ def host_ops(compiled) -> list[str]:
 
 def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune: bool = True,
                 cached: bool = True) -> dict:
-  """Train/eval/forward/finetune/augment/cached-head throughput of `config` on `mesh`."""
+  """Train/eval/forward/finetune/augment/cached-head throughput of `config` on `mesh`.
+
+  Everything is compiled and warmed up first, then timed round-robin (see `interleaved`).
+  """
   import jax  # noqa: PLC0415
 
   from rpsflax import augment, features, models, sharding, train  # noqa: PLC0415
@@ -197,98 +227,84 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
   rng = jax.device_put(jax.random.PRNGKey(0), repl)
   host_params = model_params(config, model)  # each state gets its own device copy (donated)
   params = jax.device_put(host_params, repl)
-  out, compile_s = {}, {}
-  timing = dict(steps=steps, repeats=repeats, warmup=warmup)
-  samples = {}
+  out, compile_s, runners = {}, {}, {}
 
-  def train_rate(cfg, name):
+  def step_runner(name, cfg, jitted, inputs):
+    """A donating train step as a runner: its state is threaded through the calls."""
     state = jax.device_put(train.create_train_state(cfg, model, params=host_params), repl)
-    compiled, compile_s[name] = _compile(train.jit_train_step(cfg, model, mesh), state, batch,
-                                         rng)
+    compiled, compile_s[name] = _compile(jitted, state, inputs, rng)
     holder = {"state": state}
 
     def call():
-      holder["state"], metrics = compiled(holder["state"], batch, rng)
+      holder["state"], metrics = compiled(holder["state"], inputs, rng)
       return metrics["loss_sum"]
-    first_leaf = jax.tree.leaves(state.params)[0]
-    call()
-    donated = first_leaf.is_deleted()
-    with jax.transfer_guard("disallow"):  # any implicit host<->device copy raises
-      try:
-        call()
-        guarded = False
-      except Exception as e:  # pylint: disable=broad-except
-        guarded = f"{type(e).__name__}: {str(e)[:200]}"
-    rate, samples[name] = median_rate(call, b, **timing)
-    return rate, compiled, donated, guarded
+    runners[name] = (call, b)
+    return compiled, state
 
-  out["train_images_per_sec"], c_train, donated, guarded = train_rate(config, "train")
-  out["train_step_donates_state"] = bool(donated)
-  ops = host_ops(c_train)
-  out["train_step_host_transfers"] = (ops or []) + ([guarded] if guarded else [])
+  c_train, state0 = step_runner("train", config, train.jit_train_step(config, model, mesh), batch)
+  first_leaf = jax.tree.leaves(state0.params)[0]
+  runners["train"][0]()
+  out["train_step_donates_state"] = bool(first_leaf.is_deleted())
+  problems = host_ops(c_train)
+  with jax.transfer_guard("disallow"):  # any implicit host<->device copy raises
+    try:
+      runners["train"][0]()
+    except Exception as e:  # pylint: disable=broad-except
+      problems.append(f"{type(e).__name__}: {str(e)[:200]}")
+  out["train_step_host_transfers"] = problems
   out["train_step_flops"] = _flops(c_train)
 
   state = train.TrainState(step=None, params=params, opt_state=None)
   ev, compile_s["eval"] = _compile(train.jit_eval_step(config, model, mesh), state, batch)
-  out["eval_images_per_sec"], samples["eval"] = median_rate(lambda: ev(state, batch)["count"], b,
-                                                            **timing)
+  runners["eval"] = (lambda: ev(state, batch)["count"], b)
 
   fwd_fn = lambda p, x: model.apply({"params": p}, train._prepare_images(config, x),  # noqa: SLF001
                                     method="features")
   fwd, compile_s["forward"] = _compile(jax.jit(fwd_fn, in_shardings=(repl, data),
                                                out_shardings=data), params, batch["image"])
-  out["forward_images_per_sec"], samples["forward"] = median_rate(
-      lambda: fwd(params, batch["image"]), b, **timing)
+  runners["forward"] = (lambda: fwd(params, batch["image"]), b)
   out["forward_flops"] = _flops(fwd)
 
   if config.augment.enabled:
     aug_fn = lambda r, x: augment.augment_batch(r, x, config.augment)
     aug, compile_s["augment"] = _compile(jax.jit(aug_fn, in_shardings=(repl, data),
                                                  out_shardings=data), rng, batch["image"])
-    out["augment_images_per_sec"], samples["augment"] = median_rate(
-        lambda: aug(rng, batch["image"]), b, **timing)
-  else:
-    out["augment_images_per_sec"] = None
+    runners["augment"] = (lambda: aug(rng, batch["image"]), b)
 
+  out["finetune_step_flops"] = None
   if finetune:
     ft = finetune_config(config)
-    out["finetune_images_per_sec"], c_ft, _, _ = train_rate(ft, "finetune")
+    c_ft, _ = step_runner("finetune", ft, train.jit_train_step(ft, model, mesh), batch)
     out["finetune_step_flops"] = _flops(c_ft)
-  else:
-    out["finetune_images_per_sec"] = out["finetune_step_flops"] = None
 
-  out["cached_head_images_per_sec"] = None
-  if cached:
-    try:
-      features.check_config(_cached(config))
-      usable = True
-    except ValueError:
-      usable = False  # the backbone trains (catsdogs): nothing to cache
-    if usable:
-      cfg = _cached(config)
-      fb = {**host, "image": np.zeros((b,) + features.feature_shape(cfg, model), np.float32)}
-      fbatch = sharding.shard_batch(fb, mesh)
-      state = jax.device_put(train.create_train_state(cfg, model, params=host_params), repl)
-      head_step = features.jit_head_steps(cfg, mesh)[0]
-      compiled, compile_s["cached_head"] = _compile(head_step, state, fbatch, rng)
-      holder = {"state": state}
+  if cached and _cacheable(config):
+    cfg = _cached(config)
+    fb = {**host, "image": np.zeros((b,) + features.feature_shape(cfg, model), np.float32)}
+    step_runner("cached_head", cfg, features.jit_head_steps(cfg, mesh)[0],
+                sharding.shard_batch(fb, mesh))
 
-      def head_call():
-        holder["state"], metrics = compiled(holder["state"], fbatch, rng)
-        return metrics["loss_sum"]
-      out["cached_head_images_per_sec"], samples["cached_head"] = median_rate(
-          head_call, b, **timing)
-
-  out["frozen_step_over_forward"] = _ratio(out["forward_images_per_sec"],
-                                           out["train_images_per_sec"])
-  out["finetune_step_over_forward"] = _ratio(out["forward_images_per_sec"],
-                                             out["finetune_images_per_sec"])
+  rates = interleaved(runners, steps=steps, repeats=repeats, warmup=warmup)
+  for name in ("train", "eval", "forward", "augment", "finetune", "cached_head"):
+    out[f"{name}_images_per_sec"] = statistics.median(rates[name]) if name in rates else None
+  out["frozen_step_over_forward"] = paired_ratio(rates["forward"], rates["train"])
+  out["finetune_step_over_forward"] = paired_ratio(rates["forward"], rates.get("finetune"))
   out["frozen_flops_over_forward"] = _ratio(out["train_step_flops"], out["forward_flops"])
   out["finetune_flops_over_forward"] = _ratio(out["finetune_step_flops"], out["forward_flops"])
   out["compile_seconds"] = {k: round(v, 2) for k, v in compile_s.items()}
-  out["samples"] = {k: [round(r, 3) for r in v] for k, v in samples.items()}
+  out["samples"] = {k: [round(r, 3) for r in v] for k, v in rates.items()}
   out["peak_memory_bytes"] = _peak_memory(mesh)
   return out
+
+
+def _cacheable(config) -> bool:
+  """Whether cached features apply (the backbone is frozen)."""
+  from rpsflax import features  # noqa: PLC0415
+
+  try:
+    features.check_config(_cached(config))
+    return True
+  except ValueError:
+    return False
 
 
 def _cached(config):
@@ -476,23 +492,24 @@ def keras_worker(spec_path: str) -> None:
   b = len(data["label"])
   timing = dict(steps=spec["steps"], repeats=spec["repeats"], warmup=spec["warmup"])
 
-  def rate(call):
-    for _ in range(timing["warmup"]):
-      call()
-    rates = []
-    for _ in range(timing["repeats"]):
-      t0 = time.perf_counter()
-      for _ in range(timing["steps"]):
-        out = call()
-      np.asarray(out)  # results are host values already; this makes it explicit
-      rates.append(timing["steps"] * b / (time.perf_counter() - t0))
-    return statistics.median(rates), rates
-
   t0 = time.perf_counter()
   model.train_on_batch(x, y)  # builds and compiles the train function
+  base.predict_on_batch(x)
   compile_s = time.perf_counter() - t0
-  train_ips, train_s = rate(lambda: model.train_on_batch(x, y))
-  fwd_ips, fwd_s = rate(lambda: base.predict_on_batch(x))
+  calls = {"train": lambda: model.train_on_batch(x, y), "forward": lambda: base.predict_on_batch(x)}
+  for call in calls.values():
+    for _ in range(timing["warmup"]):
+      call()
+  samples = {name: [] for name in calls}
+  for _ in range(timing["repeats"]):  # round-robin, as the JAX figures (see `interleaved`)
+    for name, call in calls.items():
+      t1 = time.perf_counter()
+      for _ in range(timing["steps"]):
+        res = call()
+      np.asarray(res)  # Keras returns host values: the step has finished
+      samples[name].append(timing["steps"] * b / (time.perf_counter() - t1))
+  train_ips, fwd_ips = (statistics.median(samples[k]) for k in ("train", "forward"))
+  train_s, fwd_s = samples["train"], samples["forward"]
   out = {"keras_train_images_per_sec": train_ips, "keras_forward_images_per_sec": fwd_ips,
          "keras_jit_compile": bool(model.jit_compile), "keras_compile_seconds": compile_s,
          "keras_trainable_weights": len(model.trainable_weights),
@@ -641,8 +658,9 @@ def run(config, *, batch_size: int = 0, image_size: int = 0, dtype: str = "", st
 
   result["train_speedup_vs_keras"] = _ratio(result["train_images_per_sec"],
                                             result["keras_train_images_per_sec"])
-  result["keras_frozen_step_over_forward"] = _ratio(result["keras_forward_images_per_sec"],
-                                                    result["keras_train_images_per_sec"])
+  kd = result.get("keras_details") or {}
+  result["keras_frozen_step_over_forward"] = paired_ratio(
+      kd.get("keras_samples", {}).get("forward"), kd.get("keras_samples", {}).get("train"))
   result["cached_features_speedup_estimate"] = cached_speedup_estimate(
       cfg, result["forward_images_per_sec"], result["train_images_per_sec"],
       result["cached_head_images_per_sec"])
