@@ -11,12 +11,13 @@ import json
 import os
 import pathlib
 import subprocess
-import sys
 
 import h5py
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+
+import commands  # tests/commands.py: the real CLI in a subprocess
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "rps_tiny.py"
@@ -104,20 +105,8 @@ def weights_file(tmp_path_factory):
   return path, vgg16_legacy_h5(path)
 
 
-def _env() -> dict:
-  env = dict(os.environ)
-  env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
-  return env
-
-
 def run_cmd(module: str, *args, expect_rc: int = 0) -> subprocess.CompletedProcess:
-  proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=_env(),
-                        capture_output=True, text=True, timeout=TIMEOUT)
-  if proc.returncode != expect_rc:
-    pytest.fail(f"python -m {module} {' '.join(map(str, args))} exited {proc.returncode} "
-                f"(expected {expect_rc})\n--- stdout\n{proc.stdout[-3000:]}\n"
-                f"--- stderr\n{proc.stderr[-6000:]}")
-  return proc
+  return commands.run_cmd(module, *args, expect_rc=expect_rc, timeout=TIMEOUT)
 
 
 def run_main(workdir, *args, expect_rc: int = 0) -> subprocess.CompletedProcess:

@@ -22,7 +22,6 @@ Covered at unit level elsewhere, and not repeated here:
 
 import hashlib
 import json
-import os
 import pathlib
 import re
 import shutil
@@ -36,6 +35,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import commands
 import data_factory
 import keras_reference as kr
 
@@ -62,10 +62,7 @@ def write_class(folder: pathlib.Path, index: int, n: int, seed: int = 0) -> None
     Image.fromarray(img).save(folder / f"{folder.name}_{i}.png")
 
 
-def _env(**extra) -> dict:
-  env = dict(os.environ)
-  env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO), **extra)
-  return env
+_env = commands.cli_env
 
 
 def main_args(workdir, data_dir, *extra) -> list[str]:
