@@ -83,7 +83,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.cached_features.augmented_views = 0   # K: augmented views per training image, besides the clean one
   c.cached_features.dir = ""              # '' = WORKDIR/features
 
-  # Multi-host: jax.distributed.initialize() when True (or 'auto' under SLURM/launchers).
+  # Multi-host: jax.distributed.initialize() when True or when RPSFLAX_DISTRIBUTED=1; fields left
+  # at their defaults are read by JAX from the launcher's environment (SLURM, Open MPI, ...).
   c.distributed = ml_collections.ConfigDict()
   c.distributed.initialize = False
   c.distributed.coordinator_address = ""
