@@ -69,26 +69,37 @@ FIGURES = (
 # ---------------------------------------------------------------------------------------------
 # Timing
 
-def _time_once(call, steps: int, images: int) -> float:
+MIN_SECONDS = 1.0  # a timed run repeats its `steps` calls until it lasted this long
+
+
+def _time_once(call, steps: int, images: int, min_seconds: float = MIN_SECONDS) -> float:
+  """images/s of `steps` calls (blocking at the end), repeated until min_seconds have passed:
+  a fast figure is then not one short, noisy sample."""
   import jax  # noqa: PLC0415
 
   t0 = time.perf_counter()
-  out = None
-  for _ in range(steps):
-    out = call()
-  jax.block_until_ready(out)
-  return steps * images / (time.perf_counter() - t0)
+  calls = 0
+  while True:
+    out = None
+    for _ in range(steps):
+      out = call()
+    jax.block_until_ready(out)
+    calls += steps
+    elapsed = time.perf_counter() - t0
+    if elapsed >= min_seconds:
+      return calls * images / elapsed
 
 
 def median_rate(call: Callable[[], object], images_per_call: int, *, steps: int, repeats: int,
-                warmup: int) -> tuple[float, list[float]]:
+                warmup: int, min_seconds: float = MIN_SECONDS) -> tuple[float, list[float]]:
   """(median images/s, images/s of each repeat): `call()` returns something to block on."""
   rates = interleaved({"x": (call, images_per_call)}, steps=steps, repeats=repeats,
-                      warmup=warmup)["x"]
+                      warmup=warmup, min_seconds=min_seconds)["x"]
   return statistics.median(rates), rates
 
 
-def interleaved(runners: dict, *, steps: int, repeats: int, warmup: int) -> dict:
+def interleaved(runners: dict, *, steps: int, repeats: int, warmup: int,
+                min_seconds: float = MIN_SECONDS) -> dict:
   """{name: [images/s per repeat]}: repeat r times every runner once, round-robin.
 
   On a shared machine the load drifts; interleaving exposes every figure to the same drift, so
@@ -103,7 +114,7 @@ def interleaved(runners: dict, *, steps: int, repeats: int, warmup: int) -> dict
   rates = {name: [] for name in runners}
   for _ in range(repeats):
     for name, (call, images) in runners.items():
-      rates[name].append(_time_once(call, steps, images))
+      rates[name].append(_time_once(call, steps, images, min_seconds))
   return rates
 
 
@@ -210,7 +221,7 @@ def host_ops(compiled) -> list[str]:
 # JAX figures
 
 def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune: bool = True,
-                cached: bool = True) -> dict:
+                cached: bool = True, min_seconds: float = MIN_SECONDS) -> dict:
   """Train/eval/forward/finetune/augment/cached-head throughput of `config` on `mesh`.
 
   Everything is compiled and warmed up first, then timed round-robin (see `interleaved`).
@@ -283,7 +294,8 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
     step_runner("cached_head", cfg, features.jit_head_steps(cfg, mesh)[0],
                 sharding.shard_batch(fb, mesh))
 
-  rates = interleaved(runners, steps=steps, repeats=repeats, warmup=warmup)
+  rates = interleaved(runners, steps=steps, repeats=repeats, warmup=warmup,
+                      min_seconds=min_seconds)
   for name in ("train", "eval", "forward", "augment", "finetune", "cached_head"):
     out[f"{name}_images_per_sec"] = statistics.median(rates[name]) if name in rates else None
   out["frozen_step_over_forward"] = paired_ratio(rates["forward"], rates["train"])
@@ -340,7 +352,8 @@ def cached_speedup_estimate(config, forward_ips, train_ips, head_ips, num_train:
           "speedup": round(uncached / cached, 2)}
 
 
-def bench_scaling(config, *, steps: int, repeats: int, warmup: int) -> list[dict]:
+def bench_scaling(config, *, steps: int, repeats: int, warmup: int,
+                  min_seconds: float = MIN_SECONDS) -> list[dict]:
   """Train images/s over 1, 2, 4, ..., N local devices, config.batch_size per device."""
   import jax  # noqa: PLC0415
 
@@ -365,7 +378,8 @@ def bench_scaling(config, *, steps: int, repeats: int, warmup: int) -> list[dict
     def call():
       holder["state"], metrics = compiled(holder["state"], batch, rng)
       return metrics["loss_sum"]
-    rate, _ = median_rate(call, c.batch_size, steps=steps, repeats=repeats, warmup=warmup)
+    rate, _ = median_rate(call, c.batch_size, steps=steps, repeats=repeats, warmup=warmup,
+                          min_seconds=min_seconds)
     rows.append({"devices": n, "global_batch": c.batch_size,
                  "train_images_per_sec": rate, "per_device_images_per_sec": rate / n})
   for r in rows:
@@ -450,14 +464,14 @@ def keras_spec(config) -> dict:
 
 
 def bench_keras(config, host_batch: dict, *, steps: int, repeats: int, warmup: int,
-                finetune: bool = False, timeout: int = 3600) -> dict:
+                min_seconds: float = MIN_SECONDS, timeout: int = 3600) -> dict:
   """Keras figures from a worker process fed the very same arrays."""
   with tempfile.TemporaryDirectory(prefix="rpsflax_keras_") as tmp:
     np.savez(os.path.join(tmp, "batch.npz"), image=host_batch["image"],
              label=host_batch["label"])
     spec = {"config": keras_spec(config), "batch": os.path.join(tmp, "batch.npz"),
             "steps": steps, "repeats": repeats, "warmup": warmup,
-            "out": os.path.join(tmp, "out.json")}
+            "min_seconds": min_seconds, "out": os.path.join(tmp, "out.json")}
     with open(os.path.join(tmp, "spec.json"), "w") as f:
       json.dump(spec, f)
     env = dict(os.environ)
@@ -503,11 +517,13 @@ def keras_worker(spec_path: str) -> None:
   samples = {name: [] for name in calls}
   for _ in range(timing["repeats"]):  # round-robin, as the JAX figures (see `interleaved`)
     for name, call in calls.items():
-      t1 = time.perf_counter()
-      for _ in range(timing["steps"]):
-        res = call()
-      np.asarray(res)  # Keras returns host values: the step has finished
-      samples[name].append(timing["steps"] * b / (time.perf_counter() - t1))
+      t1, n = time.perf_counter(), 0
+      while n == 0 or time.perf_counter() - t1 < spec.get("min_seconds", 0):
+        for _ in range(timing["steps"]):
+          res = call()
+        np.asarray(res)  # Keras returns host values: the step has finished
+        n += timing["steps"]
+      samples[name].append(n * b / (time.perf_counter() - t1))
   train_ips, fwd_ips = (statistics.median(samples[k]) for k in ("train", "forward"))
   train_s, fwd_s = samples["train"], samples["forward"]
   out = {"keras_train_images_per_sec": train_ips, "keras_forward_images_per_sec": fwd_ips,
@@ -600,6 +616,7 @@ def versions() -> dict:
 def run(config, *, batch_size: int = 0, image_size: int = 0, dtype: str = "", steps: int = 5,
         repeats: int = 5, warmup: int = 2, data_dir: str = "", compare_keras: bool = False,
         finetune: bool = True, scaling: bool = True, weights: str = "", config_name: str = "",
+        min_seconds: float = MIN_SECONDS,
         pipeline_repeats: int = 3, log: Callable[[str], None] = lambda s: None) -> dict:
   """Every figure as one dict (see the module docstring); None + a reason under 'skipped'."""
   cfg = bench_config(config, batch_size=batch_size, image_size=image_size, dtype=dtype,
@@ -609,7 +626,7 @@ def run(config, *, batch_size: int = 0, image_size: int = 0, dtype: str = "", st
   config_check.check_config(cfg)
   result = {k: None for k in FIGURES}
   skipped = {}
-  timing = dict(steps=steps, repeats=repeats, warmup=warmup)
+  timing = dict(steps=steps, repeats=repeats, warmup=warmup, min_seconds=min_seconds)
   host = synthetic_batch(cfg, int(cfg.batch_size))
   tf_missing = tensorflow_missing() if (compare_keras or data_dir) else None
 
@@ -674,7 +691,7 @@ def run(config, *, batch_size: int = 0, image_size: int = 0, dtype: str = "", st
   result.update({
       "config": config_name, "model": cfg.model.name, "dtype": cfg.model.dtype,
       "batch_size": int(cfg.batch_size), "image_size": int(cfg.data.image_size),
-      "steps": steps, "repeats": repeats, "warmup": warmup,
+      "steps": steps, "repeats": repeats, "warmup": warmup, "min_seconds": min_seconds,
       "weights": cfg.weights or "random (He-normal)",
       "device": str(devices[0]), "device_kind": devices[0].device_kind,
       "device_count": len(devices), "backend": jax.default_backend(),
@@ -700,8 +717,9 @@ def format_table(r: dict) -> str:
   lines = [f"rpsflax benchmark: {r['config'] or r['model']} ({r['model']}, {r['dtype']}, "
            f"batch {r['batch_size']}, {r['image_size']}px) on {r['device_kind']} "
            f"[{r['backend']}, {r['device_count']} device(s), {r['host_cpus']} host CPUs]",
-           f"median of {r['repeats']} runs x {r['steps']} steps after {r['warmup']} warm-up "
-           f"steps; weights {r['weights']}", ""]
+           f"median of {r['repeats']} round-robin runs of >= {r['steps']} steps and >= "
+           f"{r['min_seconds']}s each, after {r['warmup']} warm-up steps; weights {r['weights']}",
+           ""]
   rows = [
       ("train step (frozen as configured)", r["train_images_per_sec"], "img/s"),
       ("eval step", r["eval_images_per_sec"], "img/s"),
@@ -780,6 +798,8 @@ def define_flags():
   flags.DEFINE_integer("steps", 5, "Steps per timed run.")
   flags.DEFINE_integer("repeats", 5, "Timed runs; figures are their median.")
   flags.DEFINE_integer("warmup", 2, "Untimed calls after compilation.")
+  flags.DEFINE_float("min_seconds", MIN_SECONDS, "A timed run repeats its --steps calls until it "
+                     "lasted this long (0: exactly --steps calls).")
   flags.DEFINE_enum("dtype", "", ["", "float32", "bfloat16", "float16"],
                     "Compute dtype ('' = the config's model.dtype); params stay float32.")
   flags.DEFINE_string("data_dir", "", "A real image folder for the input-pipeline figures.")
@@ -823,7 +843,8 @@ def main(argv=None) -> int:
                  scaling=FLAGS.scaling, weights=FLAGS.weights,
                  config_name=FLAGS["config"].config_filename if hasattr(
                      FLAGS["config"], "config_filename") else "",
-                 pipeline_repeats=FLAGS.pipeline_repeats, log=log)
+                 pipeline_repeats=FLAGS.pipeline_repeats, min_seconds=FLAGS.min_seconds,
+                 log=log)
   except config_check.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -19,7 +19,8 @@ import keras_reference as kr
 from rpsflax import benchmark, models, sharding, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TINY = ["--steps=1", "--repeats=1", "--warmup=0", "--pipeline_repeats=1", "--json"]
+TINY = ["--steps=1", "--repeats=1", "--warmup=0", "--min_seconds=0", "--pipeline_repeats=1",
+        "--json"]
 
 # Makes tensorflow, keras and tensorflow_datasets unimportable, as on a GPU box without them.
 NO_TF = textwrap.dedent("""
