@@ -5,10 +5,14 @@ r"""Throughput of a config on this machine: jit steps, backbone forward, input p
   python -m rpsflax.benchmark --config=configs/rps.py --compare-keras \
       --data_dir=../shared/data/rps --batch_size=32 --steps=5 --repeats=5
 
-Every figure is images/second, the median over `--repeats` timed runs of `--steps` calls each,
-after compilation and `--warmup` untimed calls; each timed run ends with block_until_ready. Inputs
-are device-resident synthetic uint8 batches (values do not change the work), parameters are
-random (`--weights` loads real ones; speed does not depend on them).
+Every figure is images/second, the median over `--repeats` timed runs, after compilation and
+`--warmup` untimed calls. A timed run repeats `--steps` calls (then block_until_ready) until it
+has lasted `--min_seconds`. The figures are timed round-robin (run r of every figure, then run
+r+1), each run after one untimed call (unless a call takes over 5 s), so that load drifting on a
+shared machine, or switching between programs, hits every figure alike; ratios between figures
+are medians of per-round ratios. Inputs are device-resident synthetic uint8 batches (values do
+not change the work), parameters are random (`--weights` loads real ones; speed does not depend
+on them).
 
 - train_images_per_sec: the full jit train step (on-device augmentation, preprocessing, forward,
   backward of the trainable part, optimizer update; frozen VGG16 + head for rps, the CNN for
@@ -70,6 +74,7 @@ FIGURES = (
 # Timing
 
 MIN_SECONDS = 1.0  # a timed run repeats its `steps` calls until it lasted this long
+SETTLE_MAX_SECONDS = 5.0  # calls faster than this get one untimed call before each timed run
 
 
 def _time_once(call, steps: int, images: int, min_seconds: float = MIN_SECONDS) -> float:
@@ -108,12 +113,18 @@ def interleaved(runners: dict, *, steps: int, repeats: int, warmup: int,
   """
   import jax  # noqa: PLC0415
 
-  for call, _ in runners.values():
+  per_call = {}
+  for name, (call, _) in runners.items():
+    per_call[name] = float("inf")
     for _ in range(warmup):
+      t0 = time.perf_counter()
       jax.block_until_ready(call())
+      per_call[name] = time.perf_counter() - t0
   rates = {name: [] for name in runners}
   for _ in range(repeats):
     for name, (call, images) in runners.items():
+      if per_call[name] < SETTLE_MAX_SECONDS:  # switching figures costs (allocations, caches):
+        jax.block_until_ready(call())        # one untimed call first, unless that is too dear
       rates[name].append(_time_once(call, steps, images, min_seconds))
   return rates
 
