@@ -381,6 +381,9 @@ class FeatureDatasets:
 def prepare(config, workdir, datasets, state, mesh):
   """(FeatureDatasets, (train_step, eval_step)) for train_and_evaluate's loop."""
   check_config(config)
+  if config.augment.enabled and not config.cached_features.augmented_views:
+    logging.info("cached features: config.cached_features.augmented_views=0, so the head trains "
+                 "on un-augmented features only (config.augment is not applied)")
   arrays, info = build_or_load(config, workdir, datasets, state.params, mesh)
   n = datasets.num_examples.get("train", 0)
   epochs = int(config.num_epochs)
