@@ -345,7 +345,8 @@ def _peak_memory(mesh) -> Optional[int]:
     return None
 
 
-def cached_speedup_estimate(config, forward_ips, train_ips, head_ips, num_train: int = 2520) -> Optional[dict]:
+def cached_speedup_estimate(config, forward_ips, train_ips, head_ips,
+                            num_train: int = 2520) -> Optional[dict]:
   """Modelled wall time of the config's epochs, uncached vs cached (features once, then the head).
 
     uncached = E*N/train; cached = (1+K)*N/forward + E*N/head. N defaults to the full RPS

@@ -56,7 +56,8 @@ def _abstract_params(config, model=None):
   model = models.build_model(config) if model is None else model
   size = config.data.image_size
   return jax.eval_shape(lambda r, x: model.init(r, x, train=False)["params"],
-                        jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+                        jax.random.PRNGKey(0),
+                        jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
 
 
 def check_config(config, model=None) -> None:
@@ -69,7 +70,8 @@ def check_config(config, model=None) -> None:
   cf = config.cached_features
   problems = []
   if cf.augmented_views < 0:
-    problems.append(f"config.cached_features.augmented_views={cf.augmented_views}: must be 0 or more")
+    problems.append(f"config.cached_features.augmented_views={cf.augmented_views}: "
+                    "must be 0 or more")
   if cf.augmented_views > 0 and not config.augment.enabled:
     problems.append(f"config.cached_features.augmented_views={cf.augmented_views} needs "
                     "config.augment.enabled=True (augmented views of what?); set it to 0")
@@ -93,8 +95,8 @@ def make_feature_fn(config, model, *, augmented: bool):
   """features(params, images uint8 [B,H,W,3], view_key, index int32 [B]) -> float32 features.
 
   Augmented: image b gets the augmentation drawn from fold_in(view_key, index[b]) alone
-  (vmapped), so a view of an example does not depend on the batch it was computed in. Pooled per `pools_features`, in the compute dtype
-  (as the head would), then float32 (exact for bfloat16).
+  (vmapped), so a view of an example does not depend on the batch it was computed in. Pooled
+  per `pools_features`, in the compute dtype (as the head would), then float32 (exact for bf16).
   """
   config = config.copy_and_resolve_references()
   pooled = pools_features(config)
@@ -124,7 +126,8 @@ def feature_shape(config, model=None) -> tuple[int, ...]:
   params = _abstract_params(config, model)
   out = jax.eval_shape(make_feature_fn(config, model, augmented=False), params,
                        jax.ShapeDtypeStruct((1, size, size, 3), jnp.uint8),
-                       jax.ShapeDtypeStruct((2,), jnp.uint32), jax.ShapeDtypeStruct((1,), jnp.int32))
+                       jax.ShapeDtypeStruct((2,), jnp.uint32),
+                       jax.ShapeDtypeStruct((1,), jnp.int32))
   return tuple(out.shape[1:])
 
 
@@ -164,7 +167,8 @@ def compute_split(config, datasets, split: str, params, mesh, views: int) -> np.
       ok = r >= 0
       out[v, r[ok]] = _host(f)[ok]
 
-  for b, batch in enumerate(sharding.prefetch_to_mesh(datasets.eval_batches(split), mesh, pad=True)):
+  batches = sharding.prefetch_to_mesh(datasets.eval_batches(split), mesh, pad=True)
+  for b, batch in enumerate(batches):
     idx = jax.device_put(np.maximum(rows[b], 0).astype(np.int32), repl)
     for v in range(views):
       f = fns[v > 0](params, batch["image"], view_keys[v], idx)
