@@ -12,6 +12,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from rpsflax.models.layers import max_pool_2x2
+
 CNN_FILTERS = (32, 64, 128, 128)
 
 
@@ -30,6 +32,6 @@ class CatsDogsCNN(nn.Module):
     for filters, name in zip(CNN_FILTERS, cnn_conv_names()):
       x = nn.relu(nn.Conv(filters, (3, 3), padding="VALID", dtype=self.dtype, name=name)(x))
       # Keras MaxPooling2D(2) floors odd sizes ('valid'), e.g. 148 -> 74, 72 -> 36, 34 -> 17, 15 -> 7.
-      x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+      x = max_pool_2x2(x)
       self.sow("intermediates", name, x)
     return x

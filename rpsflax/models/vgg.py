@@ -10,6 +10,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from rpsflax.models.layers import max_pool_2x2
+
 # (block, number of 3x3 convs, filters), as keras.applications.vgg16 builds them.
 VGG16_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
 VGG16_TOP = ("fc1", "fc2", "predictions")
@@ -41,7 +43,7 @@ class VGG16(nn.Module):
         x = nn.Conv(filters, (3, 3), padding="SAME", dtype=self.dtype,
                     name=f"block{block}_conv{i}")(x)
         x = nn.relu(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+      x = max_pool_2x2(x)
       self.sow("intermediates", f"block{block}_pool", x)
     if not self.include_top:
       return x
