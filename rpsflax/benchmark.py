@@ -5,9 +5,11 @@ r"""Throughput of a config on this machine: jit steps, backbone forward, input p
   python -m rpsflax.benchmark --config=configs/rps.py --compare-keras \
       --data_dir=../shared/data/rps --batch_size=32 --steps=5 --repeats=5
 
-Every figure is images/second, the median over `--repeats` timed runs, after compilation and
-`--warmup` untimed calls. A timed run repeats `--steps` calls (then block_until_ready) until it
-has lasted `--min_seconds`. The figures are timed round-robin (run r of every figure, then run
+Every figure is images/second, the median over round-robin timed runs, after compilation and
+`--warmup` untimed calls. By default the rounds are set by a time budget (`--seconds`, 60: at
+least 3 rounds, more while they fit), so a CPU run finishes in a few minutes and a GPU run takes
+many short steps; `--repeats=N` fixes the count instead. Each round is logged as it ends. A
+timed run repeats `--steps` calls (then block_until_ready) until it has lasted `--min_seconds`. The figures are timed round-robin (run r of every figure, then run
 r+1), each run after one untimed call (unless a call takes over 5 s), so that load drifting on a
 shared machine, or switching between programs, hits every figure alike; ratios between figures
 are medians of per-round ratios. Inputs are device-resident synthetic uint8 batches (values do
@@ -35,6 +37,14 @@ on them).
   keras_train_images_per_sec, keras_forward_images_per_sec, train_speedup_vs_keras. Keras gets
   the already preprocessed batch and NO augmentation; our train step augments on device, so
   the speed-up is conservative.
+- peak_gflops_per_sec: this machine's limit, a jitted 2048x2048 dot in the config's dtype;
+  forward_gflops_per_sec (XLA's flop count of the forward x its rate), forward_fraction_of_peak,
+  and keras_forward_gflops_per_sec (the same flops at Keras' forward rate).
+- Keras on JAX (with --compare-keras): the same worker with KERAS_BACKEND=jax and XLA's default
+  flags -> keras_jax_*_images_per_sec, train/eval_speedup_vs_keras_jax. eval_speedup_vs_keras*
+  compare our eval step (backbone + head) with Keras' backbone predict_on_batch.
+- --compare-flags: the JAX steps again in a subprocess with this project's XLA:CPU flags off
+  (RPSFLAX_XLA_CPU_FLAGS=0) -> default_xla_flags, xla_flags_train_speedup.
 - scaling (several devices): train images/s on 1, 2, 4, ..., N devices, `--batch_size` per device.
 
 Figures that need TensorFlow are None when it is missing, with the reason under "skipped".
@@ -55,6 +65,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from rpsflax import xla_cpu  # noqa: E402
+
 FIGURES = (
     "train_images_per_sec", "eval_images_per_sec", "forward_images_per_sec",
     "finetune_images_per_sec", "augment_images_per_sec", "cached_head_images_per_sec",
@@ -66,7 +78,11 @@ FIGURES = (
     "pipeline_images_per_sec", "decode_images_per_sec", "cached_epoch_images_per_sec",
     "uncached_epoch_images_per_sec", "pipeline_num_images",
     "keras_train_images_per_sec", "keras_forward_images_per_sec", "keras_frozen_step_over_forward",
-    "train_speedup_vs_keras", "keras_jit_compile", "scaling",
+    "train_speedup_vs_keras", "eval_speedup_vs_keras", "keras_jit_compile",
+    "keras_jax_train_images_per_sec", "keras_jax_forward_images_per_sec",
+    "train_speedup_vs_keras_jax", "eval_speedup_vs_keras_jax",
+    "peak_gflops_per_sec", "forward_gflops_per_sec", "keras_forward_gflops_per_sec",
+    "forward_fraction_of_peak", "default_xla_flags", "xla_flags_train_speedup", "scaling",
 )
 
 
@@ -95,6 +111,20 @@ def _time_once(call, steps: int, images: int, min_seconds: float = MIN_SECONDS) 
       return calls * images / elapsed
 
 
+MIN_ROUNDS, MAX_ROUNDS = 3, 50  # with a time budget (--repeats=0): rounds of every figure
+BUDGET_SECONDS = 60.0  # default budget for the JAX figures' timed rounds (and each Keras peer's)
+
+
+def more_rounds(done: int, repeats: int, budget_seconds: float, elapsed: float) -> bool:
+  """Fixed count (repeats > 0), or by time: at least MIN_ROUNDS rounds, then more while the
+  next round (as long as the mean round so far) still ends within budget_seconds."""
+  if repeats > 0:
+    return done < repeats
+  if done < MIN_ROUNDS:
+    return True
+  return done < MAX_ROUNDS and elapsed * (done + 1) / done <= budget_seconds
+
+
 def median_rate(call: Callable[[], object], images_per_call: int, *, steps: int, repeats: int,
                 warmup: int, min_seconds: float = MIN_SECONDS) -> tuple[float, list[float]]:
   """(median images/s, images/s of each repeat): `call()` returns something to block on."""
@@ -104,8 +134,10 @@ def median_rate(call: Callable[[], object], images_per_call: int, *, steps: int,
 
 
 def interleaved(runners: dict, *, steps: int, repeats: int, warmup: int,
-                min_seconds: float = MIN_SECONDS) -> dict:
-  """{name: [images/s per repeat]}: repeat r times every runner once, round-robin.
+                min_seconds: float = MIN_SECONDS, budget_seconds: float = BUDGET_SECONDS,
+                log: Callable[[str], None] = lambda s: None) -> dict:
+  """{name: [images/s per repeat]}: every runner once per round, round-robin; `repeats` rounds,
+  or (repeats=0) as many as fit in budget_seconds (see `more_rounds`), logging each round.
 
   On a shared machine the load drifts; interleaving exposes every figure to the same drift, so
   ratios between figures (taken per round, see `paired_ratio`) stay meaningful.
@@ -121,11 +153,15 @@ def interleaved(runners: dict, *, steps: int, repeats: int, warmup: int,
       jax.block_until_ready(call())
       per_call[name] = time.perf_counter() - t0
   rates = {name: [] for name in runners}
-  for _ in range(repeats):
+  t0, done = time.perf_counter(), 0
+  while more_rounds(done, repeats, budget_seconds, time.perf_counter() - t0):
     for name, (call, images) in runners.items():
       if per_call[name] < SETTLE_MAX_SECONDS:  # switching figures costs (allocations, caches):
         jax.block_until_ready(call())        # one untimed call first, unless that is too dear
       rates[name].append(_time_once(call, steps, images, min_seconds))
+    done += 1
+    log(f"  round {done} ({time.perf_counter() - t0:.0f}s): " +
+        ", ".join(f"{k} {v[-1]:,.1f}" for k, v in rates.items()) + " img/s")
   return rates
 
 
@@ -232,7 +268,9 @@ def host_ops(compiled) -> list[str]:
 # JAX figures
 
 def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune: bool = True,
-                cached: bool = True, min_seconds: float = MIN_SECONDS) -> dict:
+                cached: bool = True, min_seconds: float = MIN_SECONDS,
+                budget_seconds: float = BUDGET_SECONDS,
+                log: Callable[[str], None] = lambda s: None) -> dict:
   """Train/eval/forward/finetune/augment/cached-head throughput of `config` on `mesh`.
 
   Everything is compiled and warmed up first, then timed round-robin (see `interleaved`).
@@ -305,8 +343,9 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
     step_runner("cached_head", cfg, features.jit_head_steps(cfg, mesh)[0],
                 sharding.shard_batch(fb, mesh))
 
+  log(f"JAX: compiled {', '.join(compile_s)} in {sum(compile_s.values()):.0f}s; timing")
   rates = interleaved(runners, steps=steps, repeats=repeats, warmup=warmup,
-                      min_seconds=min_seconds)
+                      min_seconds=min_seconds, budget_seconds=budget_seconds, log=log)
   for name in ("train", "eval", "forward", "augment", "finetune", "cached_head"):
     out[f"{name}_images_per_sec"] = statistics.median(rates[name]) if name in rates else None
   out["frozen_step_over_forward"] = paired_ratio(rates["forward"], rates["train"])
@@ -475,19 +514,29 @@ def keras_spec(config) -> dict:
           "trainable": trainable}
 
 
+KERAS_BACKENDS = ("tensorflow", "jax")  # the tutorials' Keras, and the peer a JAX user would pick
+
+
 def bench_keras(config, host_batch: dict, *, steps: int, repeats: int, warmup: int,
-                min_seconds: float = MIN_SECONDS, timeout: int = 3600) -> dict:
-  """Keras figures from a worker process fed the very same arrays."""
+                min_seconds: float = MIN_SECONDS, backend: str = "tensorflow",
+                budget_seconds: float = 0.0, timeout: int = 3600) -> dict:
+  """Keras figures from a worker process fed the very same arrays.
+
+  backend='jax' runs Keras 3 on JAX with XLA's default flags (what a user of Keras on JAX gets;
+  this project's XLA:CPU flags are switched off in that worker)."""
   with tempfile.TemporaryDirectory(prefix="rpsflax_keras_") as tmp:
     np.savez(os.path.join(tmp, "batch.npz"), image=host_batch["image"],
              label=host_batch["label"])
     spec = {"config": keras_spec(config), "batch": os.path.join(tmp, "batch.npz"),
             "steps": steps, "repeats": repeats, "warmup": warmup,
-            "min_seconds": min_seconds, "out": os.path.join(tmp, "out.json")}
+            "min_seconds": min_seconds, "budget_seconds": budget_seconds,
+            "out": os.path.join(tmp, "out.json")}
     with open(os.path.join(tmp, "spec.json"), "w") as f:
       json.dump(spec, f)
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)  # forced host devices are for JAX only
+    env["KERAS_BACKEND"] = backend
+    env[xla_cpu.OPT_OUT_ENV] = "0"  # Keras on JAX as its users run it: XLA's default flags
     proc = subprocess.run([sys.executable, "-m", "rpsflax.benchmark", "--keras_worker",
                            os.path.join(tmp, "spec.json")], capture_output=True, text=True,
                           timeout=timeout, env=env, check=False)
@@ -501,11 +550,14 @@ def keras_worker(spec_path: str) -> None:
   """Run in a fresh process: build, compile and time the Keras model of `spec`."""
   with open(spec_path) as f:
     spec = json.load(f)
-  import keras  # noqa: PLC0415
-  import tensorflow as tf  # noqa: PLC0415
+  import keras  # noqa: PLC0415 (KERAS_BACKEND is set by bench_keras)
 
-  for gpu in tf.config.list_physical_devices("GPU"):
-    tf.config.experimental.set_memory_growth(gpu, True)
+  on_tf = keras.backend.backend() == "tensorflow"
+  if on_tf:
+    import tensorflow as tf  # noqa: PLC0415
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+      tf.config.experimental.set_memory_growth(gpu, True)
   cfg = spec["config"]
   if cfg["dtype"] == "bfloat16":
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
@@ -513,8 +565,14 @@ def keras_worker(spec_path: str) -> None:
     keras.mixed_precision.set_global_policy("mixed_float16")
   model, base = _keras_model(keras, cfg)
   data = np.load(spec["batch"])
-  x = tf.constant(_keras_preprocess(keras, cfg, data["image"]))
-  y = tf.constant(data["label"].astype(np.float32 if cfg["head"]["num_classes"] == 1 else np.int32))
+  x = _keras_preprocess(keras, cfg, data["image"])
+  y = data["label"].astype(np.float32 if cfg["head"]["num_classes"] == 1 else np.int32)
+  if on_tf:  # held as tensors, as a tf.data pipeline would hand them over
+    x, y = tf.constant(x), tf.constant(y)
+  else:
+    import jax  # noqa: PLC0415
+
+    x, y = jax.device_put(x), jax.device_put(y)
   b = len(data["label"])
   timing = dict(steps=spec["steps"], repeats=spec["repeats"], warmup=spec["warmup"])
 
@@ -527,7 +585,11 @@ def keras_worker(spec_path: str) -> None:
     for _ in range(timing["warmup"]):
       call()
   samples = {name: [] for name in calls}
-  for _ in range(timing["repeats"]):  # round-robin, as the JAX figures (see `interleaved`)
+  t_start = time.perf_counter()
+  rounds = 0
+  while more_rounds(rounds, timing["repeats"], spec.get("budget_seconds", 0),
+                     time.perf_counter() - t_start):  # round-robin, as the JAX figures
+    rounds += 1
     for name, call in calls.items():
       t1, n = time.perf_counter(), 0
       while n == 0 or time.perf_counter() - t1 < spec.get("min_seconds", 0):
@@ -542,8 +604,10 @@ def keras_worker(spec_path: str) -> None:
          "keras_jit_compile": bool(model.jit_compile), "keras_compile_seconds": compile_s,
          "keras_trainable_weights": len(model.trainable_weights),
          "keras_samples": {"train": train_s, "forward": fwd_s},
-         "keras_version": keras.__version__, "tensorflow_version": tf.__version__,
-         "keras_devices": [d.name for d in tf.config.list_logical_devices()]}
+         "keras_backend": keras.backend.backend(), "keras_version": keras.__version__,
+         "tensorflow_version": tf.__version__ if on_tf else None,
+         "keras_devices": ([d.name for d in tf.config.list_logical_devices()] if on_tf
+                           else [str(d) for d in jax.devices()])}
   with open(spec["out"], "w") as f:
     json.dump(out, f)
 
@@ -625,10 +689,47 @@ def versions() -> dict:
   return out
 
 
-def run(config, *, batch_size: int = 0, image_size: int = 0, dtype: str = "", steps: int = 5,
-        repeats: int = 5, warmup: int = 2, data_dir: str = "", compare_keras: bool = False,
+def peak_gflops(dtype: str = "float32", n: int = 2048, seconds: float = 2.0) -> float:
+  """This machine's matmul rate: a jitted n x n @ n x n dot, GFLOP/s (the best of repeated runs:
+  the attainable limit, not a typical figure)."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  a = jnp.ones((n, n), dtype)
+  dot = jax.jit(lambda a: a @ a)
+  jax.block_until_ready(dot(a))
+  best, t_end = float("inf"), time.perf_counter() + seconds
+  while time.perf_counter() < t_end or best == float("inf"):
+    t0 = time.perf_counter()
+    jax.block_until_ready(dot(a))
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n ** 3 / best / 1e9
+
+
+def bench_default_flags(argv: list[str], timeout: int = 3600) -> dict:
+  """The JAX step figures again in a subprocess with XLA's default CPU flags (this project's
+  switched off, RPSFLAX_XLA_CPU_FLAGS=0): what the flags of rpsflax/xla_cpu.py buy."""
+  skip = ("--compare_keras", "--compare_flags", "--out", "--json", "--data_dir", "--finetune")
+  args = [a for a in argv if not a.startswith(skip)]
+  env = dict(os.environ)
+  env[xla_cpu.OPT_OUT_ENV] = "0"
+  user = [f for f in env.get("XLA_FLAGS", "").split() if f.split("=", 1)[0] not in xla_cpu.CPU_FLAGS]
+  env["XLA_FLAGS"] = " ".join(user)
+  proc = subprocess.run([sys.executable, "-m", "rpsflax.benchmark", *args, "--json",
+                         "--nofinetune", "--nocompare_keras", "--nocompare_flags"],
+                        capture_output=True, text=True, timeout=timeout, env=env, check=False)
+  if proc.returncode:
+    raise RuntimeError(f"default-flags benchmark failed ({proc.returncode}): {proc.stderr[-2000:]}")
+  r = json.loads(proc.stdout[proc.stdout.index("{"):])
+  return {k: r[k] for k in ("train_images_per_sec", "eval_images_per_sec",
+                            "forward_images_per_sec", "forward_gflops_per_sec")}
+
+
+def run(config, *, batch_size: int = 0, image_size: int = 0, dtype: str = "", steps: int = 1,
+        repeats: int = 0, warmup: int = 1, data_dir: str = "", compare_keras: bool = False,
         finetune: bool = True, scaling: bool = True, weights: str = "", config_name: str = "",
-        min_seconds: float = MIN_SECONDS,
+        min_seconds: float = MIN_SECONDS, budget_seconds: float = BUDGET_SECONDS,
+        compare_flags_argv: Optional[list] = None,
         pipeline_repeats: int = 3, log: Callable[[str], None] = lambda s: None) -> dict:
   """Every figure as one dict (see the module docstring); None + a reason under 'skipped'."""
   cfg = bench_config(config, batch_size=batch_size, image_size=image_size, dtype=dtype,
@@ -638,7 +739,8 @@ def run(config, *, batch_size: int = 0, image_size: int = 0, dtype: str = "", st
   config_check.check_config(cfg)
   result = {k: None for k in FIGURES}
   skipped = {}
-  timing = dict(steps=steps, repeats=repeats, warmup=warmup, min_seconds=min_seconds)
+  timing = dict(steps=steps, repeats=repeats, warmup=warmup, min_seconds=min_seconds,
+                budget_seconds=budget_seconds)
   host = synthetic_batch(cfg, int(cfg.batch_size))
   tf_missing = tensorflow_missing() if (compare_keras or data_dir) else None
 
@@ -646,12 +748,19 @@ def run(config, *, batch_size: int = 0, image_size: int = 0, dtype: str = "", st
     if tf_missing:
       skipped["keras"] = f"--compare-keras needs TensorFlow and Keras: {tf_missing}"
     else:
-      log("Keras: timing the same model in a worker process")
-      k = bench_keras(cfg, host, **timing)
-      result.update({key: k[key] for key in ("keras_train_images_per_sec",
-                                             "keras_forward_images_per_sec",
-                                             "keras_jit_compile")})
-      result["keras_details"] = {key: v for key, v in k.items() if key not in result}
+      for backend in KERAS_BACKENDS:
+        log(f"Keras ({backend} backend): timing the same model in a worker process")
+        k = bench_keras(cfg, host, **timing, backend=backend)
+        prefix = "keras" if backend == "tensorflow" else f"keras_{backend}"
+        result[f"{prefix}_train_images_per_sec"] = k.pop("keras_train_images_per_sec")
+        result[f"{prefix}_forward_images_per_sec"] = k.pop("keras_forward_images_per_sec")
+        if backend == "tensorflow":
+          result["keras_jit_compile"] = k.pop("keras_jit_compile")
+          result["keras_details"] = k
+        else:
+          result[f"{prefix}_details"] = k
+        log(f"  Keras ({backend}): train {result[prefix + '_train_images_per_sec']:,.2f}, "
+            f"forward {result[prefix + '_forward_images_per_sec']:,.2f} img/s")
   else:
     skipped["keras"] = "not asked for (--compare-keras)"
 
@@ -662,10 +771,21 @@ def run(config, *, batch_size: int = 0, image_size: int = 0, dtype: str = "", st
   devices = jax.local_devices()
   log(f"JAX: {len(devices)} x {devices[0].device_kind} ({jax.default_backend()})")
   mesh = sharding.make_mesh(devices[:1])  # the headline figures: one device
-  result.update(bench_steps(cfg, mesh, **timing, finetune=finetune))
+  result["peak_gflops_per_sec"] = peak_gflops(str(cfg.model.dtype))
+  log(f"JAX: peak {result['peak_gflops_per_sec']:,.0f} GFLOP/s (a 2048^2 {cfg.model.dtype} dot); "
+      "compiling the steps")
+  result.update(bench_steps(cfg, mesh, **timing, finetune=finetune, log=log))
+  if compare_flags_argv is not None:
+    log("JAX with XLA's default CPU flags (RPSFLAX_XLA_CPU_FLAGS=0), in a subprocess")
+    result["default_xla_flags"] = bench_default_flags(compare_flags_argv)
+    result["xla_flags_train_speedup"] = _ratio(result["train_images_per_sec"],
+                                               result["default_xla_flags"]["train_images_per_sec"])
+  else:
+    skipped["default_xla_flags"] = "not asked for (--compare-flags)"
   if len(devices) > 1 and scaling:
     log("scaling over devices")
-    result["scaling"] = bench_scaling(cfg, **timing)
+    fixed = {k: v for k, v in timing.items() if k != "budget_seconds"}
+    result["scaling"] = bench_scaling(cfg, **{**fixed, "repeats": repeats or MIN_ROUNDS})
   else:
     result["scaling"] = [{"devices": 1, "global_batch": int(cfg.batch_size),
                           "train_images_per_sec": result["train_images_per_sec"],
@@ -685,8 +805,17 @@ def run(config, *, batch_size: int = 0, image_size: int = 0, dtype: str = "", st
   else:
     skipped["pipeline"] = "no --data_dir (a folder of class subfolders) given"
 
-  result["train_speedup_vs_keras"] = _ratio(result["train_images_per_sec"],
-                                            result["keras_train_images_per_sec"])
+  for suffix, prefix in (("keras", "keras"), ("keras_jax", "keras_jax")):
+    result[f"train_speedup_vs_{suffix}"] = _ratio(result["train_images_per_sec"],
+                                                result[f"{prefix}_train_images_per_sec"])
+    result[f"eval_speedup_vs_{suffix}"] = _ratio(result["eval_images_per_sec"],
+                                               result[f"{prefix}_forward_images_per_sec"])
+  per_image = _ratio(result["forward_flops"], int(cfg.batch_size))
+  gflops = lambda ips: None if ips is None or per_image is None else per_image * ips / 1e9
+  result["forward_gflops_per_sec"] = gflops(result["forward_images_per_sec"])
+  result["keras_forward_gflops_per_sec"] = gflops(result["keras_forward_images_per_sec"])
+  result["forward_fraction_of_peak"] = _ratio(result["forward_gflops_per_sec"],
+                                              result["peak_gflops_per_sec"])
   kd = result.get("keras_details") or {}
   result["keras_frozen_step_over_forward"] = paired_ratio(
       kd.get("keras_samples", {}).get("forward"), kd.get("keras_samples", {}).get("train"))
@@ -704,6 +833,7 @@ def run(config, *, batch_size: int = 0, image_size: int = 0, dtype: str = "", st
       "config": config_name, "model": cfg.model.name, "dtype": cfg.model.dtype,
       "batch_size": int(cfg.batch_size), "image_size": int(cfg.data.image_size),
       "steps": steps, "repeats": repeats, "warmup": warmup, "min_seconds": min_seconds,
+      "budget_seconds": budget_seconds, "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "weights": cfg.weights or "random (He-normal)",
       "device": str(devices[0]), "device_kind": devices[0].device_kind,
       "device_count": len(devices), "backend": jax.default_backend(),
@@ -729,8 +859,9 @@ def format_table(r: dict) -> str:
   lines = [f"rpsflax benchmark: {r['config'] or r['model']} ({r['model']}, {r['dtype']}, "
            f"batch {r['batch_size']}, {r['image_size']}px) on {r['device_kind']} "
            f"[{r['backend']}, {r['device_count']} device(s), {r['host_cpus']} host CPUs]",
-           f"median of {r['repeats']} round-robin runs of >= {r['steps']} steps and >= "
-           f"{r['min_seconds']}s each, after {r['warmup']} warm-up steps; weights {r['weights']}",
+           f"median of {len((r.get('samples') or {}).get('train', []))} round-robin runs of >= "
+           f"{r['steps']} steps and >= {r['min_seconds']}s each, after {r['warmup']} warm-up "
+           f"steps; weights {r['weights']}",
            ""]
   rows = [
       ("train step (frozen as configured)", r["train_images_per_sec"], "img/s"),
@@ -748,10 +879,22 @@ def format_table(r: dict) -> str:
       ("decode + resize once", r["decode_images_per_sec"], "img/s"),
       ("epoch from the decoded cache", r["cached_epoch_images_per_sec"], "img/s"),
       ("epoch decoding every time", r["uncached_epoch_images_per_sec"], "img/s"),
-      ("Keras train_on_batch", r["keras_train_images_per_sec"], "img/s"),
-      ("Keras backbone predict_on_batch", r["keras_forward_images_per_sec"], "img/s"),
-      ("Keras train / forward (time)", r["keras_frozen_step_over_forward"], "x"),
-      ("train speed-up vs Keras", r["train_speedup_vs_keras"], "x"),
+      ("Keras (TF) train_on_batch", r["keras_train_images_per_sec"], "img/s"),
+      ("Keras (TF) backbone predict_on_batch", r["keras_forward_images_per_sec"], "img/s"),
+      ("Keras (TF) train / forward (time)", r["keras_frozen_step_over_forward"], "x"),
+      ("Keras (JAX) train_on_batch", r["keras_jax_train_images_per_sec"], "img/s"),
+      ("Keras (JAX) backbone predict_on_batch", r["keras_jax_forward_images_per_sec"], "img/s"),
+      ("train speed-up vs Keras (TF)", r["train_speedup_vs_keras"], "x"),
+      ("eval speed-up vs Keras (TF) predict", r["eval_speedup_vs_keras"], "x"),
+      ("train speed-up vs Keras (JAX)", r["train_speedup_vs_keras_jax"], "x"),
+      ("eval speed-up vs Keras (JAX) predict", r["eval_speedup_vs_keras_jax"], "x"),
+      ("machine peak (large dot)", r["peak_gflops_per_sec"], "GFLOP/s"),
+      ("forward achieved", r["forward_gflops_per_sec"], "GFLOP/s"),
+      ("forward / peak", r["forward_fraction_of_peak"], ""),
+      ("Keras (TF) forward achieved", r["keras_forward_gflops_per_sec"], "GFLOP/s"),
+      ("train step, XLA default flags", (r["default_xla_flags"] or {}).get(
+          "train_images_per_sec"), "img/s"),
+      ("train speed-up from rpsflax XLA flags", r["xla_flags_train_speedup"], "x"),
   ]
   width = max(len(name) for name, _, _ in rows)
   lines += [f"  {name:<{width}}  {_fmt(v)} {unit}".rstrip() for name, v, unit in rows]
@@ -807,16 +950,22 @@ def define_flags():
                                   "(override fields with --config.KEY=VALUE).", lock_config=True)
   flags.DEFINE_integer("batch_size", 0, "Batch size (0: the config's batch_size).")
   flags.DEFINE_integer("image_size", 0, "Image side (0: the config's data.image_size).")
-  flags.DEFINE_integer("steps", 5, "Steps per timed run.")
-  flags.DEFINE_integer("repeats", 5, "Timed runs; figures are their median.")
-  flags.DEFINE_integer("warmup", 2, "Untimed calls after compilation.")
+  flags.DEFINE_integer("steps", 1, "Steps per timed run (each run also lasts >= --min_seconds).")
+  flags.DEFINE_integer("repeats", 0, "Round-robin rounds; figures are their median. 0: as many "
+                       f"as fit in --seconds (at least {MIN_ROUNDS}, at most {MAX_ROUNDS}).")
+  flags.DEFINE_float("seconds", BUDGET_SECONDS, "Time budget of the timed rounds with "
+                     "--repeats=0, for the JAX figures and for each Keras peer.")
+  flags.DEFINE_integer("warmup", 1, "Untimed calls after compilation.")
   flags.DEFINE_float("min_seconds", MIN_SECONDS, "A timed run repeats its --steps calls until it "
                      "lasted this long (0: exactly --steps calls).")
   flags.DEFINE_enum("dtype", "", ["", "float32", "bfloat16", "float16"],
                     "Compute dtype ('' = the config's model.dtype); params stay float32.")
   flags.DEFINE_string("data_dir", "", "A real image folder for the input-pipeline figures.")
   flags.DEFINE_integer("pipeline_repeats", 3, "Repeats of the input-pipeline measurements.")
-  flags.DEFINE_bool("compare_keras", False, "Also time the same model in Keras (--compare-keras).")
+  flags.DEFINE_bool("compare_keras", False, "Also time the same model in Keras 3 on TensorFlow "
+                    "and on JAX, each in a worker process (--compare-keras).")
+  flags.DEFINE_bool("compare_flags", False, "Also time the JAX steps with XLA's default CPU flags "
+                    "(RPSFLAX_XLA_CPU_FLAGS=0) in a subprocess (--compare-flags).")
   flags.DEFINE_bool("finetune", True, "Also time the step with everything trainable.")
   flags.DEFINE_bool("scaling", True, "With several devices, time 1, 2, 4, ..., N of them.")
   flags.DEFINE_string("weights", "", "config.weights to load ('' = random He-normal init).")
@@ -856,7 +1005,8 @@ def main(argv=None) -> int:
                  config_name=FLAGS["config"].config_filename if hasattr(
                      FLAGS["config"], "config_filename") else "",
                  pipeline_repeats=FLAGS.pipeline_repeats, min_seconds=FLAGS.min_seconds,
-                 log=log)
+                 budget_seconds=FLAGS.seconds,
+                 compare_flags_argv=argv[1:] if FLAGS.compare_flags else None, log=log)
   except config_check.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

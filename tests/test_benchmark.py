@@ -58,7 +58,7 @@ def folder(tmp_path_factory):
 def catsdogs_keras(folder):
   """The cats-vs-dogs CNN on 2 (fake) devices with the pipeline and the Keras comparison."""
   return _run(["--config=configs/catsdogs.py", "--image_size=48", "--batch_size=2",
-               f"--data_dir={folder}", "--compare-keras", *TINY], devices=2)
+               f"--data_dir={folder}", "--compare-keras", "--compare-flags", *TINY], devices=2)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,15 @@ def test_every_key_is_emitted_and_measured(catsdogs_keras):
                 "finetune_step_over_forward", "pipeline_images_per_sec", "decode_images_per_sec",
                 "cached_epoch_images_per_sec", "uncached_epoch_images_per_sec",
                 "keras_train_images_per_sec", "keras_forward_images_per_sec",
-                "train_speedup_vs_keras", "forward_flops", "train_step_flops"])
+                "train_speedup_vs_keras", "forward_flops", "train_step_flops",
+                "keras_jax_train_images_per_sec", "keras_jax_forward_images_per_sec",
+                "train_speedup_vs_keras_jax", "eval_speedup_vs_keras", "peak_gflops_per_sec",
+                "forward_gflops_per_sec", "keras_forward_gflops_per_sec",
+                "forward_fraction_of_peak", "xla_flags_train_speedup"])
+  _positive(r["default_xla_flags"], ["train_images_per_sec", "forward_images_per_sec"])
+  assert r["keras_details"]["keras_backend"] == "tensorflow"
+  assert r["keras_jax_details"]["keras_backend"] == "jax"
+  assert "--xla_cpu_experimental_ynn_fusion_type" in r["xla_flags"]
   assert r["pipeline_num_images"] == 8
   assert r["train_step_donates_state"] is True and r["train_step_host_transfers"] == []
   assert r["model"] == "cnn" and r["image_size"] == 48 and r["batch_size"] == 2
@@ -133,7 +141,9 @@ def test_frozen_step_costs_one_forward_and_finetuning_about_three():
 
 def test_table_names_every_figure_and_the_skips(catsdogs_keras, rps_no_tf):
   table = benchmark.format_table(catsdogs_keras)
-  for words in ("train step", "backbone forward", "Keras train_on_batch", "speed-up vs Keras",
+  for words in ("train step", "backbone forward", "Keras (TF) train_on_batch",
+                "Keras (JAX) train_on_batch", "speed-up vs Keras", "forward / peak",
+                "XLA default flags",
                 "decode + resize once", "scaling", "2 devices", "versions"):
     assert words in table, words
   table = benchmark.format_table(rps_no_tf)
@@ -150,3 +160,13 @@ def test_flag_spelling_and_estimate():
   assert est["uncached_seconds"] == 250.0 and est["cached_seconds"] == pytest.approx(50.2)
   assert est["speedup"] == pytest.approx(250 / 50.2, abs=0.01)
   assert benchmark.cached_speedup_estimate(config, None, 80.0, 1e5) is None
+
+
+def test_time_budget_decides_the_rounds():
+  more = benchmark.more_rounds
+  assert [more(d, 4, 0.0, 1e9) for d in range(6)] == [True] * 4 + [False] * 2  # fixed count
+  # Budget: at least MIN_ROUNDS however slow, then while the next round fits.
+  assert all(more(d, 0, 10.0, 1e9) for d in range(benchmark.MIN_ROUNDS))
+  assert not more(benchmark.MIN_ROUNDS, 0, 10.0, 30.0)      # 3 rounds took 30 s: a 4th would not fit
+  assert more(benchmark.MIN_ROUNDS, 0, 100.0, 30.0)         # ... within 100 s it does
+  assert not more(benchmark.MAX_ROUNDS, 0, 1e9, 1.0)        # capped
