@@ -130,5 +130,7 @@ def test_read_keeps_keras_weight_order(references):
     weights = W.read_keras_weights(reference["files"][route])
     assert set(weights) == set(vgg16_layer_names(include_top=False))
     for name, arrays in weights.items():
-      for a, b in zip(arrays, model.get_layer(name).get_weights()):
+      want = model.get_layer(name).get_weights()
+      assert len(arrays) == len(want) == 2, (route, name, len(arrays))  # kernel and bias
+      for a, b in zip(arrays, want, strict=True):
         np.testing.assert_array_equal(a, b)
