@@ -506,7 +506,8 @@ def test_cli_bad_file_fails_with_message(tmp_path):
   bad = tmp_path / "bad.h5"
   bad.write_text("not weights")
   r = run_cli("--input", bad, "--output", tmp_path / "out")
-  assert r.returncode == 1 and str(bad) in r.stderr and "HDF5" in r.stderr
+  assert r.returncode == 2 and str(bad) in r.stderr and "HDF5" in r.stderr  # a user's mistake
+  assert "Traceback" not in r.stderr and r.stderr.count("error: ") == 1, r.stderr
   assert not (tmp_path / "out" / "manifest.json").exists()
 
 
