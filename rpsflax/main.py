@@ -90,6 +90,7 @@ def save_config(config, workdir: pathlib.Path) -> None:
     if changes:
       logging.warning("The config differs from the one %s was started with:\n  %s", workdir,
                       "\n  ".join(changes))
+    return  # rewritten by the training core once the data has been read: a failure keeps it
   report.write_config(workdir, config)
 
 

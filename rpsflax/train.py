@@ -515,12 +515,14 @@ def train_and_evaluate(config, workdir) -> dict:
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = make_mesh()
   check_batch_sizes(config, mesh)
-  if _is_chief():
+  if _is_chief() and not (workdir / report.CONFIG_FILE).exists():
     report.write_config(workdir, config)
 
   datasets = input_pipeline.create_datasets(config, workdir)
   class_names = list(datasets.class_names)
   _class_names_for_head(config, class_names)
+  if _is_chief():  # an existing run's config.json changes only once the data has been read
+    report.write_config(workdir, config)
   steps_per_epoch = int(datasets.steps_per_epoch)
   total_steps = steps_per_epoch * int(config.num_epochs)
 

@@ -8,6 +8,9 @@
   # a cats-vs-dogs model saved by the Keras tutorial:
   python scripts/convert_keras_weights.py --model cnn --input catsdogs.weights.h5
 
+Exit status: 0 done, 2 a mistake to fix (one `error:` line naming the file and the fix: not a
+weights file, missing or wrong-shaped layers, offline download), 1 a bug (traceback).
+
 The output folder (an Orbax checkpoint in params/ plus manifest.json) loads in one call with
 `rpsflax.weights.load_converted(DIR)`, and trains with `--config.weights=DIR`.
 """
@@ -58,14 +61,24 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
+EXIT_USER_ERROR = 2  # a mistake the user can fix (as rpsflax.main and argparse); bugs exit 1
+
+
+def user_error(message: str) -> int:
+  """One `error:` line on stderr, no traceback; the exit status of a user's mistake."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  return EXIT_USER_ERROR
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
   from rpsflax import weights as W
 
   if args.model == "cnn" and args.include_top:
-    sys.exit("--include-top is for --model vgg16; a cnn file's dense layers are always converted")
+    return user_error("--include-top is for --model vgg16; a cnn file's dense layers are always "
+                      "converted")
   if args.model == "cnn" and not args.input:
-    sys.exit("--model cnn needs --input FILE: there is no official release of this model")
+    return user_error("--model cnn needs --input FILE: there is no official release of this model")
   output = pathlib.Path(args.output or REPO / "weights" / DEFAULT_OUTPUT[args.model, args.include_top])
 
   t0 = time.time()
@@ -84,8 +97,7 @@ def main(argv=None) -> int:
     manifest["include_top"] = bool(args.include_top)
     W.save_converted(output, variables, manifest)
   except W.WeightsError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+    return user_error(str(e))
 
   layers = manifest["layers"]
   n = sum(math.prod(s) for e in layers.values() for s in e["weights"].values())

@@ -5,6 +5,10 @@ signal a run at an exact point (no sleeps, no races):
 
   RPSFLAX_HOOK=step:7            park before the 8th optimizer step (7 done: inside epoch 2);
                                  go on once the training loop has seen SIGINT/SIGTERM
+  RPSFLAX_HOOK=twice:7           park before the 8th step until SIGINT/SIGTERM, then stay parked
+                                 (marker reads "step 7 signalled"): a second signal must stop it
+  RPSFLAX_HOOK=bug:7             raise a plain ValueError (a bug, not a user's mistake) before
+                                 the 8th step
   RPSFLAX_HOOK=commit:latest/10  park inside Orbax's commit of checkpoints/latest/10: its files
                                  are written in the temporary folder, which is not yet renamed
   RPSFLAX_HOOK_MARKER=FILE       written when the process parks (the test waits for it)
@@ -64,6 +68,44 @@ def hook_step(n: int) -> None:
   train.compiled_steps = compiled_steps
 
 
+def hook_twice(n: int) -> None:
+  """Park before the step after step n until signalled; then park again, without end: only a
+  second signal (the handler raises KeyboardInterrupt) gets the process out."""
+  from rpsflax import train
+
+  real = train.compiled_steps
+
+  def compiled_steps(config, mesh):
+    train_step, eval_step = real(config, mesh)
+
+    def step(state, batch, rng):
+      if int(state.step) == n:
+        park(f"step {n}", until=stop_requested)
+        park(f"step {n} signalled")
+      return train_step(state, batch, rng)
+    return step, eval_step
+
+  train.compiled_steps = compiled_steps
+
+
+def hook_bug(n: int) -> None:
+  """A bug inside training: a plain ValueError (the base class of some user errors) at step n."""
+  from rpsflax import train
+
+  real = train.compiled_steps
+
+  def compiled_steps(config, mesh):
+    train_step, eval_step = real(config, mesh)
+
+    def step(state, batch, rng):
+      if int(state.step) == n:
+        raise ValueError(f"reliability_hooks: injected bug at step {n}")
+      return train_step(state, batch, rng)
+    return step, eval_step
+
+  train.compiled_steps = compiled_steps
+
+
 def hook_commit(which_step: str) -> None:
   """Park Orbax's save thread just before it renames the finished temporary folder."""
   from orbax.checkpoint._src.path import atomicity
@@ -85,6 +127,10 @@ def main() -> None:
   kind, _, arg = HOOK.partition(":")
   if kind == "step":
     hook_step(int(arg))
+  elif kind == "twice":
+    hook_twice(int(arg))
+  elif kind == "bug":
+    hook_bug(int(arg))
   elif kind == "commit":
     hook_commit(arg)
   elif kind:

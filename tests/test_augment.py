@@ -18,7 +18,24 @@ from scipy import stats
 
 from rpsflax import augment
 
-keras_image = pytest.importorskip("keras.src.legacy.preprocessing.image")
+def _keras_image_module():
+  """Keras' legacy ImageDataGenerator module (private: Keras may move it). Skips with a reason on
+  a developer machine; in CI (CI=true) a missing reference fails instead of hiding the tests."""
+  import importlib
+  import os
+
+  name = "keras.src.legacy.preprocessing.image"
+  try:
+    return importlib.import_module(name)
+  except ImportError as e:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+      raise ImportError(f"{name} (the augmentation reference) is gone: {e}; find where this Keras "
+                        "keeps apply_affine_transform") from e
+    pytest.skip(f"{name} not importable ({e}): no Keras reference for the augmentation tests",
+                allow_module_level=True)
+
+
+keras_image = _keras_image_module()
 
 ATOL = 4e-3          # of 255; see the module docstring
 CASES = {

@@ -96,6 +96,21 @@ def test_views_are_the_backbone_on_clean_and_augmented_images(run):
   for v in range(1, 1 + VIEWS):  # augmented: not the clean view, not each other
     assert np.abs(cached[v] - cached[0]).max() > 1e-3
   assert np.abs(cached[1] - cached[2]).max() > 1e-3
+  # Each augmented view is backbone(augment(x)) with the key of that view and that example:
+  # fold_in(fold_in(fold_in(PRNGKey(seed), tag), view), example index), one image at a time.
+  from rpsflax import augment
+
+  base = jax.random.fold_in(jax.random.PRNGKey(config.seed), features._AUG_TAG)
+  pool = jax.jit(lambda p, x: model.apply({"params": p}, train._prepare_images(config, x),
+                                          method="features").max(axis=(1, 2), keepdims=True))
+  aug = jax.jit(lambda key, x: augment.augment_batch(key, x, config.augment))
+  for v in range(1, 1 + VIEWS):
+    view_key = jax.random.fold_in(base, v)
+    augmented = np.concatenate([np.asarray(aug(jax.random.fold_in(view_key, i), images[i][None]))
+                                for i in range(len(images))])  # float32, as the cache's input
+    assert np.abs(augmented - images.astype(np.float32)).max() > 1
+    want = np.asarray(pool(state.params, augmented))
+    np.testing.assert_allclose(cached[v], want, rtol=1e-5, atol=1e-4, err_msg=f"view {v}")
 
 
 def test_resume_reuses_the_cache_and_equals_a_straight_run(run, monkeypatch):

@@ -239,8 +239,11 @@ def test_missing_data_folder_stops_with_the_flag(tmp_path):
   w = tmp_path / "run"
   proc = run_main(w, f"--config.data.dir={tmp_path / 'no-such-folder'}", expect_rc=2)
   assert "Traceback" not in proc.stderr
-  assert "no-such-folder" in proc.stderr
-  assert not (w / "checkpoints").exists()
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1, proc.stderr[-3000:]
+  assert errors[0].startswith(f"error: data folder {tmp_path / 'no-such-folder'} does not exist: "
+                              "fix --config.data.dir"), errors[0]  # the flag that fixes it
+  assert not w.exists()  # stopped before the workdir was even created
 
 
 def _fail(what):

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from keras_reference import SHARED_DATA  # the location every test reads (conftest.py)
+
 from rpsflax import predict, report
 
 CATSDOGS = ["cat", "dog"]
@@ -184,8 +186,7 @@ def test_batch_size_does_not_change_predictions(catsdogs_workdir, kaggle_test_fo
 # ---------------------------------------------------------------------------------------------
 # Cats vs dogs, Kaggle style: train, final evaluation on the holdout (one command), submission
 
-SHARED_CATSDOGS = (pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "catsdogs"
-                   / "train")
+SHARED_CATSDOGS = SHARED_DATA / "catsdogs" / "train"  # RPSFLAX_SHARED_DATA, else ../shared/data
 
 
 def _kaggle_folders(root: pathlib.Path, per_class: int = 10, n_test: int = 6):

@@ -72,7 +72,8 @@ def test_reads_release_layout_by_name(notop_file, notop):
   weights = W.read_keras_weights(notop_file)
   assert list(weights) == vgg16_layer_names(False)  # pools (no weights) are skipped
   for name, arrays in weights.items():
-    for a, b in zip(arrays, notop[name]):
+    assert len(arrays) == len(notop[name]) == 2, (name, len(arrays))  # kernel and bias
+    for a, b in zip(arrays, notop[name], strict=True):
       np.testing.assert_array_equal(a, b)
 
 
@@ -346,6 +347,11 @@ def test_damaged_checkpoint_is_refused(converted, damage):
     (converted / "manifest.json").write_text('{"format": "rpsflax-conv')
   msg = error_of(W.load_converted, converted)
   assert str(converted) in msg
+  # The fix, in full: convert again, writing over this folder.
+  assert "convert again: python scripts/convert_keras_weights.py --input " in msg, msg
+  assert msg.endswith(f"--output {converted}"), msg
+  if damage != "corrupt_manifest":  # the manifest still names the source file
+    assert f"--input {json.loads((converted / 'manifest.json').read_text())['source']} " in msg
 
 
 def test_overwrite_replaces_previous_conversion(converted, tmp_path):
@@ -457,8 +463,12 @@ def test_offline_download_says_how_to_pass_a_local_file(tmp_path, monkeypatch, i
   monkeypatch.setattr(keras.utils, "get_file", offline)
   msg = error_of(W.download_vgg16, include_top)
   fname = W.VGG16_RELEASES[include_top][0]
-  assert fname in msg and "URL fetch failure" in msg and "--input" in msg
-  assert "--config.weights=" in msg and ("--include-top" in msg) == include_top
+  _, url, md5 = W.VGG16_RELEASES[include_top]
+  # The project's own words (not the fake's): what failed, where to fetch it, both ways to use it.
+  assert msg.startswith(f"could not download the Keras VGG16 ImageNet weights {fname} from {url} ")
+  assert f"Offline? Fetch {fname} (md5 {md5}) from {url}" in msg
+  assert f"python scripts/convert_keras_weights.py --input /path/to/{fname}" in msg
+  assert f"--config.weights=/path/to/{fname}" in msg and ("--include-top" in msg) == include_top
   if not include_top:  # the training path says the same
     config, _, params = vgg_classifier
     monkeypatch.setattr(W, "WEIGHTS_DIR", tmp_path / "no_weights_dir")
@@ -496,7 +506,8 @@ def test_cli_bad_file_fails_with_message(tmp_path):
   bad = tmp_path / "bad.h5"
   bad.write_text("not weights")
   r = run_cli("--input", bad, "--output", tmp_path / "out")
-  assert r.returncode == 1 and str(bad) in r.stderr and "HDF5" in r.stderr
+  assert r.returncode == 2 and str(bad) in r.stderr and "HDF5" in r.stderr  # a user's mistake
+  assert "Traceback" not in r.stderr and r.stderr.count("error: ") == 1, r.stderr
   assert not (tmp_path / "out" / "manifest.json").exists()
 
 
