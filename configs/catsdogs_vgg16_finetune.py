@@ -8,8 +8,9 @@ block5 backward (blocks 1-4 stay frozen, and no gradient is computed for them). 
       --workdir=runs/catsdogs_vgg16_finetune \
       --config.data.dir=../shared/data/catsdogs_filtered --config.weights=weights/vgg16_mri
 
-Start it from a trained frozen run's head for best results (the blog does): a random head's large
-first gradients would otherwise flow into block5.
+The head starts from its random initialisation here: the blog starts from the frozen run's
+trained head, which this project has no option for yet. block5's low rate is what keeps a random
+head's first large gradients from wiping out the pretrained block5 features. Not run here.
 """
 
 from rpsflax import config_base
