@@ -318,7 +318,7 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
   ev, compile_s["eval"] = _compile(train.jit_eval_step(config, model, mesh), state, batch)
   runners["eval"] = (lambda: ev(state, batch)["count"], b)
 
-  fwd_fn = lambda p, x: model.apply({"params": p}, train._prepare_images(config, x),  # noqa: SLF001
+  fwd_fn = lambda p, x: model.apply({"params": p}, train.prepare_images(config, x),
                                     method="features")
   fwd, compile_s["forward"] = _compile(jax.jit(fwd_fn, in_shardings=(repl, data),
                                                out_shardings=data), params, batch["image"])

@@ -109,7 +109,7 @@ def make_feature_fn(config, model, *, augmented: bool):
         key = jax.random.fold_in(view_key, i)
         return augment.augment_batch(key, image[None], config.augment)[0]
       images = jax.vmap(one)(index, images)
-    x = train._prepare_images(config, images)  # noqa: SLF001  (the step's exact preprocessing)
+    x = train.prepare_images(config, images)  # (the step's exact preprocessing)
     f = model.apply({"params": params}, x, method="features")
     if pooled:
       reduce = jnp.max if config.head.pooling == "max" else jnp.mean
@@ -182,7 +182,7 @@ _jitted: dict = {}
 
 
 def _feature_fns(config, model, mesh):
-  key = ("features", train._step_key(config, mesh))  # noqa: SLF001
+  key = ("features", train.step_key(config, mesh))
   if key not in _jitted:
     repl, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
     _jitted[key] = tuple(
@@ -193,7 +193,7 @@ def _feature_fns(config, model, mesh):
 
 def jit_head_steps(config, mesh):
   """(train_step, eval_step) on cached features, jit-compiled (state donated), cached per config."""
-  key = ("head", train._step_key(config, mesh))  # noqa: SLF001
+  key = ("head", train.step_key(config, mesh))
   if key not in _jitted:
     model = models.build_model(config)
     repl, data = sharding.replicated(mesh), sharding.data_sharding(mesh)

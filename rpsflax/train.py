@@ -121,7 +121,10 @@ def num_outputs(config) -> int:
   return max(2, int(config.head.num_classes))
 
 
-def _prepare_images(config, images, rng=None):
+def prepare_images(config, images, rng=None):
+  """uint8 batch -> the model's input: augmentation (when rng is given and enabled), then the
+  config's preprocessing, in the compute dtype. Shared by the steps, cached features and the
+  benchmark so all three see exactly the same input."""
   dtype = models.compute_dtype(config)
   if rng is not None and config.augment.enabled:
     from rpsflax import augment  # noqa: PLC0415
@@ -145,7 +148,7 @@ def make_train_step(config, model, *, on_features: bool = False) -> Callable:
   def train_step(state: TrainState, batch, rng):
     step_rng = jax.random.fold_in(rng, state.step)
     aug_rng, dropout_rng = jax.random.split(step_rng)
-    x = batch["image"] if on_features else _prepare_images(config, batch["image"], aug_rng)
+    x = batch["image"] if on_features else prepare_images(config, batch["image"], aug_rng)
     labels = batch["label"]
     mask = batch["mask"]
     maskf = mask.astype(jnp.float32)
@@ -199,7 +202,7 @@ def make_eval_step(config, model, *, on_features: bool = False) -> Callable:
   c = num_outputs(config)
 
   def eval_step(state, batch):
-    x = batch["image"] if on_features else _prepare_images(config, batch["image"])
+    x = batch["image"] if on_features else prepare_images(config, batch["image"])
     logits = model.apply({"params": state.params}, x, train=False,
                          method="classify" if on_features else None)
     labels = batch["label"].astype(jnp.int32)
@@ -225,7 +228,7 @@ def make_predict_fn(config, model) -> Callable:
   config = config.copy_and_resolve_references()
 
   def predict(params, images):
-    logits = model.apply({"params": params}, _prepare_images(config, images), train=False)
+    logits = model.apply({"params": params}, prepare_images(config, images), train=False)
     if config.head.num_classes == 1:
       p = jax.nn.sigmoid(logits[:, 0])
       return jnp.stack([1.0 - p, p], axis=-1)
@@ -275,7 +278,8 @@ def jit_eval_step(config, model, mesh: Mesh) -> Callable:
 _STEP_FIELDS = ("model", "head", "augment", "optim", "preprocess", "trainable", "lr_groups")
 
 
-def _step_key(config, mesh: Mesh) -> str:
+def step_key(config, mesh: Mesh) -> str:
+  """A cache key for compiled steps: the config fields that change the program, and the mesh."""
   import json  # noqa: PLC0415
 
   fields = {k: (config[k].to_dict() if hasattr(config[k], "to_dict") else config[k])
@@ -289,7 +293,7 @@ _compiled_steps: dict = {}
 
 def compiled_steps(config, mesh: Mesh) -> tuple[Callable, Callable]:
   """(train_step, eval_step), jit-compiled for `mesh`, cached per step-relevant config."""
-  key = _step_key(config, mesh)
+  key = step_key(config, mesh)
   if key not in _compiled_steps:
     model = models.build_model(config)
     _compiled_steps[key] = (jit_train_step(config, model, mesh), jit_eval_step(config, model, mesh))

@@ -131,7 +131,7 @@ def test_frozen_step_costs_one_forward_and_finetuning_about_three():
   def step_flops(cfg):
     state = train.create_train_state(cfg, model, params=params)
     return train.jit_train_step(cfg, model, mesh).lower(state, batch, rng).cost_analysis()["flops"]
-  forward = jax.jit(lambda p, x: model.apply({"params": p}, train._prepare_images(config, x),
+  forward = jax.jit(lambda p, x: model.apply({"params": p}, train.prepare_images(config, x),
                                              method="features")).lower(params, batch["image"])
   forward = forward.cost_analysis()["flops"]
   frozen, full = step_flops(config), step_flops(benchmark.finetune_config(config))

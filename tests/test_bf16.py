@@ -48,7 +48,7 @@ def parity():
   model = models.build_model(c32)
   params = benchmark.random_params(c32, model)
   images = _images()
-  feats = jax.jit(lambda p, x: model.apply({"params": p}, train._prepare_images(c32, x),
+  feats = jax.jit(lambda p, x: model.apply({"params": p}, train.prepare_images(c32, x),
                                            method="features"))(params, images)
   pooled = np.asarray(feats).max(axis=(1, 2))
   rng = np.random.RandomState(3)
@@ -61,7 +61,7 @@ def parity():
 def _blocks(config, params, images):
   """{blockN_pool: activations} and the backbone output, for `config`'s dtype."""
   model = models.build_model(config)
-  fn = jax.jit(lambda p, x: model.apply({"params": p}, train._prepare_images(config, x),
+  fn = jax.jit(lambda p, x: model.apply({"params": p}, train.prepare_images(config, x),
                                         method="features", mutable=["intermediates"]))
   out, state = fn(params, images)
   inter = state["intermediates"]["backbone"]

@@ -89,7 +89,7 @@ def test_views_are_the_backbone_on_clean_and_augmented_images(run):
   cached = np.load(wd / "features" / "train.npy")
   images, _ = _images(datasets, "train")
   model = models.build_model(config)
-  direct = jax.jit(lambda p, x: model.apply({"params": p}, train._prepare_images(config, x),
+  direct = jax.jit(lambda p, x: model.apply({"params": p}, train.prepare_images(config, x),
                                             method="features"))(state.params, images)
   direct = np.asarray(direct).max(axis=(1, 2), keepdims=True)
   np.testing.assert_allclose(cached[0], np.asarray(direct), rtol=1e-5, atol=1e-4)
@@ -101,7 +101,7 @@ def test_views_are_the_backbone_on_clean_and_augmented_images(run):
   from rpsflax import augment
 
   base = jax.random.fold_in(jax.random.PRNGKey(config.seed), features._AUG_TAG)
-  pool = jax.jit(lambda p, x: model.apply({"params": p}, train._prepare_images(config, x),
+  pool = jax.jit(lambda p, x: model.apply({"params": p}, train.prepare_images(config, x),
                                           method="features").max(axis=(1, 2), keepdims=True))
   aug = jax.jit(lambda key, x: augment.augment_batch(key, x, config.augment))
   for v in range(1, 1 + VIEWS):

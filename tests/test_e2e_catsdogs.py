@@ -307,9 +307,9 @@ def test_recipe_matches_the_tutorial(tmp_path):
 
   # Training images are augmented then rescaled; evaluation images only rescaled (1/255).
   images = jnp.asarray(data_factory.image_array((16, 16), 3)[None].repeat(2, 0))
-  np.testing.assert_array_equal(train._prepare_images(c, images),  # pylint: disable=protected-access
+  np.testing.assert_array_equal(train.prepare_images(c, images),  # pylint: disable=protected-access
                                 np.asarray(images, np.float32) * np.float32(1 / 255))
-  augmented = train._prepare_images(c, images, jax.random.PRNGKey(1))  # pylint: disable=protected-access
+  augmented = train.prepare_images(c, images, jax.random.PRNGKey(1))  # pylint: disable=protected-access
   assert not np.allclose(augmented, np.asarray(images, np.float32) / 255)
 
   # 25,000 labelled images: 1,000 held out, the 24,000 left split 18,000 / 6,000.

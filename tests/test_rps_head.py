@@ -123,7 +123,7 @@ def test_rps_model_matches_keras_with_2x2_block5(rps_reference):
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
   assert want.max() < 0.99 and np.abs(want[0] - want[1]).max() > 1e-3
   # The same through the training code's own preprocessing of uint8 pixels.
-  prepared = train._prepare_images(config, jnp.asarray(pixels.astype(np.uint8)))
+  prepared = train.prepare_images(config, jnp.asarray(pixels.astype(np.uint8)))
   np.testing.assert_allclose(np.asarray(prepared), vgg16_preprocess(pixels.astype(np.uint8)),
                              rtol=0, atol=1e-4)
 
