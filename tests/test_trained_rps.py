@@ -19,8 +19,18 @@ measured on this run (2-core AMD EPYC, XLA:CPU, config.seed=0; 33 images, so 1 i
   frozen head (the head's initial weights, as if nothing trained)       0.455 (15/33)
 so MIN_ACCURACY = 0.80 (27/33 passes, 26/33 fails). The margin is one image each side: the run
 is deterministic on a CPU (the same history every time), but a change of numerics may move it.
-About 50 s on a quiet 2-core CPU (120 s when the machine is shared). The negative controls run here on the trained
-model; each deliberate break of the library (recorded in the PR) made this test fail.
+About 50 s on a quiet 2-core CPU (120 s when the machine is shared).
+The negative controls run here on the trained model.
+
+Deliberate breaks of the library, each made once and reverted (this file failed every time):
+  - vgg16_preprocess dropped in train.make_predict_fn: predict gave 0.758 vs eval.json 0.848;
+  - channels reversed in predict.Predictor.probabilities: predict 0.788 vs 0.848;
+  - class names reversed in predict.Predictor: predict 0.455 vs 0.848;
+  - head frozen (optim.create_optimizer: set_to_zero for the head too): eval.json 0.455 < 0.80;
+  - RGB kept where VGG16 wants BGR, in preprocess.vgg16_preprocess (training and prediction
+    alike): eval.json 0.879, so the bound alone does NOT catch it (the CGI hands barely depend on
+    colour); it failed on the 'channels swapped' control, which then feeds BGR and also reached
+    0.879. tests/test_preprocess.py is what pins the channel order against Keras.
 """
 
 import itertools
