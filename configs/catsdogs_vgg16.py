@@ -39,8 +39,8 @@ def get_config():
   c.trainable = ("head/.*",)         # the backbone is frozen ...
   c.cached_features.enabled = True   # ... so its features are computed once and the head trains on them
   # No augmented views: each view is another full backbone pass over 1,600 images (minutes on a
-  # CPU). The blog's 0.90 is with no augmentation either. Raise it on a GPU (then config.augment
-  # applies, set below as the catsdogs recipe's but milder, hands-off for photos of animals).
+  # CPU). The blog's 0.90 is with no augmentation either. Raise it on a GPU; config.augment then
+  # applies: milder than configs/catsdogs.py's (the head, not the backbone, learns from it).
   c.cached_features.augmented_views = 0
   c.augment.rotation_range = 20.0
   c.augment.width_shift_range = 0.1

@@ -23,7 +23,8 @@ independent, so after n convolutions the errors add like a random walk: sqrt(n) 
 at a block is therefore 2u * sqrt(n), with n the convolutions up to it (2, 4, 7, 10, 13): from
 1.1e-2 after block1 to 2.8e-2 after block5. Measured on this file (CPU, 3 RPS photos, run with
 -s to see the table): rel max 4.3e-3..5.3e-3 after block1, up to 1.7e-2 after block5; rel L2 up to
-1.2e-2. float32 measured 0 here: Keras 3's predict jit-compiles with XLA, the same compiler. The relative L2 error must also be above 1e-4, which proves bf16 really ran.
+1.2e-2. float32 measured exactly 0 here (likely because Keras 3's TensorFlow backend compiles
+predict with XLA too, so the same CPU kernels run; not verified); the bound stays 1e-4. The relative L2 error must also be above 1e-4, which proves bf16 really ran.
 """
 
 import hashlib
