@@ -135,9 +135,11 @@ def median_rate(call: Callable[[], object], images_per_call: int, *, steps: int,
 
 def interleaved(runners: dict, *, steps: int, repeats: int, warmup: int,
                 min_seconds: float = MIN_SECONDS, budget_seconds: float = BUDGET_SECONDS,
-                log: Callable[[str], None] = lambda s: None) -> dict:
+                peers: Optional[dict] = None, log: Callable[[str], None] = lambda s: None) -> dict:
   """{name: [images/s per repeat]}: every runner once per round, round-robin; `repeats` rounds,
   or (repeats=0) as many as fit in budget_seconds (see `more_rounds`), logging each round.
+  peers: {name: KerasPeer}; each times one round of its figures after ours in every round
+  (rates '<name>_train', '<name>_forward').
 
   On a shared machine the load drifts; interleaving exposes every figure to the same drift, so
   ratios between figures (taken per round, see `paired_ratio`) stay meaningful.
@@ -153,12 +155,18 @@ def interleaved(runners: dict, *, steps: int, repeats: int, warmup: int,
       jax.block_until_ready(call())
       per_call[name] = time.perf_counter() - t0
   rates = {name: [] for name in runners}
+  peers = peers or {}
+  for name in peers:
+    rates[f"{name}_train"], rates[f"{name}_forward"] = [], []
   t0, done = time.perf_counter(), 0
   while more_rounds(done, repeats, budget_seconds, time.perf_counter() - t0):
     for name, (call, images) in runners.items():
       if per_call[name] < SETTLE_MAX_SECONDS:  # switching figures costs (allocations, caches):
         jax.block_until_ready(call())        # one untimed call first, unless that is too dear
       rates[name].append(_time_once(call, steps, images, min_seconds))
+    for name, peer in peers.items():
+      for figure, rate in peer.round().items():
+        rates[f"{name}_{figure}"].append(rate)
     done += 1
     log(f"  round {done} ({time.perf_counter() - t0:.0f}s): " +
         ", ".join(f"{k} {v[-1]:,.1f}" for k, v in rates.items()) + " img/s")
@@ -269,9 +277,10 @@ def host_ops(compiled) -> list[str]:
 
 def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune: bool = True,
                 cached: bool = True, min_seconds: float = MIN_SECONDS,
-                budget_seconds: float = BUDGET_SECONDS,
+                budget_seconds: float = BUDGET_SECONDS, peers: Optional[dict] = None,
                 log: Callable[[str], None] = lambda s: None) -> dict:
-  """Train/eval/forward/finetune/augment/cached-head throughput of `config` on `mesh`.
+  """Train/eval/forward/finetune/augment/cached-head throughput of `config` on `mesh`, with the
+  Keras peers' figures timed in the same rounds (see `interleaved`).
 
   Everything is compiled and warmed up first, then timed round-robin (see `interleaved`).
   """
@@ -345,9 +354,15 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
 
   log(f"JAX: compiled {', '.join(compile_s)} in {sum(compile_s.values()):.0f}s; timing")
   rates = interleaved(runners, steps=steps, repeats=repeats, warmup=warmup,
-                      min_seconds=min_seconds, budget_seconds=budget_seconds, log=log)
+                      min_seconds=min_seconds, budget_seconds=budget_seconds, peers=peers,
+                      log=log)
   for name in ("train", "eval", "forward", "augment", "finetune", "cached_head"):
     out[f"{name}_images_per_sec"] = statistics.median(rates[name]) if name in rates else None
+  for name in peers or {}:
+    for figure in ("train", "forward"):
+      out[f"{name}_{figure}_images_per_sec"] = statistics.median(rates[f"{name}_{figure}"])
+    out[f"train_speedup_vs_{name}"] = paired_ratio(rates["train"], rates[f"{name}_train"])
+    out[f"eval_speedup_vs_{name}"] = paired_ratio(rates["eval"], rates[f"{name}_forward"])
   out["frozen_step_over_forward"] = paired_ratio(rates["forward"], rates["train"])
   out["finetune_step_over_forward"] = paired_ratio(rates["forward"], rates.get("finetune"))
   out["frozen_flops_over_forward"] = _ratio(out["train_step_flops"], out["forward_flops"])
@@ -517,40 +532,70 @@ def keras_spec(config) -> dict:
 KERAS_BACKENDS = ("tensorflow", "jax")  # the tutorials' Keras, and the peer a JAX user would pick
 
 
-def bench_keras(config, host_batch: dict, *, steps: int, repeats: int, warmup: int,
-                min_seconds: float = MIN_SECONDS, backend: str = "tensorflow",
-                budget_seconds: float = 0.0, timeout: int = 3600) -> dict:
-  """Keras figures from a worker process fed the very same arrays.
+class KerasPeer:
+  """Keras 3 timing the same model in a worker process, one timed round per `round()` call, so
+  its rounds interleave with the JAX figures' (see `interleaved`): load on a shared machine then
+  hits both alike, and speed-ups are medians of per-round ratios.
 
-  backend='jax' runs Keras 3 on JAX with XLA's default flags (what a user of Keras on JAX gets;
-  this project's XLA:CPU flags are switched off in that worker)."""
-  with tempfile.TemporaryDirectory(prefix="rpsflax_keras_") as tmp:
+  backend='jax' runs Keras on JAX with XLA's default flags (what a user of Keras on JAX gets;
+  this project's XLA:CPU flags are switched off in that worker). The worker is started before
+  JAX takes the accelerator; `close()` returns its details (compile time, versions, devices).
+  """
+
+  def __init__(self, config, host_batch: dict, *, steps: int, warmup: int,
+               min_seconds: float = MIN_SECONDS, backend: str = "tensorflow",
+               timeout: int = 3600):
+    self.backend, self.timeout = backend, timeout
+    self.tmp = tempfile.TemporaryDirectory(prefix="rpsflax_keras_")
+    tmp = self.tmp.name
     np.savez(os.path.join(tmp, "batch.npz"), image=host_batch["image"],
              label=host_batch["label"])
     spec = {"config": keras_spec(config), "batch": os.path.join(tmp, "batch.npz"),
-            "steps": steps, "repeats": repeats, "warmup": warmup,
-            "min_seconds": min_seconds, "budget_seconds": budget_seconds,
-            "out": os.path.join(tmp, "out.json")}
+            "steps": steps, "warmup": warmup, "min_seconds": min_seconds}
     with open(os.path.join(tmp, "spec.json"), "w") as f:
       json.dump(spec, f)
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)  # forced host devices are for JAX only
     env["KERAS_BACKEND"] = backend
     env[xla_cpu.OPT_OUT_ENV] = "0"  # Keras on JAX as its users run it: XLA's default flags
-    proc = subprocess.run([sys.executable, "-m", "rpsflax.benchmark", "--keras_worker",
-                           os.path.join(tmp, "spec.json")], capture_output=True, text=True,
-                          timeout=timeout, env=env, check=False)
-    if proc.returncode or not os.path.exists(spec["out"]):
-      raise RuntimeError(f"Keras worker failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    with open(spec["out"]) as f:
-      return json.load(f)
+    self.stderr = open(os.path.join(tmp, "stderr.txt"), "w+")
+    self.proc = subprocess.Popen([sys.executable, "-m", "rpsflax.benchmark", "--keras_worker",
+                                  os.path.join(tmp, "spec.json")], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env)
+    self.ready = self._reply()  # built, compiled and warmed up
+
+  def _reply(self) -> dict:
+    for line in self.proc.stdout:  # protocol lines start with '@@'; anything else is noise
+      if line.startswith("@@"):
+        return json.loads(line[2:])
+    self.stderr.seek(0)
+    raise RuntimeError(f"Keras ({self.backend}) worker failed ({self.proc.wait()}): "
+                       f"{self.stderr.read()[-2000:]}")
+
+  def _send(self, command: str) -> dict:
+    self.proc.stdin.write(command + "\n")
+    self.proc.stdin.flush()
+    return self._reply()
+
+  def round(self) -> dict:
+    """One timed run of each Keras figure: {'train': img/s, 'forward': img/s}."""
+    return self._send("round")
+
+  def close(self) -> dict:
+    try:
+      return {**self.ready, **self._send("done")}
+    finally:
+      self.proc.wait(timeout=60)
+      self.stderr.close()
+      self.tmp.cleanup()
 
 
 def keras_worker(spec_path: str) -> None:
-  """Run in a fresh process: build, compile and time the Keras model of `spec`."""
+  """Run in a fresh process: build, compile and warm up the Keras model of `spec`, then time one
+  round per 'round' line on stdin (replies are '@@' + JSON lines on stdout) until 'done'."""
   with open(spec_path) as f:
     spec = json.load(f)
-  import keras  # noqa: PLC0415 (KERAS_BACKEND is set by bench_keras)
+  import keras  # noqa: PLC0415 (KERAS_BACKEND is set by KerasPeer)
 
   on_tf = keras.backend.backend() == "tensorflow"
   if on_tf:
@@ -574,7 +619,10 @@ def keras_worker(spec_path: str) -> None:
 
     x, y = jax.device_put(x), jax.device_put(y)
   b = len(data["label"])
-  timing = dict(steps=spec["steps"], repeats=spec["repeats"], warmup=spec["warmup"])
+
+  def reply(obj):
+    sys.stdout.write("@@" + json.dumps(obj) + "\n")
+    sys.stdout.flush()
 
   t0 = time.perf_counter()
   model.train_on_batch(x, y)  # builds and compiles the train function
@@ -582,34 +630,29 @@ def keras_worker(spec_path: str) -> None:
   compile_s = time.perf_counter() - t0
   calls = {"train": lambda: model.train_on_batch(x, y), "forward": lambda: base.predict_on_batch(x)}
   for call in calls.values():
-    for _ in range(timing["warmup"]):
+    for _ in range(spec["warmup"]):
       call()
-  samples = {name: [] for name in calls}
-  t_start = time.perf_counter()
-  rounds = 0
-  while more_rounds(rounds, timing["repeats"], spec.get("budget_seconds", 0),
-                     time.perf_counter() - t_start):  # round-robin, as the JAX figures
-    rounds += 1
+  reply({"keras_compile_seconds": compile_s})
+  for line in sys.stdin:
+    if line.strip() != "round":
+      break
+    rates = {}
     for name, call in calls.items():
+      call()  # untimed: switching from the other process's work, as the JAX figures do
       t1, n = time.perf_counter(), 0
-      while n == 0 or time.perf_counter() - t1 < spec.get("min_seconds", 0):
-        for _ in range(timing["steps"]):
+      while n == 0 or time.perf_counter() - t1 < spec["min_seconds"]:
+        for _ in range(spec["steps"]):
           res = call()
         np.asarray(res)  # Keras returns host values: the step has finished
-        n += timing["steps"]
-      samples[name].append(n * b / (time.perf_counter() - t1))
-  train_ips, fwd_ips = (statistics.median(samples[k]) for k in ("train", "forward"))
-  train_s, fwd_s = samples["train"], samples["forward"]
-  out = {"keras_train_images_per_sec": train_ips, "keras_forward_images_per_sec": fwd_ips,
-         "keras_jit_compile": bool(model.jit_compile), "keras_compile_seconds": compile_s,
+        n += spec["steps"]
+      rates[name] = n * b / (time.perf_counter() - t1)
+    reply(rates)
+  reply({"keras_jit_compile": bool(model.jit_compile),
          "keras_trainable_weights": len(model.trainable_weights),
-         "keras_samples": {"train": train_s, "forward": fwd_s},
          "keras_backend": keras.backend.backend(), "keras_version": keras.__version__,
          "tensorflow_version": tf.__version__ if on_tf else None,
          "keras_devices": ([d.name for d in tf.config.list_logical_devices()] if on_tf
-                           else [str(d) for d in jax.devices()])}
-  with open(spec["out"], "w") as f:
-    json.dump(out, f)
+                           else [str(d) for d in jax.devices()])})
 
 
 def _keras_preprocess(keras, cfg, images):
@@ -743,24 +786,17 @@ def run(config, *, batch_size: int = 0, image_size: int = 0, dtype: str = "", st
                 budget_seconds=budget_seconds)
   host = synthetic_batch(cfg, int(cfg.batch_size))
   tf_missing = tensorflow_missing() if (compare_keras or data_dir) else None
+  peers: dict = {}
 
   if compare_keras:  # first: the worker process may use the accelerator before JAX holds it
     if tf_missing:
       skipped["keras"] = f"--compare-keras needs TensorFlow and Keras: {tf_missing}"
     else:
       for backend in KERAS_BACKENDS:
-        log(f"Keras ({backend} backend): timing the same model in a worker process")
-        k = bench_keras(cfg, host, **timing, backend=backend)
-        prefix = "keras" if backend == "tensorflow" else f"keras_{backend}"
-        result[f"{prefix}_train_images_per_sec"] = k.pop("keras_train_images_per_sec")
-        result[f"{prefix}_forward_images_per_sec"] = k.pop("keras_forward_images_per_sec")
-        if backend == "tensorflow":
-          result["keras_jit_compile"] = k.pop("keras_jit_compile")
-          result["keras_details"] = k
-        else:
-          result[f"{prefix}_details"] = k
-        log(f"  Keras ({backend}): train {result[prefix + '_train_images_per_sec']:,.2f}, "
-            f"forward {result[prefix + '_forward_images_per_sec']:,.2f} img/s")
+        log(f"Keras ({backend} backend): building and compiling the same model in a worker")
+        name = "keras" if backend == "tensorflow" else f"keras_{backend}"
+        peers[name] = KerasPeer(cfg, host, steps=steps, warmup=warmup, min_seconds=min_seconds,
+                                backend=backend)
   else:
     skipped["keras"] = "not asked for (--compare-keras)"
 
@@ -774,7 +810,14 @@ def run(config, *, batch_size: int = 0, image_size: int = 0, dtype: str = "", st
   result["peak_gflops_per_sec"] = peak_gflops(str(cfg.model.dtype))
   log(f"JAX: peak {result['peak_gflops_per_sec']:,.0f} GFLOP/s (a 2048^2 {cfg.model.dtype} dot); "
       "compiling the steps")
-  result.update(bench_steps(cfg, mesh, **timing, finetune=finetune, log=log))
+  try:
+    result.update(bench_steps(cfg, mesh, **timing, finetune=finetune, peers=peers, log=log))
+  finally:
+    details = {name: peer.close() for name, peer in peers.items()}
+  for name, d in details.items():
+    if name == "keras":
+      result["keras_jit_compile"] = d.pop("keras_jit_compile")
+    result[f"{name}_details"] = d
   if compare_flags_argv is not None:
     log("JAX with XLA's default CPU flags (RPSFLAX_XLA_CPU_FLAGS=0), in a subprocess")
     result["default_xla_flags"] = bench_default_flags(compare_flags_argv)
@@ -805,20 +848,15 @@ def run(config, *, batch_size: int = 0, image_size: int = 0, dtype: str = "", st
   else:
     skipped["pipeline"] = "no --data_dir (a folder of class subfolders) given"
 
-  for suffix, prefix in (("keras", "keras"), ("keras_jax", "keras_jax")):
-    result[f"train_speedup_vs_{suffix}"] = _ratio(result["train_images_per_sec"],
-                                                result[f"{prefix}_train_images_per_sec"])
-    result[f"eval_speedup_vs_{suffix}"] = _ratio(result["eval_images_per_sec"],
-                                               result[f"{prefix}_forward_images_per_sec"])
   per_image = _ratio(result["forward_flops"], int(cfg.batch_size))
   gflops = lambda ips: None if ips is None or per_image is None else per_image * ips / 1e9
   result["forward_gflops_per_sec"] = gflops(result["forward_images_per_sec"])
   result["keras_forward_gflops_per_sec"] = gflops(result["keras_forward_images_per_sec"])
   result["forward_fraction_of_peak"] = _ratio(result["forward_gflops_per_sec"],
                                               result["peak_gflops_per_sec"])
-  kd = result.get("keras_details") or {}
-  result["keras_frozen_step_over_forward"] = paired_ratio(
-      kd.get("keras_samples", {}).get("forward"), kd.get("keras_samples", {}).get("train"))
+  samples = result.get("samples") or {}
+  result["keras_frozen_step_over_forward"] = paired_ratio(samples.get("keras_forward"),
+                                                          samples.get("keras_train"))
   result["cached_features_speedup_estimate"] = cached_speedup_estimate(
       cfg, result["forward_images_per_sec"], result["train_images_per_sec"],
       result["cached_head_images_per_sec"])
