@@ -93,18 +93,22 @@ MIN_SECONDS = 1.0  # a timed run repeats its `steps` calls until it lasted this 
 SETTLE_MAX_SECONDS = 5.0  # calls faster than this get one untimed call before each timed run
 
 
-def _time_once(call, steps: int, images: int, min_seconds: float = MIN_SECONDS) -> float:
+def _time_once(call, steps: int, images: int, min_seconds: float = MIN_SECONDS,
+               block: Optional[Callable] = None) -> float:
   """images/s of `steps` calls (blocking at the end), repeated until min_seconds have passed:
-  a fast figure is then not one short, noisy sample."""
-  import jax  # noqa: PLC0415
+  a fast figure is then not one short, noisy sample. `block(result)` waits for the work
+  (default jax.block_until_ready; the Keras worker passes its own, without importing JAX)."""
+  if block is None:
+    import jax  # noqa: PLC0415
 
+    block = jax.block_until_ready
   t0 = time.perf_counter()
   calls = 0
   while True:
     out = None
     for _ in range(steps):
       out = call()
-    jax.block_until_ready(out)
+    block(out)
     calls += steps
     elapsed = time.perf_counter() - t0
     if elapsed >= min_seconds:
@@ -112,7 +116,7 @@ def _time_once(call, steps: int, images: int, min_seconds: float = MIN_SECONDS) 
 
 
 MIN_ROUNDS, MAX_ROUNDS = 3, 50  # with a time budget (--repeats=0): rounds of every figure
-BUDGET_SECONDS = 60.0  # default budget for the JAX figures' timed rounds (and each Keras peer's)
+BUDGET_SECONDS = 60.0  # default budget of the timed rounds (the Keras peers run inside them)
 
 
 def more_rounds(done: int, repeats: int, budget_seconds: float, elapsed: float) -> bool:
@@ -543,9 +547,8 @@ class KerasPeer:
   """
 
   def __init__(self, config, host_batch: dict, *, steps: int, warmup: int,
-               min_seconds: float = MIN_SECONDS, backend: str = "tensorflow",
-               timeout: int = 3600):
-    self.backend, self.timeout = backend, timeout
+               min_seconds: float = MIN_SECONDS, backend: str = "tensorflow"):
+    self.backend = backend
     self.tmp = tempfile.TemporaryDirectory(prefix="rpsflax_keras_")
     tmp = self.tmp.name
     np.savez(os.path.join(tmp, "batch.npz"), image=host_batch["image"],
@@ -639,13 +642,8 @@ def keras_worker(spec_path: str) -> None:
     rates = {}
     for name, call in calls.items():
       call()  # untimed: switching from the other process's work, as the JAX figures do
-      t1, n = time.perf_counter(), 0
-      while n == 0 or time.perf_counter() - t1 < spec["min_seconds"]:
-        for _ in range(spec["steps"]):
-          res = call()
-        np.asarray(res)  # Keras returns host values: the step has finished
-        n += spec["steps"]
-      rates[name] = n * b / (time.perf_counter() - t1)
+      # Keras returns host values: converting one means the step has finished.
+      rates[name] = _time_once(call, spec["steps"], b, spec["min_seconds"], block=np.asarray)
     reply(rates)
   reply({"keras_jit_compile": bool(model.jit_compile),
          "keras_trainable_weights": len(model.trainable_weights),
@@ -756,8 +754,7 @@ def bench_default_flags(argv: list[str], timeout: int = 3600) -> dict:
   args = [a for a in argv if not a.startswith(skip)]
   env = dict(os.environ)
   env[xla_cpu.OPT_OUT_ENV] = "0"
-  user = [f for f in env.get("XLA_FLAGS", "").split() if f.split("=", 1)[0] not in xla_cpu.CPU_FLAGS]
-  env["XLA_FLAGS"] = " ".join(user)
+  env["XLA_FLAGS"] = xla_cpu.without_cpu_flags(env.get("XLA_FLAGS", ""))
   proc = subprocess.run([sys.executable, "-m", "rpsflax.benchmark", *args, "--json",
                          "--nofinetune", "--nocompare_keras", "--nocompare_flags"],
                         capture_output=True, text=True, timeout=timeout, env=env, check=False)

@@ -81,7 +81,8 @@ def is_chief() -> bool:
 
 
 def save_config(config, workdir: pathlib.Path) -> None:
-  """Write config.json; say what changed when an existing run is resumed with different settings."""
+  """Write config.json for a new workdir; for an existing one say what changed (the training
+  core rewrites it once the data has been read, so a run that fails keeps the old one)."""
   path = workdir / report.CONFIG_FILE
   if path.exists():
     import json  # noqa: PLC0415

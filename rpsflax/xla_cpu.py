@@ -30,6 +30,11 @@ def merged_xla_flags(user_flags: str, flags: dict = CPU_FLAGS) -> str:
   return " ".join([user_flags.strip(), *extra]).strip()
 
 
+def without_cpu_flags(xla_flags: str, flags: dict = CPU_FLAGS) -> str:
+  """`xla_flags` less any of `flags` (by name): XLA's defaults for those, the rest kept."""
+  return " ".join(f for f in xla_flags.split() if f.split("=", 1)[0] not in flags)
+
+
 def apply(environ=os.environ) -> str:
   """Merge CPU_FLAGS into environ['XLA_FLAGS'] unless opted out; returns the resulting value."""
   if enabled(environ):

@@ -50,8 +50,8 @@ def stop_requested() -> bool:
   return False
 
 
-def hook_step(n: int) -> None:
-  """Park the main thread before the optimizer step that follows step n, until signalled."""
+def before_step(n: int, action) -> None:
+  """Run `action()` in the main thread just before the optimizer step that follows step n."""
   from rpsflax import train
 
   real = train.compiled_steps
@@ -61,49 +61,32 @@ def hook_step(n: int) -> None:
 
     def step(state, batch, rng):
       if int(state.step) == n:
-        park(f"step {n}", until=stop_requested)
+        action()
       return train_step(state, batch, rng)
     return step, eval_step
 
   train.compiled_steps = compiled_steps
+
+
+def hook_step(n: int) -> None:
+  """Park the main thread before the optimizer step that follows step n, until signalled."""
+  before_step(n, lambda: park(f"step {n}", until=stop_requested))
 
 
 def hook_twice(n: int) -> None:
   """Park before the step after step n until signalled; then park again, without end: only a
   second signal (the handler raises KeyboardInterrupt) gets the process out."""
-  from rpsflax import train
-
-  real = train.compiled_steps
-
-  def compiled_steps(config, mesh):
-    train_step, eval_step = real(config, mesh)
-
-    def step(state, batch, rng):
-      if int(state.step) == n:
-        park(f"step {n}", until=stop_requested)
-        park(f"step {n} signalled")
-      return train_step(state, batch, rng)
-    return step, eval_step
-
-  train.compiled_steps = compiled_steps
+  def park_twice():
+    park(f"step {n}", until=stop_requested)
+    park(f"step {n} signalled")
+  before_step(n, park_twice)
 
 
 def hook_bug(n: int) -> None:
   """A bug inside training: a plain ValueError (the base class of some user errors) at step n."""
-  from rpsflax import train
-
-  real = train.compiled_steps
-
-  def compiled_steps(config, mesh):
-    train_step, eval_step = real(config, mesh)
-
-    def step(state, batch, rng):
-      if int(state.step) == n:
-        raise ValueError(f"reliability_hooks: injected bug at step {n}")
-      return train_step(state, batch, rng)
-    return step, eval_step
-
-  train.compiled_steps = compiled_steps
+  def bug():
+    raise ValueError(f"reliability_hooks: injected bug at step {n}")
+  before_step(n, bug)
 
 
 def hook_commit(which_step: str) -> None:

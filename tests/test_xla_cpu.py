@@ -22,6 +22,12 @@ def test_a_flag_the_user_set_wins():
   assert xla_cpu.merged_xla_flags(f"--a=1 {FLAG}=-reduce --b") == f"--a=1 {FLAG}=-reduce --b"
 
 
+def test_without_cpu_flags_keeps_only_the_users():
+  merged = xla_cpu.merged_xla_flags("--a=1 --b")
+  assert xla_cpu.without_cpu_flags(merged) == "--a=1 --b"
+  assert xla_cpu.without_cpu_flags(f"{FLAG}=-reduce") == ""
+
+
 def test_only_cpu_flags():
   assert all(name.startswith("--xla_cpu_") for name in xla_cpu.CPU_FLAGS)
 
