@@ -66,6 +66,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from rpsflax import xla_cpu  # noqa: E402
+from rpsflax import errors
 
 FIGURES = (
     "train_images_per_sec", "eval_images_per_sec", "forward_images_per_sec",
@@ -1029,7 +1030,6 @@ def main(argv=None) -> int:
   logging.set_verbosity(logging.WARNING)
   log = (lambda s: print(s, file=sys.stderr, flush=True)) if FLAGS.json else (
       lambda s: print(s, flush=True))
-  from rpsflax import config_check  # noqa: PLC0415
 
   try:
     result = run(FLAGS.config, batch_size=FLAGS.batch_size, image_size=FLAGS.image_size,
@@ -1042,7 +1042,7 @@ def main(argv=None) -> int:
                  pipeline_repeats=FLAGS.pipeline_repeats, min_seconds=FLAGS.min_seconds,
                  budget_seconds=FLAGS.seconds,
                  compare_flags_argv=argv[1:] if FLAGS.compare_flags else None, log=log)
-  except config_check.ConfigError as e:
+  except errors.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   result = _jsonable(result)

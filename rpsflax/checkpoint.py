@@ -17,13 +17,11 @@ from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
+from rpsflax.errors import CheckpointError
 
 LATEST = "latest"
 BEST = "best"
 
-
-class CheckpointError(RuntimeError):
-  """A checkpoint exists but does not fit the run (a different model or optimizer)."""
 
 
 def _manager(directory: pathlib.Path, max_to_keep: int, async_save: bool) -> ocp.CheckpointManager:

@@ -12,6 +12,7 @@ from typing import Optional
 import ml_collections
 
 from rpsflax import config_base
+from rpsflax.errors import ConfigError
 
 DTYPES = ("float32", "bfloat16", "float16")
 MODELS = ("vgg16", "cnn")
@@ -22,9 +23,6 @@ OPTIMIZERS = ("rmsprop", "adam", "sgd")
 FILL_MODES = ("nearest", "constant", "reflect", "wrap")
 RESIZE_METHODS = ("nearest", "bilinear", "bicubic", "area", "lanczos3")
 
-
-class ConfigError(ValueError):
-  """A config value a user can fix; the message names every bad key."""
 
 
 def min_image_size(model_name: str) -> int:

@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 from absl import logging
 import numpy as np
 from PIL import Image
+from rpsflax.errors import DataError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif"})
 VALIDATION_DIRS = ("validation", "valid", "val")
@@ -37,9 +38,6 @@ _LAYOUT_HELP = ("expected DIR/train/<class>/*.jpg (class folders, as flow_from_d
                 "DIR/train/cat.123.jpg (flat, class = file name prefix), or DIR itself in one of "
                 "these layouts; optional DIR/validation (or valid/val/test) beside train")
 
-
-class DataError(ValueError):
-  """A problem with the data a user can fix; the message names the path and the fix."""
 
 
 # ---------------------------------------------------------------------------------------------

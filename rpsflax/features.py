@@ -34,7 +34,8 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from rpsflax import config_check, data_files, models, optim, sharding, train
+from rpsflax import data_files, models, optim, sharding, train
+from rpsflax import errors
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -85,7 +86,7 @@ def check_config(config, model=None) -> None:
         f"{', ...' if len(trained) > 3 else ''}): set --config.cached_features.enabled=False to "
         "train them, or keep the backbone out of config.trainable and config.lr_groups")
   if problems:
-    raise config_check.ConfigError("\n".join(problems))
+    raise errors.ConfigError("\n".join(problems))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,7 +367,7 @@ class FeatureDatasets:
 
   def eval_batches(self, split: str = "validation") -> Iterator[dict]:
     if split not in self._arrays:
-      raise data_files.DataError(f"no cached features for split {split!r}")
+      raise errors.DataError(f"no cached features for split {split!r}")
     n = self._arrays[split].shape[1]
     idx = data_files.batch_index_matrix(np.arange(n), self._ds.eval_batch_size,
                                         self._ds.process_index, self._ds.process_count)

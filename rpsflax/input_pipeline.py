@@ -30,7 +30,7 @@ from PIL import Image
 import tensorflow as tf
 
 from rpsflax import data_files
-from rpsflax.data_files import DataError  # noqa: F401  (re-exported: callers catch it here)
+from rpsflax.errors import DataError
 
 try:
   tf.config.set_visible_devices([], "GPU")

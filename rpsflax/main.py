@@ -16,19 +16,10 @@ A NaN/inf loss exits with status 3 and SIGINT/SIGTERM with 130/143 (a checkpoint
 either way the checkpoints already written are kept and the same command resumes.
 """
 
-import os
+from rpsflax import cli  # first: sets TensorFlow's environment before anything imports it
 
-# Before anything can import TensorFlow: quiet its C++ logging. The input pipeline hides the GPUs
-# from TensorFlow on import (tf.config.set_visible_devices([], 'GPU')) so JAX keeps the memory;
-# should TensorFlow start before that (Keras downloading weights), it grows instead of grabbing.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
-
-import logging as std_logging  # noqa: E402
 import pathlib  # noqa: E402
 import re  # noqa: E402
-import signal  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from typing import Optional  # noqa: E402
 
@@ -36,34 +27,10 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from rpsflax import config_check, report  # noqa: E402
+from rpsflax import errors  # noqa: E402
+from rpsflax.errors import RunError  # noqa: E402
 
 FLAGS = flags.FLAGS
-
-EXIT_USER_ERROR = 2
-EXIT_NONFINITE = 3  # the loss became NaN/inf; interrupted runs exit 128 + signal (130, 143)
-
-
-class RunError(ValueError):
-  """A mistake in how the command was called (missing workdir, config, checkpoint)."""
-
-
-def user_error_types() -> tuple[type[BaseException], ...]:
-  """Exceptions that mean "the user can fix this": reported in one message, no traceback."""
-  types: list[type[BaseException]] = [RunError, config_check.ConfigError]
-  for module, name in (("rpsflax.data_files", "DataError"), ("rpsflax.input_pipeline", "DataError"),
-                       ("rpsflax.weights", "WeightsError"), ("rpsflax.checkpoint", "CheckpointError")):
-    mod = sys.modules.get(module)  # only modules already imported can have raised
-    if mod is not None and isinstance(getattr(mod, name, None), type):
-      types.append(getattr(mod, name))
-  return tuple(types)
-
-
-def stopped_types() -> tuple[type[BaseException], ...]:
-  """Training stopped on purpose with its checkpoints kept (a NaN/inf loss): no traceback."""
-  mod = sys.modules.get("rpsflax.train")
-  error = getattr(mod, "NonFiniteError", None)
-  return (error,) if isinstance(error, type) else ()
-
 
 def init_distributed(config) -> None:
   """jax.distributed.initialize when config.distributed.initialize or RPSFLAX_DISTRIBUTED=1 asks
@@ -104,16 +71,15 @@ def preflight(config, workdir: pathlib.Path) -> None:
   """
   from rpsflax import data_files  # noqa: PLC0415  (imports no TensorFlow)
   from rpsflax import train as train_lib  # noqa: PLC0415
-  from rpsflax import weights  # noqa: PLC0415
 
   try:
     train_lib.preflight(config, workdir)
-  except weights.WeightsError as weights_error:
+  except errors.WeightsError as weights_error:
     if config.data.dir:
       try:
         data_files.find_split_folders(config.data.dir)
-      except data_files.DataError as data_error:
-        raise weights.WeightsError(f"{weights_error}\nAlso: {data_error}") from weights_error
+      except errors.DataError as data_error:
+        raise errors.WeightsError(f"{weights_error}\nAlso: {data_error}") from weights_error
     raise
 
 
@@ -200,50 +166,16 @@ def parse_flags(argv: list[str]) -> list[str]:
   unknown = [u for u in map(_unknown_override, argv[1:]) if u]
   if unknown:  # config_flags' own message for a typo is a KeyError repr; name the key instead
     message = "; ".join(unknown)
-  print(f"error: {message}\nSee python -m rpsflax.main --helpfull for the flags.", file=sys.stderr)
-  sys.exit(EXIT_USER_ERROR)
-
-
-class _QuietOrbax(std_logging.Filter):
-  """Orbax logs every save and restore at INFO, drowning the training log; keep its warnings."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
-
-
-def _closed_loop_noise(unraisable) -> bool:
-  e = unraisable.exc_value
-  return isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
-
-
-def quiet_orbax_logs() -> None:
-  """Drop Orbax's INFO lines from absl's log (the commands call it; libraries leave logs alone).
-
-  Also drop the 'Event loop is closed' tracebacks of a failed Orbax restore (a damaged weights
-  folder or checkpoint): the reads still in flight when the first one fails report, one by one,
-  that the loop which awaited them is gone, burying the one error message that says what to do.
-  """
-  handler = logging.get_absl_handler()
-  if not any(isinstance(f, _QuietOrbax) for f in handler.filters):
-    handler.addFilter(_QuietOrbax())
-  previous = sys.unraisablehook
-  if getattr(previous, "_rpsflax_quiet", False):
-    return
-
-  def hook(unraisable):
-    if not _closed_loop_noise(unraisable):
-      previous(unraisable)
-  hook._rpsflax_quiet = True
-  sys.unraisablehook = hook
+  cli.fail(f"{message}\nSee python -m rpsflax.main --helpfull for the flags.")
 
 
 def main(argv):
-  quiet_orbax_logs()
+  cli.setup_logging()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   workdir = pathlib.Path(FLAGS.workdir).expanduser()
   start = time.time()
-  try:
+  with cli.exit_on_errors(workdir):
     if FLAGS.mode == "train":
       if FLAGS.config is None:
         raise RunError("--config is required to train, e.g. --config=configs/rps.py")
@@ -253,19 +185,6 @@ def main(argv):
       metrics = train(FLAGS.config, workdir)
     else:
       metrics = evaluate(FLAGS.config, workdir, FLAGS.split, FLAGS.data_dir)
-  except user_error_types() as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(EXIT_USER_ERROR)
-  except KeyboardInterrupt as e:
-    # train.TrainingInterrupted (SIGINT/SIGTERM: a checkpoint was saved, the message says where),
-    # or Ctrl-C outside the training loop (nothing since the last checkpoint was saved).
-    message = str(e) or (f"checkpoints already in {workdir / 'checkpoints'} are kept. Run the "
-                         "same command again to resume.")
-    print(f"interrupted: {message}", file=sys.stderr, flush=True)
-    sys.exit(128 + getattr(e, "signum", signal.SIGINT))
-  except stopped_types() as e:  # NaN/inf loss: the last good checkpoints are kept
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(EXIT_NONFINITE)
   logging.info("%s done in %.0fs: %s", FLAGS.mode, time.time() - start, summary(metrics))
 
 

@@ -25,7 +25,7 @@ import re
 import optax
 from flax import traverse_util
 
-from rpsflax.config_check import ConfigError
+from rpsflax.errors import ConfigError
 
 FROZEN = "frozen"
 TRAINABLE = "trainable"

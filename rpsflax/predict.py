@@ -11,10 +11,7 @@ function; each line printed is `file<TAB>label<TAB>probability`. --submission wr
 cats vs dogs), sorted by id. Unreadable files are reported and skipped.
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # and the input pipeline hides GPUs from TF
-os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+from rpsflax import cli  # first: sets TensorFlow's environment before anything imports it
 
 import csv  # noqa: E402
 import json  # noqa: E402
@@ -25,14 +22,9 @@ from typing import Iterable, Optional, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
+from rpsflax.errors import PredictError
 
 FLAGS = flags.FLAGS
-
-EXIT_USER_ERROR = 2
-
-
-class PredictError(ValueError):
-  """A mistake in the command (no images, bad --output name, non-numeric ids for --submission)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,17 +258,11 @@ def main(argv):
   if not paths:
     raise app.UsageError("name at least one image file or folder: "
                          "python -m rpsflax.predict --workdir=W PATH...")
-  from rpsflax import main as main_lib  # noqa: PLC0415  (import-safe: it defines no flags)
-
-  main_lib.quiet_orbax_logs()
-
-  try:
+  cli.setup_logging()
+  with cli.exit_on_errors():
     run(FLAGS.workdir, paths, which=FLAGS.checkpoint, batch_size=FLAGS.batch_size,
         output=FLAGS.output, grid=FLAGS.grid, grid_max=FLAGS.grid_max,
         submission=FLAGS.submission, positive=FLAGS.positive_class, quiet=FLAGS.quiet)
-  except main_lib.user_error_types() + (PredictError,) as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(EXIT_USER_ERROR)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rpsflax import config_check
+from rpsflax import errors
 
 DATA_AXIS = "data"
 BATCH_KEYS = ("image", "label", "mask")
@@ -67,7 +67,7 @@ def initialize_distributed(config=None) -> bool:
       raise RuntimeError(
           f"initialize_distributed must run before anything touches a device: {e}") from e
     given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "nothing"
-    raise config_check.ConfigError(
+    raise errors.ConfigError(
         f"jax.distributed.initialize failed ({e}) with config.distributed {given}. Either launch "
         "under a cluster JAX detects (SLURM srun, Open MPI mpirun, Cloud TPU), or give all three: "
         "--config.distributed.coordinator_address=HOST:PORT --config.distributed.num_processes=N "
@@ -122,12 +122,12 @@ def check_batch_sizes(config, mesh: Mesh) -> None:
   """
   n = mesh.devices.size
   if config.batch_size % n:
-    raise config_check.ConfigError(
+    raise errors.ConfigError(
         f"config.batch_size={config.batch_size} does not divide across {n} devices; "
         f"use a multiple of {n}")
   pc = jax.process_count()
   if config.batch_size % pc or config.eval_batch_size % pc:
-    raise config_check.ConfigError(
+    raise errors.ConfigError(
         f"config.batch_size={config.batch_size} and config.eval_batch_size="
         f"{config.eval_batch_size} must be multiples of the process count ({pc})")
 
@@ -171,7 +171,7 @@ def shard_batch(batch: dict, mesh: Mesh, *, pad: bool = False) -> dict:
   if pad:
     batch = pad_batch(batch, n)
   elif len(batch["mask"]) % n:
-    raise config_check.ConfigError(
+    raise errors.ConfigError(
         f"a training batch of {len(batch['mask'])} examples per process does not split across "
         f"{n} local devices: make config.batch_size a multiple of {n * jax.process_count()}")
   sharding = data_sharding(mesh)

@@ -31,15 +31,13 @@ from flax import traverse_util
 from jax.sharding import Mesh
 
 from rpsflax import checkpoint as ckpt_lib
-from rpsflax import config_check, models, optim, preprocess
+from rpsflax import config_check, errors, models, optim, preprocess
+from rpsflax.errors import NonFiniteError
 from rpsflax.sharding import (BATCH_KEYS, DATA_AXIS, check_batch_sizes, data_sharding,  # noqa: F401
                               make_mesh, pad_batch, prefetch_to_mesh, replicated, shard_batch)
 
 _NO_STEP = np.iinfo(np.int32).max  # "no non-finite step seen" in the min-accumulated metric
 
-
-class NonFiniteError(FloatingPointError):
-  """The loss or gradient became NaN/inf; nothing after the last good checkpoint was saved."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -476,7 +474,7 @@ def _class_names_for_head(config, class_names) -> None:
   k = int(config.head.num_classes)
   if (k == 1 and n != 2) or (k > 1 and k != n):
     need = "1 (sigmoid) or 2" if n == 2 else str(n)
-    raise config_check.ConfigError(
+    raise errors.ConfigError(
         f"config.head.num_classes={k} does not fit the data's {n} classes {list(class_names)}: "
         f"set --config.head.num_classes={need}")
 
@@ -546,7 +544,7 @@ def train_and_evaluate(config, workdir) -> dict:
     else:
       state, meta = restored
       if meta.get("steps_per_epoch") not in (None, steps_per_epoch):
-        raise ckpt_lib.CheckpointError(
+        raise errors.CheckpointError(
             f"the data changed since {ckpts.directory} was written: {meta['steps_per_epoch']} steps "
             f"per epoch then, {steps_per_epoch} now. Use a fresh --workdir, or the same data and "
             "config.batch_size.")
@@ -686,7 +684,7 @@ def restore_state(config, workdir, which: str = ckpt_lib.BEST, mesh: Optional[Me
       if restored is not None:
         state, meta = restored
         return state, {**meta, "checkpoint": name}
-  raise ckpt_lib.CheckpointError(
+  raise errors.CheckpointError(
       f"no checkpoint in {pathlib.Path(workdir) / 'checkpoints'}: train first with "
       f"python -m rpsflax.main --config=... --workdir={workdir}")
 
@@ -737,7 +735,7 @@ def evaluate(config, workdir, split: str = "validation", data_dir: Optional[str]
   else:
     datasets = input_pipeline.create_datasets(config, workdir)
     if not datasets.num_examples.get(split, 0):
-      raise data_files.DataError(f"split {split!r} has no examples in this run's data (it has "
+      raise errors.DataError(f"split {split!r} has no examples in this run's data (it has "
                        f"{ {k: v for k, v in datasets.num_examples.items() if v} }); "
                        "pick another --split")
     batches, name, split_name = datasets.eval_batches(split), split, split

@@ -36,10 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rpsflax.models.vgg import VGG16, VGG16_TOP, vgg16_layer_names
+from rpsflax.errors import WeightsError
 
-
-class WeightsError(ValueError):
-  """A weights file or folder that cannot be used; the message names the file, layer and fix."""
 
 
 # Official Keras release files, as in keras/src/applications/vgg16.py (URL, md5).

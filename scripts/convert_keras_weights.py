@@ -21,6 +21,7 @@ import os
 import pathlib
 import sys
 import time
+from rpsflax import errors
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
                                                ignore=ignore, description=desc)
     manifest["include_top"] = bool(args.include_top)
     W.save_converted(output, variables, manifest)
-  except W.WeightsError as e:
+  except errors.WeightsError as e:
     return user_error(str(e))
 
   layers = manifest["layers"]

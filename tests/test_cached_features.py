@@ -18,7 +18,8 @@ import pytest
 
 import data_factory
 import keras_reference as kr
-from rpsflax import config_check, features, input_pipeline, models, predict, train
+from rpsflax import features, input_pipeline, models, predict, train
+from rpsflax import errors
 
 IMAGE = 32
 VIEWS = 2
@@ -244,7 +245,7 @@ def test_refuses_a_trainable_backbone(tmp_path, override):
   config = _config(tmp_path / "nodata")
   for key, value in override.items():
     config[key] = value
-  with pytest.raises(config_check.ConfigError, match=r"config\.cached_features\.enabled.*"
+  with pytest.raises(errors.ConfigError, match=r"config\.cached_features\.enabled.*"
                      r"frozen backbone.*backbone/block"):
     train.train_and_evaluate(config, tmp_path / "wd")
   assert not (tmp_path / "wd").exists()  # refused before touching anything
@@ -255,7 +256,7 @@ def test_refuses_a_trainable_backbone(tmp_path, override):
 def test_augmented_views_need_augmentation(tmp_path):
   config = _config(tmp_path)
   config.augment.enabled = False
-  with pytest.raises(config_check.ConfigError, match="config.cached_features.augmented_views"):
+  with pytest.raises(errors.ConfigError, match="config.cached_features.augmented_views"):
     features.check_config(config)
   config.cached_features.augmented_views = 0
   features.check_config(config)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rpsflax import checkpoint, config_base, train
+from rpsflax import errors
 
 
 def _state(seed: int = 0):
@@ -116,5 +117,5 @@ def test_mismatched_target_is_a_clear_error(tmp_path):
   wrong = _state(0)
   wrong = wrong.replace(params={**wrong.params, "head": {"w": jnp.zeros((5, 2)),
                                                           "b": jnp.zeros(2)}})
-  with pytest.raises(checkpoint.CheckpointError, match="does not fit this config"):
+  with pytest.raises(errors.CheckpointError, match="does not fit this config"):
     checkpoint.restore_latest(tmp_path, wrong)

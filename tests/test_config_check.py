@@ -2,7 +2,8 @@ import ml_collections
 import pytest
 
 from rpsflax import config_base
-from rpsflax.config_check import ConfigError, check_config, min_image_size
+from rpsflax.config_check import check_config, min_image_size
+from rpsflax.errors import ConfigError
 
 
 def _load(repo_root, name):

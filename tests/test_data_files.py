@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rpsflax import data_files as df
-from rpsflax.data_files import DataError
+from rpsflax.errors import DataError
 from tests import data_factory as fac
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from rpsflax import config_base
 from rpsflax import input_pipeline as ip
-from rpsflax.data_files import DataError
+from rpsflax.errors import DataError
 from tests import data_factory as fac
 
 tf = ip.tf

@@ -16,6 +16,7 @@ import keras_reference as kr
 from rpsflax import weights as W
 from rpsflax.models import build_model, keras_layer_map
 from rpsflax.preprocess import rescale
+from rpsflax import errors
 
 SIZE = 150
 PROB_TOL = 1e-5   # abs error on probabilities
@@ -131,7 +132,7 @@ def test_head_with_wrong_width_is_named(ref, tmp_path):
   narrow = {"dense": lambda k, b: [k[:, :256], b[:256]], "dense_1": lambda k, b: [k[:256], b]}
   layers = [(n, narrow[n](*ws) if n in narrow else ws) for n, ws in layers]
   path = kr.write_legacy_arrays(tmp_path / "narrow.h5", layers)
-  with pytest.raises(W.WeightsError) as e:
+  with pytest.raises(errors.WeightsError) as e:
     W.load_for_model(path, ref["init"], keras_layer_map(ref["config"]))
   msg = str(e.value)
   assert "narrow.h5" in msg and "'dense'" in msg and "(6272, 512)" in msg and "(6272, 256)" in msg

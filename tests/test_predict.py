@@ -16,6 +16,7 @@ from PIL import Image
 from keras_reference import SHARED_DATA  # the location every test reads (conftest.py)
 
 from rpsflax import predict, report
+from rpsflax import errors
 
 CATSDOGS = ["cat", "dog"]
 
@@ -27,7 +28,7 @@ def test_file_id():
   assert predict.file_id("test1/1234.jpg") == 1234
   assert predict.file_id(pathlib.Path("7.png")) == 7
   for bad in ("cat.1.jpg", "a12.jpg", "12a.jpg"):
-    with pytest.raises(predict.PredictError, match="numerically named"):
+    with pytest.raises(errors.PredictError, match="numerically named"):
       predict.file_id(bad)
 
 
@@ -36,9 +37,9 @@ def test_positive_class():
   assert predict.positive_class(["dog", "zebra"]) == "dog"  # 'dog' wins wherever it is
   assert predict.positive_class(["neg", "pos"]) == "pos"
   assert predict.positive_class(["paper", "rock", "scissors"], "rock") == "rock"
-  with pytest.raises(predict.PredictError, match="--positive_class"):
+  with pytest.raises(errors.PredictError, match="--positive_class"):
     predict.positive_class(["paper", "rock", "scissors"])
-  with pytest.raises(predict.PredictError, match="model's classes"):
+  with pytest.raises(errors.PredictError, match="model's classes"):
     predict.positive_class(CATSDOGS, "horse")
 
 
@@ -64,7 +65,7 @@ def test_write_submission_sorted_numeric(tmp_path):
   rows = [line.split(",") for line in lines[1:]]
   assert [int(r[0]) for r in rows] == [1, 2, 9, 10]  # numeric order, not '1, 10, 2, 9'
   assert [float(r[1]) for r in rows] == [0.0, 0.2, 1.0, 0.9]
-  with pytest.raises(predict.PredictError, match="twice"):
+  with pytest.raises(errors.PredictError, match="twice"):
     predict.write_submission(tmp_path / "dup.csv", [3, 3], [0.1, 0.2])
 
 
@@ -77,18 +78,18 @@ def test_write_predictions_csv_json(tmp_path):
                  ["a/1.png", "dog", "0.750000", "0.250000", "0.750000"]]
   data = json.loads(predict.write_predictions(tmp_path / "p.json", rows, CATSDOGS).read_text())
   assert data == {"class_names": CATSDOGS, "predictions": rows}
-  with pytest.raises(predict.PredictError, match=".csv or a .json"):
+  with pytest.raises(errors.PredictError, match=".csv or a .json"):
     predict.write_predictions(tmp_path / "p.txt", rows, CATSDOGS)
 
 
 def test_run_refuses_bad_arguments_before_loading_a_model(tmp_path):
   (tmp_path / "test").mkdir()
   Image.new("RGB", (8, 8)).save(tmp_path / "test" / "cat.1.jpg")
-  with pytest.raises(predict.PredictError, match="numerically named"):
+  with pytest.raises(errors.PredictError, match="numerically named"):
     predict.run(tmp_path / "no-run", [tmp_path / "test"], submission=str(tmp_path / "s.csv"))
-  with pytest.raises(predict.PredictError, match=".csv or a .json"):
+  with pytest.raises(errors.PredictError, match=".csv or a .json"):
     predict.run(tmp_path / "no-run", [tmp_path / "test"], output=str(tmp_path / "p.xlsx"))
-  with pytest.raises(predict.PredictError, match="no config.json"):
+  with pytest.raises(errors.PredictError, match="no config.json"):
     predict.run(tmp_path / "no-run", [tmp_path / "test"])
 
 

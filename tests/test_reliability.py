@@ -562,12 +562,12 @@ def test_closed_event_loop_reports_are_dropped_and_other_ones_kept(monkeypatch):
   'Event loop is closed' as an unraisable exception: the commands drop exactly those."""
   import gc
 
-  from rpsflax import main
+  from rpsflax import cli
 
   seen = []
   monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(str(u.exc_value)))
-  main.quiet_orbax_logs()
-  main.quiet_orbax_logs()  # idempotent: one filter
+  cli.setup_logging()
+  cli.setup_logging()  # idempotent: one filter
 
   class Raises:
     def __init__(self, error):

@@ -63,6 +63,7 @@ def _write_data(root: pathlib.Path, per_class: int = 15, size: int = 56) -> path
 CONFIG_TEMPLATE = '''
 """The cats-vs-dogs recipe, shrunk for tests/test_sharding.py."""
 from rpsflax import config_base
+from rpsflax import errors
 
 
 def get_config():
@@ -95,20 +96,20 @@ def _load_config(path):
 def _mesh_checks(config, mesh) -> dict:
   """What only a multi-device mesh can show: batch-size errors, padding, the shardings."""
   import jax
-  from rpsflax import config_check, sharding
+  from rpsflax import errors, sharding
 
   out = {}
   c = config.copy_and_resolve_references()
   c.batch_size = 12
   try:
     sharding.check_batch_sizes(c, mesh)
-  except config_check.ConfigError as e:
+  except errors.ConfigError as e:
     out["batch_size_error"] = str(e)
   rows = {"image": np.zeros((12, 4, 4, 3), np.uint8), "label": np.zeros(12, np.int32),
           "mask": np.ones(12, bool)}
   try:
     sharding.shard_batch(rows, mesh)
-  except config_check.ConfigError as e:
+  except errors.ConfigError as e:
     out["shard_error"] = str(e)
   padded = sharding.shard_batch(rows, mesh, pad=True)
   out["padded_rows"] = int(padded["mask"].shape[0])
@@ -352,7 +353,7 @@ def test_initialize_distributed_only_when_asked(fake_initialize, monkeypatch):
 
 def test_initialize_distributed_failure_names_the_flags(monkeypatch):
   import jax
-  from rpsflax import config_base, config_check, sharding
+  from rpsflax import config_base, errors, sharding
 
   def fail(**kw):
     raise ValueError("Number of processes must be defined.")
@@ -361,7 +362,7 @@ def test_initialize_distributed_failure_names_the_flags(monkeypatch):
   c = config_base.get_config()
   c.distributed.initialize = True
   c.distributed.coordinator_address = "10.0.0.1:1234"
-  with pytest.raises(config_check.ConfigError, match="config.distributed.num_processes"):
+  with pytest.raises(errors.ConfigError, match="config.distributed.num_processes"):
     sharding.initialize_distributed(c)
 
 

@@ -20,6 +20,7 @@ from rpsflax import config_base
 from rpsflax import weights as W
 from rpsflax.models import build_model, keras_layer_map
 from rpsflax.models.vgg import vgg16_layer_names
+from rpsflax import errors
 
 POOLS = [f"block{i}_pool" for i in range(1, 6)]
 
@@ -196,7 +197,7 @@ def damaged(tmp_path, notop, *, drop=(), extra=(), reshape=None, name="bad.h5"):
 
 
 def error_of(fn, *args, **kwargs) -> str:
-  with pytest.raises(W.WeightsError) as e:
+  with pytest.raises(errors.WeightsError) as e:
     fn(*args, **kwargs)
   print(e.value)
   return str(e.value)

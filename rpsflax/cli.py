@@ -1,0 +1,88 @@
+"""What both command-line entry points (`rpsflax.main`, `rpsflax.predict`) share.
+
+Importing it first thing sets TensorFlow's environment (before anything can import TensorFlow);
+`setup_logging` keeps Orbax's INFO lines out of the log; `exit_on_errors` turns the errors a user
+can fix into one message and a documented exit status, while real bugs keep their traceback.
+"""
+
+import os
+
+# Quiet TensorFlow's C++ logging. The input pipeline hides the GPUs from TensorFlow on import
+# (tf.config.set_visible_devices([], 'GPU')) so JAX keeps the memory; should TensorFlow start
+# before that (Keras downloading weights), it grows instead of grabbing.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+
+import contextlib  # noqa: E402
+import logging as std_logging  # noqa: E402
+import pathlib  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+from absl import logging  # noqa: E402
+
+from rpsflax import errors  # noqa: E402
+
+EXIT_USER_ERROR = 2
+EXIT_NONFINITE = 3  # the loss became NaN/inf; interrupted runs exit 128 + signal (130, 143)
+
+
+class _QuietOrbax(std_logging.Filter):
+  """Orbax logs every save and restore at INFO, drowning the training log; keep its warnings."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def _closed_loop_noise(unraisable) -> bool:
+  e = unraisable.exc_value
+  return isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
+
+
+def setup_logging() -> None:
+  """Drop Orbax's INFO lines from absl's log (the commands call it; libraries leave logs alone).
+
+  Also drop the 'Event loop is closed' tracebacks of a failed Orbax restore (a damaged weights
+  folder or checkpoint): the reads still in flight when the first one fails report, one by one,
+  that the loop which awaited them is gone, burying the one error message that says what to do.
+  """
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _QuietOrbax) for f in handler.filters):
+    handler.addFilter(_QuietOrbax())
+  previous = sys.unraisablehook
+  if getattr(previous, "_rpsflax_quiet", False):
+    return
+
+  def hook(unraisable):
+    if not _closed_loop_noise(unraisable):
+      previous(unraisable)
+  hook._rpsflax_quiet = True
+  sys.unraisablehook = hook
+
+
+def fail(message: str) -> None:
+  """One line on stderr and exit 2: for mistakes found before any work starts."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(EXIT_USER_ERROR)
+
+
+@contextlib.contextmanager
+def exit_on_errors(workdir=None):
+  """UserError: its message, exit 2. NaN/inf loss: exit 3. SIGINT/SIGTERM: exit 128 + signal.
+
+  Either way the checkpoints already written are kept and the same command resumes.
+  """
+  try:
+    yield
+  except errors.UserError as e:
+    fail(str(e))
+  except KeyboardInterrupt as e:
+    # train.TrainingInterrupted (SIGINT/SIGTERM: a checkpoint was saved, the message says where),
+    # or Ctrl-C outside the training loop (nothing since the last checkpoint was saved).
+    where = pathlib.Path(workdir) / "checkpoints" if workdir else "the workdir"
+    message = str(e) or f"checkpoints already in {where} are kept. Run the same command again."
+    print(f"interrupted: {message}", file=sys.stderr, flush=True)
+    sys.exit(128 + getattr(e, "signum", signal.SIGINT))
+  except errors.StoppedError as e:  # NaN/inf loss: the last good checkpoints are kept
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_NONFINITE)
