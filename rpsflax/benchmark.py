@@ -291,7 +291,7 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
   """
   import jax  # noqa: PLC0415
 
-  from rpsflax import augment, features, models, sharding, train  # noqa: PLC0415
+  from rpsflax import augment, features, models, sharding, steps  # noqa: PLC0415
 
   model = models.build_model(config)
   b = int(config.batch_size)
@@ -305,7 +305,7 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
 
   def step_runner(name, cfg, jitted, inputs):
     """A donating train step as a runner: its state is threaded through the calls."""
-    state = jax.device_put(train.create_train_state(cfg, model, params=host_params), repl)
+    state = jax.device_put(steps.create_train_state(cfg, model, params=host_params), repl)
     compiled, compile_s[name] = _compile(jitted, state, inputs, rng)
     holder = {"state": state}
 
@@ -315,7 +315,7 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
     runners[name] = (call, b)
     return compiled, state
 
-  c_train, state0 = step_runner("train", config, train.jit_train_step(config, model, mesh), batch)
+  c_train, state0 = step_runner("train", config, steps.jit_train_step(config, model, mesh), batch)
   first_leaf = jax.tree.leaves(state0.params)[0]
   runners["train"][0]()
   out["train_step_donates_state"] = bool(first_leaf.is_deleted())
@@ -328,11 +328,11 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
   out["train_step_host_transfers"] = problems
   out["train_step_flops"] = _flops(c_train)
 
-  state = train.TrainState(step=None, params=params, opt_state=None)
-  ev, compile_s["eval"] = _compile(train.jit_eval_step(config, model, mesh), state, batch)
+  state = steps.TrainState(step=None, params=params, opt_state=None)
+  ev, compile_s["eval"] = _compile(steps.jit_eval_step(config, model, mesh), state, batch)
   runners["eval"] = (lambda: ev(state, batch)["count"], b)
 
-  fwd_fn = lambda p, x: model.apply({"params": p}, train.prepare_images(config, x),
+  fwd_fn = lambda p, x: model.apply({"params": p}, steps.prepare_images(config, x),
                                     method="features")
   fwd, compile_s["forward"] = _compile(jax.jit(fwd_fn, in_shardings=(repl, data),
                                                out_shardings=data), params, batch["image"])
@@ -348,13 +348,13 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
   out["finetune_step_flops"] = None
   if finetune:
     ft = finetune_config(config)
-    c_ft, _ = step_runner("finetune", ft, train.jit_train_step(ft, model, mesh), batch)
+    c_ft, _ = step_runner("finetune", ft, steps.jit_train_step(ft, model, mesh), batch)
     out["finetune_step_flops"] = _flops(c_ft)
 
   if cached and _cacheable(config):
     cfg = _cached(config)
     fb = {**host, "image": np.zeros((b,) + features.feature_shape(cfg, model), np.float32)}
-    step_runner("cached_head", cfg, features.jit_head_steps(cfg, mesh)[0],
+    step_runner("cached_head", cfg, steps.compile_steps(cfg, model, mesh, on_features=True).train,
                 sharding.shard_batch(fb, mesh))
 
   log(f"JAX: compiled {', '.join(compile_s)} in {sum(compile_s.values()):.0f}s; timing")
@@ -428,7 +428,7 @@ def bench_scaling(config, *, steps: int, repeats: int, warmup: int,
   """Train images/s over 1, 2, 4, ..., N local devices, config.batch_size per device."""
   import jax  # noqa: PLC0415
 
-  from rpsflax import models, sharding, train  # noqa: PLC0415
+  from rpsflax import models, sharding, steps  # noqa: PLC0415
 
   counts = (sharding.device_counts_to_try() if hasattr(sharding, "device_counts_to_try")
             else [jax.local_device_count()])
@@ -440,10 +440,10 @@ def bench_scaling(config, *, steps: int, repeats: int, warmup: int,
     c = config.copy_and_resolve_references()
     c.batch_size = c.eval_batch_size = int(config.batch_size) * n
     repl = sharding.replicated(mesh)
-    state = jax.device_put(train.create_train_state(c, model, params=params), repl)
+    state = jax.device_put(steps.create_train_state(c, model, params=params), repl)
     batch = sharding.shard_batch(synthetic_batch(c, c.batch_size), mesh)
     rng = jax.device_put(jax.random.PRNGKey(0), repl)
-    compiled, _ = _compile(train.jit_train_step(c, model, mesh), state, batch, rng)
+    compiled, _ = _compile(steps.jit_train_step(c, model, mesh), state, batch, rng)
     holder = {"state": state}
 
     def call():

@@ -16,7 +16,7 @@ import pytest
 
 import data_factory
 import keras_reference as kr
-from rpsflax import benchmark, models, sharding, train
+from rpsflax import benchmark, models, sharding, steps
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--steps=1", "--repeats=1", "--warmup=0", "--min_seconds=0", "--pipeline_repeats=1",
@@ -129,9 +129,9 @@ def test_frozen_step_costs_one_forward_and_finetuning_about_three():
   rng = jax.random.PRNGKey(0)
 
   def step_flops(cfg):
-    state = train.create_train_state(cfg, model, params=params)
-    return train.jit_train_step(cfg, model, mesh).lower(state, batch, rng).cost_analysis()["flops"]
-  forward = jax.jit(lambda p, x: model.apply({"params": p}, train.prepare_images(config, x),
+    state = steps.create_train_state(cfg, model, params=params)
+    return steps.jit_train_step(cfg, model, mesh).lower(state, batch, rng).cost_analysis()["flops"]
+  forward = jax.jit(lambda p, x: model.apply({"params": p}, steps.prepare_images(config, x),
                                              method="features")).lower(params, batch["image"])
   forward = forward.cost_analysis()["flops"]
   frozen, full = step_flops(config), step_flops(benchmark.finetune_config(config))

@@ -13,7 +13,8 @@ from rpsflax.models.cnn import CatsDogsCNN, cnn_conv_names
 from rpsflax.models.heads import Head
 from rpsflax.models.vgg import VGG16, vgg16_layer_names
 
-BACKBONES = ("vgg16", "cnn")
+BACKBONES = ("vgg16", "cnn")  # config.model.name
+DTYPES = ("float32", "bfloat16", "float16")  # config.model.dtype: the compute dtype
 
 
 class Classifier(nn.Module):
