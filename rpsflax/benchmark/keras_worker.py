@@ -23,7 +23,7 @@ def main(spec_path: str) -> None:
 
   on_tf = keras.backend.backend() == "tensorflow"
   if on_tf:
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415  (only when Keras runs on it)
 
     for gpu in tf.config.list_physical_devices("GPU"):
       tf.config.experimental.set_memory_growth(gpu, True)
