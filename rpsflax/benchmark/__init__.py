@@ -8,13 +8,13 @@ r"""Throughput of a config on this machine: jit steps, backbone forward, input p
 Every figure is images/second, the median over round-robin timed runs, after compilation and
 `--warmup` untimed calls. By default the rounds are set by a time budget (`--seconds`, 60: at
 least 3 rounds, more while they fit), so a CPU run finishes in a few minutes and a GPU run takes
-many short steps; `--repeats=N` fixes the count instead. Each round is logged as it ends. A
-timed run repeats `--steps` calls (then block_until_ready) until it has lasted `--min_seconds`.
-The figures are timed round-robin (run r of every figure, then run r+1), each run after one untimed call (unless a call takes over 5 s), so that load drifting on a
-shared machine, or switching between programs, hits every figure alike; ratios between figures
-are medians of per-round ratios. Inputs are device-resident synthetic uint8 batches (values do
-not change the work), parameters are random (`--weights` loads real ones; speed does not depend
-on them).
+many short steps; `--repeats=N` fixes the count instead. Each round is logged as it ends. A timed
+run repeats `--steps` calls (then block_until_ready) until it has lasted `--min_seconds`. The
+figures are timed round-robin (run r of every figure, then run r+1), each run after one untimed
+call (unless a call takes over 5 s), so that load drifting on a shared machine, or switching
+between programs, hits every figure alike; ratios between figures are medians of per-round ratios.
+Inputs are device-resident synthetic uint8 batches (values do not change the work), parameters are
+random (`--weights` loads real ones; speed does not depend on them).
 
 - train_images_per_sec: the full jit train step (on-device augmentation, preprocessing, forward,
   backward of the trainable part, optimizer update; frozen VGG16 + head for rps, the CNN for

@@ -62,6 +62,8 @@ def main(argv=None) -> int:
   app.define_help_flags()  # --help, --helpfull
   define_flags()
   FLAGS = flags.FLAGS  # noqa: N806
+  for flag in FLAGS.get_key_flags_for_module(__name__):  # --help lists the key flags of the
+    FLAGS.register_key_flag_for_module(sys.argv[0], flag)  # program run (absl: its argv[0])
   try:
     FLAGS(argv)
     if FLAGS.config is None:

@@ -11,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from rpsflax import augment, errors, features, models, sharding
-from rpsflax import train  # create_train_state, jit_train_step, jit_eval_step, TrainState, prepare_images
+# train.create_train_state, jit_train_step, jit_eval_step, TrainState, prepare_images (the
+# step functions, wherever they live): the one import of them here.
+from rpsflax import train
 from rpsflax.benchmark import inputs, timing
 
 
