@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from rpsflax import augment, errors, features, models, sharding
-# train.create_train_state, jit_train_step, jit_eval_step, TrainState, prepare_images (the
-# step functions, wherever they live): the one import of them here.
-from rpsflax import train
+# The step functions (create_train_state, jit_train_step, jit_eval_step, TrainState,
+# prepare_images), wherever they live: this line is their one import here. Aliased, because
+# bench_steps and bench_scaling take a `steps` (count) argument that a module name would shadow.
+from rpsflax import train as step_fns
 from rpsflax.benchmark import inputs, timing
 
 
@@ -38,7 +39,7 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
 
   def step_runner(name, cfg, jitted, batch_in):
     """A donating train step as a runner: its state is threaded through the calls."""
-    state = jax.device_put(train.create_train_state(cfg, model, params=host_params), repl)
+    state = jax.device_put(step_fns.create_train_state(cfg, model, params=host_params), repl)
     compiled, compile_s[name] = _compile(jitted, state, batch_in, rng)
     holder = {"state": state}
 
@@ -48,7 +49,8 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
     runners[name] = (call, b)
     return compiled, state
 
-  c_train, state0 = step_runner("train", config, train.jit_train_step(config, model, mesh), batch)
+  c_train, state0 = step_runner("train", config, step_fns.jit_train_step(config, model, mesh),
+                                batch)
   first_leaf = jax.tree.leaves(state0.params)[0]
   runners["train"][0]()
   out["train_step_donates_state"] = bool(first_leaf.is_deleted())
@@ -61,11 +63,11 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
   out["train_step_host_transfers"] = problems
   out["train_step_flops"] = _flops(c_train)
 
-  state = train.TrainState(step=None, params=params, opt_state=None)
-  ev, compile_s["eval"] = _compile(train.jit_eval_step(config, model, mesh), state, batch)
+  state = step_fns.TrainState(step=None, params=params, opt_state=None)
+  ev, compile_s["eval"] = _compile(step_fns.jit_eval_step(config, model, mesh), state, batch)
   runners["eval"] = (lambda: ev(state, batch)["count"], b)
 
-  fwd_fn = lambda p, x: model.apply({"params": p}, train.prepare_images(config, x),
+  fwd_fn = lambda p, x: model.apply({"params": p}, step_fns.prepare_images(config, x),
                                     method="features")
   fwd, compile_s["forward"] = _compile(jax.jit(fwd_fn, in_shardings=(repl, data),
                                                out_shardings=data), params, batch["image"])
@@ -81,7 +83,7 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
   out["finetune_step_flops"] = None
   if finetune:
     ft = inputs.finetune_config(config)
-    c_ft, _ = step_runner("finetune", ft, train.jit_train_step(ft, model, mesh), batch)
+    c_ft, _ = step_runner("finetune", ft, step_fns.jit_train_step(ft, model, mesh), batch)
     out["finetune_step_flops"] = _flops(c_ft)
 
   if cached and _cacheable(config):
@@ -191,10 +193,10 @@ def bench_scaling(config, *, steps: int, repeats: int, warmup: int,
     c = config.copy_and_resolve_references()
     c.batch_size = c.eval_batch_size = int(config.batch_size) * n
     repl = sharding.replicated(mesh)
-    state = jax.device_put(train.create_train_state(c, model, params=params), repl)
+    state = jax.device_put(step_fns.create_train_state(c, model, params=params), repl)
     batch = sharding.shard_batch(inputs.synthetic_batch(c, c.batch_size), mesh)
     rng = jax.device_put(jax.random.PRNGKey(0), repl)
-    compiled, _ = _compile(train.jit_train_step(c, model, mesh), state, batch, rng)
+    compiled, _ = _compile(step_fns.jit_train_step(c, model, mesh), state, batch, rng)
     holder = {"state": state}
 
     def call():
