@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 import keras_reference as kr
-from rpsflax import benchmark, config_base, models, sharding, steps
+from rpsflax import config_base, models, sharding, steps
+from rpsflax.benchmark import inputs
 
 SIZE = 224
 FEATURE_TOL = 2e-2
@@ -46,7 +47,7 @@ def parity():
   """float32 params shared by both dtypes; the head scaled so float32 logits have std ~2."""
   c32 = _config("float32")
   model = models.build_model(c32)
-  params = benchmark.random_params(c32, model)
+  params = inputs.random_params(c32, model)
   images = _images()
   feats = jax.jit(lambda p, x: model.apply({"params": p}, steps.prepare_images(c32, x),
                                            method="features"))(params, images)
@@ -124,10 +125,10 @@ def test_bf16_train_step_keeps_params_float32(trainable):
   config.trainable = trainable
   config.augment.rotation_range = 10.0
   model = models.build_model(config)
-  params = benchmark.random_params(config, model)
+  params = inputs.random_params(config, model)
   mesh = sharding.make_mesh(jax.devices()[:1])
   state = steps.create_train_state(config, model, params=params)
-  batch = benchmark.synthetic_batch(config, 4)
+  batch = inputs.synthetic_batch(config, 4)
   rng = jax.random.PRNGKey(0)
   if trainable == (".*",):
     new, metrics = jax.eval_shape(steps.make_train_step(config, model), state, batch, rng)

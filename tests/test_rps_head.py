@@ -20,18 +20,20 @@ import pytest
 
 import data_factory
 import keras_reference as kr
-from rpsflax.models import Head
+from rpsflax import keras_models
+from rpsflax.models import Head, heads
 
-POOLINGS = {"max": "GlobalMaxPooling2D", "avg": "GlobalAveragePooling2D", "flatten": "Flatten"}
+POOLINGS = heads.POOLINGS  # every pooling Head accepts (a Keras one missing fails here)
 RTOL = 1e-5  # softmax probabilities, fp32
 
 
 def keras_head(pooling: str, shape, seed=0):
   k = kr.keras()
   k.utils.set_random_seed(seed)
-  model = k.Sequential([k.Input(shape), getattr(k.layers, POOLINGS[pooling])(),
-                        k.layers.Dropout(0.5), k.layers.Dense(3, activation="softmax",
-                                                              name="predictions")])
+  head = {"pooling": pooling, "dropout": 0.5, "hidden": (), "hidden_activation": "relu",
+          "hidden_dropout": 0.0, "num_classes": 3}
+  # The head the benchmark's Keras peer uses: pooling, Dropout(0.5), Dense(3, softmax).
+  model = k.Sequential([k.Input(shape), *keras_models.head_layers(head)])
   kernel, bias = model.get_layer("predictions").get_weights()
   rng = np.random.default_rng(seed)
   model.get_layer("predictions").set_weights(
