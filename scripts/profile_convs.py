@@ -17,10 +17,18 @@ import sys
 import time
 
 import rpsflax  # noqa: F401  (sets the project's XLA:CPU flags before JAX starts)
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rpsflax import config_base
+from rpsflax.benchmark import jax_figures
+from rpsflax.models.cnn import CNN_FILTERS, cnn_conv_names
+from rpsflax.models.layers import max_pool_2x2
+from rpsflax.models.vgg import VGG16_BLOCKS
 
 
 def best_ms(fn, *args, repeats: int = 3) -> float:
-  import jax
   jax.block_until_ready(fn(*args))
   best = float("inf")
   for _ in range(repeats):
@@ -32,8 +40,6 @@ def best_ms(fn, *args, repeats: int = 3) -> float:
 
 def conv_layers(config):
   """(name, input side, in channels, out channels, padding, pools after) for the backbone."""
-  from rpsflax.models.cnn import CNN_FILTERS, cnn_conv_names
-  from rpsflax.models.vgg import VGG16_BLOCKS
   size = int(config.data.image_size)
   out = []
   if config.model.name == "vgg16":
@@ -58,13 +64,6 @@ def main(argv=None) -> int:
   p.add_argument("--batch_size", type=int, default=0, help="0: the config's batch_size")
   p.add_argument("--out", default="")
   args = p.parse_args(argv)
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-
-  from rpsflax import config_base
-  from rpsflax.benchmark import jax_figures
-  from rpsflax.models.layers import max_pool_2x2
   config = config_base.load_sibling(os.path.abspath(args.config),
                                     os.path.basename(args.config)[:-3]).get_config()
   n = args.batch_size or int(config.batch_size)
