@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 from absl import logging
 import numpy as np
 from PIL import Image
+from rpsflax import atomic
 from rpsflax.errors import DataError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif"})
@@ -325,10 +326,7 @@ def batch_index_matrix(order: np.ndarray, global_batch: int, process_index: int 
 # Split files in the workdir.
 
 def _atomic_write(path: pathlib.Path, text: str):
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  tmp.write_text(text)
-  os.replace(tmp, path)
+  atomic.write_text(path, text)
 
 
 def write_splits(workdir, splits: dict[str, tuple[list[str], np.ndarray]], meta: dict):

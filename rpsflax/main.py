@@ -18,6 +18,7 @@ either way the checkpoints already written are kept and the same command resumes
 
 from rpsflax import cli  # first: sets TensorFlow's environment before anything imports it
 
+import contextlib  # noqa: E402
 import pathlib  # noqa: E402
 import re  # noqa: E402
 import time  # noqa: E402
@@ -27,7 +28,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from rpsflax import config_check, report  # noqa: E402
-from rpsflax import errors  # noqa: E402
+from rpsflax import errors, workdir_lock  # noqa: E402
 from rpsflax.errors import RunError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -88,11 +89,12 @@ def train(config, workdir: pathlib.Path) -> dict:
   init_distributed(config)
   preflight(config, workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  if is_chief():
-    save_config(config, workdir)
   from rpsflax import train as train_lib  # noqa: PLC0415
 
-  return train_lib.train_and_evaluate(config, workdir)
+  with workdir_lock.hold(workdir) if is_chief() else contextlib.nullcontext():  # one run at a time
+    if is_chief():
+      save_config(config, workdir)
+    return train_lib.train_and_evaluate(config, workdir)
 
 
 def evaluate(config, workdir: pathlib.Path, split: str, data_dir: str) -> dict:

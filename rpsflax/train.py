@@ -535,7 +535,7 @@ def train_and_evaluate(config, workdir) -> dict:
   writer = None
   try:
     target = abstract_train_state(config, model, repl)
-    restored = ckpts.restore(target, which=ckpt_lib.LATEST)
+    restored = ckpts.restore_for_resume(target)  # a damaged newest one: set aside, the one before
     if restored is None:
       params = init_params(config, model, init_rng)
       params = weights.load_for_model(config.weights, params, models.keras_layer_map(config))
