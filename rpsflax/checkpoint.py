@@ -25,7 +25,6 @@ import datetime
 import os
 import pathlib
 import re
-import shutil
 from typing import Any, Optional
 
 import jax
@@ -34,6 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from rpsflax.atomic import free_space
 from rpsflax.errors import CheckpointError, WriteError
 
 LATEST = "latest"
@@ -83,17 +83,6 @@ def disk_error(error: BaseException) -> Optional[str]:
       return os.strerror(int(m.group(1)))
     e = e.__cause__ or e.__context__
   return None
-
-
-def free_space(path) -> str:
-  """'N MiB free on the filesystem of P' for the nearest existing folder of `path`."""
-  probe = pathlib.Path(path)
-  while not probe.exists() and probe != probe.parent:
-    probe = probe.parent
-  try:
-    return f"{shutil.disk_usage(probe).free / 2**20:.1f} MiB free on the filesystem of {probe}"
-  except OSError:
-    return f"free space on the filesystem of {probe} unknown"
 
 
 def _manager(directory: pathlib.Path, max_to_keep: int, async_save: bool) -> ocp.CheckpointManager:
