@@ -85,11 +85,15 @@ def disk_error(error: BaseException) -> Optional[str]:
   return None
 
 
-def _manager(directory: pathlib.Path, max_to_keep: int, async_save: bool) -> ocp.CheckpointManager:
+def _manager(directory: pathlib.Path, max_to_keep: int, async_save: bool,
+             read_only: bool = False) -> ocp.CheckpointManager:
   # The latest and best managers save the same step at once: without their own barrier prefix,
   # Orbax's multi-process barriers (named after the step) would pair one manager's with the other's.
+  # read_only: for evaluate/predict beside a live run, whose unfinished (temporary) saves a
+  # cleanup would delete.
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
+      max_to_keep=max_to_keep, create=not read_only, cleanup_tmp_directories=not read_only,
+      read_only=read_only,
       enable_async_checkpointing=async_save,
       multiprocessing_options=ocp.options.MultiprocessingOptions(
           barrier_sync_key_prefix=f"rpsflax_{directory.name}"))
@@ -107,11 +111,12 @@ def abstract_like(tree, sharding=None):
 class Checkpoints:
   """The latest and best checkpoints of one workdir."""
 
-  def __init__(self, workdir, *, keep_latest: int = 2, async_save: bool = True):
+  def __init__(self, workdir, *, keep_latest: int = 2, async_save: bool = True,
+               read_only: bool = False):
     root = pathlib.Path(workdir).resolve() / "checkpoints"
     self.directory = root
-    self._latest = _manager(root / LATEST, keep_latest, async_save)
-    self._best = _manager(root / BEST, 1, async_save)
+    self._latest = _manager(root / LATEST, keep_latest, async_save, read_only)
+    self._best = _manager(root / BEST, 1, async_save, read_only)
     self._writing: dict = {}  # manager directory -> the step folder it was last asked to write
 
   def _which(self, which: str) -> ocp.CheckpointManager:
@@ -210,7 +215,8 @@ class Checkpoints:
     path = mngr.directory / str(step)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     aside = path.with_name(f"{step}{DAMAGED_TAG}{stamp}")
-    path.rename(aside)
+    if jax.process_index() == 0:  # one rename on shared storage; every process reloads
+      path.rename(aside)
     mngr.reload()
     logging.warning("renamed the damaged checkpoint %s to %s (kept, not deleted); resuming from "
                     "the one before it", path, aside.name)
@@ -292,7 +298,7 @@ def restore_latest(workdir, target) -> Optional[tuple[Any, dict]]:
   """(state, meta) of `workdir/checkpoints/latest`, or None. meta['epoch'] is the finished epoch."""
   if not has_checkpoint(workdir, LATEST):
     return None
-  with Checkpoints(workdir) as ckpts:
+  with Checkpoints(workdir, read_only=True) as ckpts:
     return ckpts.restore(target, which=LATEST)
 
 
@@ -300,7 +306,7 @@ def restore_best(workdir, target) -> Optional[tuple[Any, dict]]:
   """(state, meta) of `workdir/checkpoints/best` (highest validation accuracy), or None."""
   if not has_checkpoint(workdir, BEST):
     return None
-  with Checkpoints(workdir) as ckpts:
+  with Checkpoints(workdir, read_only=True) as ckpts:
     return ckpts.restore(target, which=BEST)
 
 

@@ -52,8 +52,13 @@ _PROGRESS_MIN = 2000
 # Decoding and resizing (TF graph functions, used inside tf.data maps).
 
 def _pil_rgb(data: bytes, max_pixels=data_files.DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
-  with Image.open(io.BytesIO(data)) as im:
-    if im.width * im.height > int(max_pixels):  # the header only: nothing decoded yet
+  try:
+    im = Image.open(io.BytesIO(data))  # the header only: nothing decoded yet
+  except Image.DecompressionBombError as e:  # PIL's own limit, above any allowed max_pixels
+    raise ValueError(f"declares too many pixels, over config.data.max_image_pixels="
+                     f"{int(max_pixels)} ({e})") from e
+  with im:
+    if im.width * im.height > int(max_pixels):
       raise ValueError(f"declares {im.width}x{im.height} pixels, over "
                        f"config.data.max_image_pixels={int(max_pixels)}")
     return np.asarray(im.convert("RGB"))  # what keras.utils.load_img does
@@ -436,11 +441,13 @@ def max_image_pixels(config) -> int:
 
 
 def create_datasets(config, workdir=None, *, process_index: Optional[int] = None,
-                    process_count: Optional[int] = None, check_head: bool = True) -> Datasets:
+                    process_count: Optional[int] = None, check_head: bool = True,
+                    write: bool = True) -> Datasets:
   """The train/validation(/holdout/test) splits of config.data.dir, or of TFDS when it is ''.
 
   Checks every file, draws or reuses the splits, writes workdir/splits/*.txt and
-  workdir/data_report.json (process 0 only; nothing when workdir is None). Raises DataError
+  workdir/data_report.json (process 0 only; nothing when workdir is None or `write` is False:
+  evaluating a workdir only reads its splits). Raises DataError
   before any training for anything a user must fix (with `check_head`, also a class count
   that config.head.num_classes cannot represent).
   """
@@ -454,7 +461,8 @@ def create_datasets(config, workdir=None, *, process_index: Optional[int] = None
   if config.data.dir:
     fd = data_files.prepare_folder(config.data.dir, workdir, seed=config.seed,
                                    holdout=config.data.holdout,
-                                   val_fraction=config.data.val_fraction, write=pi == 0,
+                                   val_fraction=config.data.val_fraction,
+                                   write=write and pi == 0,
                                    max_pixels=max_image_pixels(config))
     if check_head:
       _check_head(config, fd.class_names)
@@ -462,7 +470,8 @@ def create_datasets(config, workdir=None, *, process_index: Optional[int] = None
     return Datasets(class_names=fd.class_names, splits=splits, skipped=fd.skipped,
                     cache=config.data.cache, source=fd.report["source"], report=fd.report,
                     **common)
-  return _tfds_datasets(config, workdir, write=pi == 0, common=common, check_head=check_head)
+  return _tfds_datasets(config, workdir, write=write and pi == 0, common=common,
+                        check_head=check_head)
 
 
 def create_eval_dataset(config, path, class_names: Optional[Sequence[str]] = None, *,

@@ -623,8 +623,8 @@ def train_and_evaluate(config, workdir) -> dict:
       evaluation = evaluate_batches(eval_step, state, datasets.eval_batches(final_split), mesh,
                                     config)
     extra = {"epoch": len(history), "step": step, "checkpoint": "latest (final parameters)"}
+    ckpts.wait()  # a failed save (disk full) stops before eval.json says the run finished
     _write_reports(workdir, history, evaluation, class_names, final_split, extra)
-    ckpts.wait()
     return _eval_result(evaluation, class_names, final_split, **extra)
   finally:
     if writer is not None:
@@ -679,8 +679,8 @@ def restore_state(config, workdir, which: str = ckpt_lib.BEST, mesh: Optional[Me
   order = [which] + ([ckpt_lib.LATEST] if which == ckpt_lib.BEST else [])
   for name in order:
     if ckpt_lib.has_checkpoint(workdir, name):
-      with ckpt_lib.Checkpoints(workdir) as ckpts:
-        restored = ckpts.restore(target, which=name)
+      with ckpt_lib.Checkpoints(workdir, read_only=True) as ckpts:  # a live run's own
+        restored = ckpts.restore(target, which=name)              # saves stay untouched
       if restored is not None:
         state, meta = restored
         return state, {**meta, "checkpoint": name}
@@ -733,7 +733,7 @@ def evaluate(config, workdir, split: str = "validation", data_dir: Optional[str]
     name = f"folder-{pathlib.Path(data_dir).resolve().name}"
     extra["folders"] = folders
   else:
-    datasets = input_pipeline.create_datasets(config, workdir)
+    datasets = input_pipeline.create_datasets(config, workdir, write=False)  # reads the splits
     if not datasets.num_examples.get(split, 0):
       raise errors.DataError(f"split {split!r} has no examples in this run's data (it has "
                        f"{ {k: v for k, v in datasets.num_examples.items() if v} }); "
