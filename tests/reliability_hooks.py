@@ -14,7 +14,7 @@ signal a run at an exact point (no sleeps, no races):
   RPSFLAX_HOOK=enospc:latest/10  the save of checkpoints/latest/10 fails with OSError ENOSPC as
                                  Orbax commits it (its files written, the folder not renamed)
   RPSFLAX_HOOK=after_scan:vanish:PATH  delete PATH once the readability scan is done (before decoding)
-  RPSFLAX_HOOK=after_scan:bomb:PATH    replace PATH by a 40000x40000 PNG bomb at that moment
+  RPSFLAX_HOOK=after_scan:bomb:PATH    replace PATH by a 13000x13000 PNG bomb at that moment
   RPSFLAX_HOOK=kill:EVENT:N      SIGKILL the process at the Nth EVENT (counted from 1):
                                  step   right after dispatching a train step (it is computing)
                                  eval   right after dispatching an eval step
@@ -159,7 +159,10 @@ def hook_after_scan(arg: str) -> None:
     elif what == "bomb":
       import data_factory  # tests/ is on sys.path: this script lives there
 
-      data_factory.png_bomb(path, 40000, 40000)
+      # 13000x13000: 0.5 GB as RGB, just under the 2**29 bytes above which TensorFlow's decoders
+      # refuse by themselves: so it is our header check (config.data.max_image_pixels) that
+      # keeps it from being decoded.
+      data_factory.png_bomb(path, 13000, 13000)
     else:
       raise SystemExit(f"reliability_hooks: after_scan:{what}? use vanish or bomb")
     return out

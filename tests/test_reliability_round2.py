@@ -269,8 +269,8 @@ def changed_after_scan(runs, what: str) -> dict:
     rel.write_class(data / "train" / cls, i, 8)
   victim = data / "train" / "rock" / "rock_3.png"
   workdir = tmp / "run"
-  rc, stderr, peak = run_measured(f"after_scan:{what}:{victim}", rel.main_args(workdir, data),
-                                  tmp)
+  rc, stderr, peak = run_measured(f"after_scan:{what}:{victim}", rel.main_args(
+      workdir, data, f"--config.data.max_image_pixels={MAX_PIXELS}"), tmp)
   return {"victim": victim, "rc": rc, "stderr": stderr, "peak": peak, "workdir": workdir}
 
 
@@ -475,13 +475,15 @@ def test_a_file_that_vanishes_after_the_scan_stops_the_run_naming_it(runs):
 
 
 def test_a_file_that_becomes_a_bomb_after_the_scan_is_not_decoded(runs):
-  """The decoder reads the header again: a 40000x40000 PNG (4.5 GiB as RGB) is refused without
-  decoding, so the process stays far below that."""
+  """The decoder reads the header again: a 13000x13000 PNG (0.5 GB as RGB, which TensorFlow's
+  decoder would take) is refused, with config.data.max_image_pixels=1000000, without decoding:
+  the process stays at its usual ~1.1 GB (decoding it peaked at 1.6 GB)."""
   out = runs.result("bomb")
   assert out["rc"] == 2, rel.describe(out["rc"], out["stderr"])
   message = rel.assert_one_message(out["stderr"])
-  assert str(out["victim"]) in message and "max_image_pixels" in message, message
-  assert out["peak"] < 2 * GIB, f"peak memory {out['peak'] / GIB:.2f} GiB"
+  assert str(out["victim"]) in message, message
+  assert "declares 13000x13000 pixels, over config.data.max_image_pixels=1000000" in message
+  assert out["peak"] < 1.3 * GIB, f"peak memory {out['peak'] / GIB:.2f} GiB"
 
 
 def test_an_empty_class_folder_stops_before_the_workdir_is_made(runs):
