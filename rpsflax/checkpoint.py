@@ -118,6 +118,7 @@ class Checkpoints:
     self._latest = _manager(root / LATEST, keep_latest, async_save, read_only)
     self._best = _manager(root / BEST, 1, async_save, read_only)
     self._writing: dict = {}  # manager directory -> the step folder it was last asked to write
+    self._digest: tuple = (None, None)  # ((step, id(state)), state_digest) of the last save
 
   def _which(self, which: str) -> ocp.CheckpointManager:
     if which not in (LATEST, BEST):
@@ -138,7 +139,9 @@ class Checkpoints:
     step = int(meta["step"])
     if step in mngr.all_steps():
       return False
-    meta = {**meta, DIGEST_KEY: state_digest(state)}
+    if self._digest[0] != (step, id(state)):  # best, then latest, of one state: hash once
+      self._digest = ((step, id(state)), state_digest(state))
+    meta = {**meta, DIGEST_KEY: self._digest[1]}
     with self._disk_errors(mngr):  # the previous asynchronous save reports its error here
       mngr.wait_until_finished()
     self._writing[mngr.directory] = mngr.directory / str(step)
