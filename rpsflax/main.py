@@ -18,7 +18,6 @@ either way the checkpoints already written are kept and the same command resumes
 
 from rpsflax import cli  # first: sets TensorFlow's environment before anything imports it
 
-import contextlib  # noqa: E402
 import pathlib  # noqa: E402
 import re  # noqa: E402
 import time  # noqa: E402
@@ -91,7 +90,7 @@ def train(config, workdir: pathlib.Path) -> dict:
   workdir.mkdir(parents=True, exist_ok=True)
   from rpsflax import train as train_lib  # noqa: PLC0415
 
-  with workdir_lock.hold(workdir) if is_chief() else contextlib.nullcontext():  # one run at a time
+  with workdir_lock.hold(workdir, enabled=is_chief()):  # one training run per workdir
     if is_chief():
       save_config(config, workdir)
     return train_lib.train_and_evaluate(config, workdir)

@@ -18,6 +18,7 @@ import json
 import os
 import pathlib
 import socket
+import sys
 
 from absl import logging
 
@@ -41,8 +42,12 @@ def _holder(path: pathlib.Path) -> str:
 
 
 @contextlib.contextmanager
-def hold(workdir):
-  """Hold WORKDIR/.lock for the body, or raise RunError naming the workdir and the holder."""
+def hold(workdir, enabled: bool = True):
+  """Hold WORKDIR/.lock for the body, or raise RunError naming the workdir and the holder.
+  enabled=False (the other processes of a multi-host run, which process 0 speaks for): no-op."""
+  if not enabled:
+    yield
+    return
   workdir = pathlib.Path(workdir)
   path = workdir / LOCK_FILE
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -63,7 +68,7 @@ def hold(workdir):
       return
     info = {"pid": os.getpid(), "host": socket.gethostname(),
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": "python -m rpsflax.main"}
+            "command": " ".join(sys.argv)[:300]}
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
     yield
