@@ -416,6 +416,9 @@ def test_evaluate_and_predict_name_a_damaged_best_checkpoint(runs):
   assert out["untouched"]
 
 
+# A failed restore leaves its sibling reads unawaited; they report at garbage collection (the
+# commands drop these, see cli.setup_logging).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_each_kind_of_damage_is_found_on_restore(tmp_path):
   """Unit level, the three kinds: a truncated array file, flipped bytes, lost metadata."""
   import jax.numpy as jnp
