@@ -6,29 +6,94 @@ Orbax numbers checkpoints by global step and writes each one into a temporary di
 renamed only when complete, so a process killed while writing leaves the previous checkpoint
 intact (the unfinished directory is ignored, and removed at the next start).
 
+Damage (a truncated or bit-flipped array file, lost metadata: a dying disk, a copy that stopped
+half way) is found on restore: every save records a checksum of the state's bits in 'meta', and
+a restore that fails or does not match it is "damaged". Training (`restore_for_resume`) then
+renames that checkpoint aside (`latest/<step>.damaged-<time>`, never deleted) and resumes from
+the previous one; evaluation and prediction (`restore`) only say which one and why. A save that
+fails for lack of space (any OSError) stops the run with the path and the free space; the
+checkpoints already written are untouched.
+
 Saves are asynchronous (the device -> host copy happens before `save` returns, so the caller may
 donate the state to the next step right away); `wait()` blocks until files are on disk and
 `close()` is called before a run exits. Every process calls save/restore (Orbax coordinates
 multi-host writes); restore places arrays with the shardings of the target you pass.
 """
 
+import contextlib
+import datetime
+import os
 import pathlib
+import re
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
-from rpsflax.errors import CheckpointError
+from absl import logging
+
+from rpsflax.atomic import free_space
+from rpsflax.errors import CheckpointError, WriteError
 
 LATEST = "latest"
 BEST = "best"
+DIGEST_KEY = "_digest"  # in 'meta': one checksum per state leaf, in jax.tree.leaves order
+DAMAGED_TAG = ".damaged-"
 
 
+class _Damaged(Exception):
+  """A checkpoint that exists but cannot be restored as written (message: why)."""
 
-def _manager(directory: pathlib.Path, max_to_keep: int, async_save: bool) -> ocp.CheckpointManager:
+
+def _leaf_digest(x):
+  """A weighted sum of the leaf's bits as uint32 words, mod 2**32: any change to one word changes
+  it (odd weights), swaps too; integer arithmetic, so the same on any device and sharding."""
+  x = jnp.ravel(x)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  size = x.dtype.itemsize
+  if size == 8:
+    words = jnp.ravel(jax.lax.bitcast_convert_type(x, jnp.uint32))
+  else:
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[size]
+    words = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+  weights = jnp.arange(words.shape[0], dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
+  return jnp.sum(words * weights, dtype=jnp.uint32)
+
+
+_digests = jax.jit(lambda leaves: [_leaf_digest(x) for x in leaves])
+
+
+def state_digest(state) -> list[int]:
+  """One checksum per leaf of `state` (arrays on any device or mesh)."""
+  out = _digests(jax.tree.leaves(state))
+  return [int(np.asarray(d.addressable_data(0))) for d in out]
+
+
+def disk_error(error: BaseException) -> Optional[str]:
+  """Why a write failed, when it is the disk's fault (an OSError, or TensorStore's report of one:
+  'RESOURCE_EXHAUSTED ... No space left on device [os_error_code='28']'); else None."""
+  e = error
+  while e is not None:
+    if isinstance(e, OSError):
+      return os.strerror(e.errno) if e.errno else str(e)
+    m = re.search(r"\[os_error_code='?(\d+)", str(e))
+    if m:
+      return os.strerror(int(m.group(1)))
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def _manager(directory: pathlib.Path, max_to_keep: int, async_save: bool,
+             read_only: bool = False) -> ocp.CheckpointManager:
   # The latest and best managers save the same step at once: without their own barrier prefix,
   # Orbax's multi-process barriers (named after the step) would pair one manager's with the other's.
+  # read_only: for evaluate/predict beside a live run, whose unfinished (temporary) saves a
+  # cleanup would delete.
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
+      max_to_keep=max_to_keep, create=not read_only, cleanup_tmp_directories=not read_only,
+      read_only=read_only,
       enable_async_checkpointing=async_save,
       multiprocessing_options=ocp.options.MultiprocessingOptions(
           barrier_sync_key_prefix=f"rpsflax_{directory.name}"))
@@ -46,11 +111,14 @@ def abstract_like(tree, sharding=None):
 class Checkpoints:
   """The latest and best checkpoints of one workdir."""
 
-  def __init__(self, workdir, *, keep_latest: int = 2, async_save: bool = True):
+  def __init__(self, workdir, *, keep_latest: int = 2, async_save: bool = True,
+               read_only: bool = False):
     root = pathlib.Path(workdir).resolve() / "checkpoints"
     self.directory = root
-    self._latest = _manager(root / LATEST, keep_latest, async_save)
-    self._best = _manager(root / BEST, 1, async_save)
+    self._latest = _manager(root / LATEST, keep_latest, async_save, read_only)
+    self._best = _manager(root / BEST, 1, async_save, read_only)
+    self._writing: dict = {}  # manager directory -> the step folder it was last asked to write
+    self._digest: tuple = (None, None)  # ((step, id(state)), state_digest) of the last save
 
   def _which(self, which: str) -> ocp.CheckpointManager:
     if which not in (LATEST, BEST):
@@ -71,8 +139,32 @@ class Checkpoints:
     step = int(meta["step"])
     if step in mngr.all_steps():
       return False
-    return mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))))
+    if self._digest[0] != (step, id(state)):  # best, then latest, of one state: hash once
+      self._digest = ((step, id(state)), state_digest(state))
+    meta = {**meta, DIGEST_KEY: self._digest[1]}
+    with self._disk_errors(mngr):  # the previous asynchronous save reports its error here
+      mngr.wait_until_finished()
+    self._writing[mngr.directory] = mngr.directory / str(step)
+    with self._disk_errors(mngr):
+      return mngr.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+  @contextlib.contextmanager
+  def _disk_errors(self, mngr):
+    """A write that fails for the disk's sake -> WriteError naming the step, the reason and the
+    free space. An asynchronous save reports at the next save, wait or close."""
+    try:
+      yield
+    except Exception as e:  # Orbax re-raises its writer thread's error, often as a ValueError
+      why = disk_error(e)
+      if why is None:
+        raise
+      path = self._writing.get(mngr.directory, mngr.directory)
+      kept = ", ".join(f"{w} steps {steps_on_disk(self.directory / w)}" for w in (LATEST, BEST))
+      raise WriteError(
+          f"cannot write checkpoint {path}: {why} ({free_space(path)}). The checkpoints already "
+          f"written are kept ({kept}); free some space and run the same command again to "
+          "resume.") from e
 
   def restore(self, target, *, which: str = LATEST, step: Optional[int] = None):
     """(state, meta) from the latest (or given) step, placed like `target`; None when there is none.
@@ -85,17 +177,76 @@ class Checkpoints:
     step = mngr.latest_step() if step is None else step
     if step is None:
       return None
+    try:
+      return self._load(mngr, step, target)
+    except _Damaged as e:
+      raise CheckpointError(
+          f"checkpoint {mngr.directory / str(step)} is damaged: {e}. "
+          "The files are left as they are; train again to replace it"
+          + (", or predict from the latest one (rpsflax.predict --checkpoint=latest)."
+             if which == BEST else ".")) from e
+
+  def restore_for_resume(self, target):
+    """(state, meta) of the newest latest checkpoint that restores, or None when there is none.
+
+    A damaged one is logged (which and why), renamed aside to `<step>.damaged-<UTC time>` and the
+    previous one tried. When none restores, nothing is renamed and a CheckpointError says how to
+    start fresh.
+    """
+    mngr = self._latest
+    steps = sorted(mngr.all_steps(), reverse=True)
+    damaged = []
+    for step in steps:
+      try:
+        restored = self._load(mngr, step, target)
+      except _Damaged as e:
+        damaged.append((step, str(e)))
+        logging.warning("checkpoint %s is damaged: %s", mngr.directory / str(step), e)
+        continue
+      for bad, _ in damaged:
+        self._set_aside(mngr, bad)
+      return restored
+    if not damaged:
+      return None
+    lines = "\n".join(f"  {mngr.directory / str(s)}: {why}" for s, why in damaged)
+    raise CheckpointError(
+        f"none of the checkpoints in {mngr.directory} can be restored:\n{lines}\nNothing was "
+        f"changed. To start fresh, move them away (mv {self.directory} "
+        f"{self.directory}.damaged) or use a new --workdir.")
+
+  def _set_aside(self, mngr, step: int) -> None:
+    path = mngr.directory / str(step)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{step}{DAMAGED_TAG}{stamp}")
+    if jax.process_index() == 0:  # one rename on shared storage; every process reloads
+      path.rename(aside)
+    mngr.reload()
+    logging.warning("renamed the damaged checkpoint %s to %s (kept, not deleted); resuming from "
+                    "the one before it", path, aside.name)
+
+  def _load(self, mngr, step: int, target):
+    """(state, meta) of one step; CheckpointError when it does not fit `target`, _Damaged when
+    it cannot be read as written."""
+    path = mngr.directory / str(step)
     abstract = jax.tree.map(
         lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else abstract_like(x), target)
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    except (ValueError, KeyError, TypeError) as e:
-      raise CheckpointError(
-          f"checkpoint {mngr.directory / str(step)} does not fit this config (model, head or "
-          f"trainable patterns changed?): {e}\nUse a fresh --workdir, or the config it was "
-          "trained with (its config.json).") from e
-    return restored.state, dict(restored.meta)
+    except Exception as e:  # noqa: BLE001 (Orbax/TensorStore raise plain Exception on bad data)
+      saved = _saved_shapes(path / "state")
+      if saved is not None and saved != _shapes(abstract):
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this config (model, head or trainable patterns "
+            f"changed?): {_first_line(e)}\nUse a fresh --workdir, or the config it was trained "
+            "with (its config.json).") from e
+      raise _Damaged(f"cannot be read ({_first_line(e)})") from e
+    meta = dict(restored.meta)
+    digest = meta.pop(DIGEST_KEY, None)
+    if digest is not None and digest != state_digest(restored.state):
+      raise _Damaged("its arrays do not match the checksum saved with them (bit rot, or a copy "
+                     "that changed them)")
+    return restored.state, meta
 
   def restore_meta(self, *, which: str = LATEST, step: Optional[int] = None) -> Optional[dict]:
     """The JSON metadata alone (epoch, class names, history), without reading arrays."""
@@ -104,16 +255,20 @@ class Checkpoints:
     if step is None:
       return None
     restored = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    return dict(restored.meta)
+    meta = dict(restored.meta)
+    meta.pop(DIGEST_KEY, None)
+    return meta
 
   def wait(self) -> None:
     """Block until pending asynchronous saves are on disk."""
-    self._latest.wait_until_finished()
-    self._best.wait_until_finished()
+    for mngr in (self._latest, self._best):
+      with self._disk_errors(mngr):
+        mngr.wait_until_finished()
 
   def close(self) -> None:
-    self._latest.close()
-    self._best.close()
+    for mngr in (self._latest, self._best):
+      with self._disk_errors(mngr):
+        mngr.close()
 
   def __enter__(self):
     return self
@@ -122,11 +277,31 @@ class Checkpoints:
     self.close()
 
 
+def _shapes(tree) -> list:
+  return sorted((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(tree))
+
+
+def _saved_shapes(path: pathlib.Path) -> Optional[list]:
+  """(shape, dtype) of every array a state item holds, from its metadata; None if unreadable."""
+  try:
+    return _shapes(ocp.StandardCheckpointHandler().metadata(path).tree)
+  except Exception:  # noqa: BLE001 (damaged metadata: the caller says so)
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+  """The innermost cause's first line (TensorStore's own reason, e.g. OUT_OF_RANGE), short."""
+  while e.__cause__ is not None:
+    e = e.__cause__
+  text = str(e).strip() or type(e).__name__
+  return f"{type(e).__name__}: " + text.splitlines()[0].split(" [tensorstore_spec=")[0][:300]
+
+
 def restore_latest(workdir, target) -> Optional[tuple[Any, dict]]:
   """(state, meta) of `workdir/checkpoints/latest`, or None. meta['epoch'] is the finished epoch."""
   if not has_checkpoint(workdir, LATEST):
     return None
-  with Checkpoints(workdir) as ckpts:
+  with Checkpoints(workdir, read_only=True) as ckpts:
     return ckpts.restore(target, which=LATEST)
 
 
@@ -134,8 +309,14 @@ def restore_best(workdir, target) -> Optional[tuple[Any, dict]]:
   """(state, meta) of `workdir/checkpoints/best` (highest validation accuracy), or None."""
   if not has_checkpoint(workdir, BEST):
     return None
-  with Checkpoints(workdir) as ckpts:
+  with Checkpoints(workdir, read_only=True) as ckpts:
     return ckpts.restore(target, which=BEST)
+
+
+def steps_on_disk(directory) -> list[int]:
+  """The finished checkpoints in a manager's folder (temporary and damaged ones are not)."""
+  directory = pathlib.Path(directory)
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
 
 
 def has_checkpoint(workdir, which: str = LATEST) -> bool:

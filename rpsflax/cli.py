@@ -31,12 +31,22 @@ class _QuietOrbax(std_logging.Filter):
   """Orbax logs every save and restore at INFO, drowning the training log; keep its warnings."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+    if "/orbax/" not in record.pathname:
+      return True
+    # A failed background save is logged with its traceback by each Orbax thread, then raised to
+    # the caller, which reports it once (e.g. a full disk): keep Orbax's line, not its traceback.
+    record.exc_info, record.exc_text = None, None
+    return record.levelno >= std_logging.WARNING
 
 
 def _closed_loop_noise(unraisable) -> bool:
   e = unraisable.exc_value
-  return isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
+  if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+    return True
+  # The sibling reads of a failed restore, never awaited once the first one failed: each reports
+  # the same damage again ("Exception ignored in: <coroutine ...>") at exit.
+  code = getattr(unraisable.object, "cr_code", None)
+  return code is not None and "/orbax/" in code.co_filename
 
 
 def setup_logging() -> None:

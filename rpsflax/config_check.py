@@ -132,6 +132,11 @@ def check_config(config) -> None:
     problems.append(f"config.data.val_fraction={c.data.val_fraction}: must be in [0, 1)")
   if c.data.holdout < 0:
     problems.append(f"config.data.holdout={c.data.holdout}: must be 0 or more")
+  max_pixels = c.data.get("max_image_pixels", data_files.DEFAULT_MAX_IMAGE_PIXELS)
+  if not 1 <= max_pixels <= data_files.MAX_IMAGE_PIXELS_CEILING:
+    problems.append(f"config.data.max_image_pixels={max_pixels}: must be in [1, "
+                    f"{data_files.MAX_IMAGE_PIXELS_CEILING}] (above that PIL refuses any image "
+                    "as a decompression bomb)")
 
   for key in ("rotation_range", "shear_range", "zoom_range", "width_shift_range",
               "height_shift_range"):

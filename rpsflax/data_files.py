@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 from absl import logging
 import numpy as np
 from PIL import Image
+from rpsflax import atomic
 from rpsflax.errors import DataError
 
 # config.data.resize_method: Keras / PIL interpolation names -> tf.image.resize methods
@@ -40,6 +41,10 @@ REPORT_FILE = "data_report.json"
 TFDS_PREFIX = "tfds:"
 # Seed-sequence tags, so each seeded draw has its own stream.
 _HOLDOUT_TAG, _VALIDATION_TAG, EPOCH_TAG = 1, 2, 3
+# Pixels an image may declare in its header (config.data.max_image_pixels): checked before any
+# decoding. PIL refuses above twice its own MAX_IMAGE_PIXELS whatever this says (a bomb).
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # PIL's warning threshold: 256 MiB as RGB
+MAX_IMAGE_PIXELS_CEILING = 2 * Image.MAX_IMAGE_PIXELS
 _LAYOUT_HELP = ("expected DIR/train/<class>/*.jpg (class folders, as flow_from_directory), "
                 "DIR/train/cat.123.jpg (flat, class = file name prefix), or DIR itself in one of "
                 "these layouts; optional DIR/validation (or valid/val/test) beside train")
@@ -59,8 +64,16 @@ def _hidden(name: str) -> bool:
 
 
 def _walk_images(folder: str) -> list[str]:
-  out = []
+  """Image files under `folder`, following folder symlinks, each real folder once (a symlink
+  back to a parent would otherwise list the same files again and again)."""
+  out, seen = [], set()
   for root, dirs, files in os.walk(folder, followlinks=True):
+    st = os.stat(root)
+    if (st.st_dev, st.st_ino) in seen:
+      logging.warning("%s is a folder already listed (a symlink loop?): not listed again", root)
+      dirs[:] = []
+      continue
+    seen.add((st.st_dev, st.st_ino))
     dirs[:] = [d for d in dirs if not _hidden(d)]
     out.extend(os.path.join(root, f) for f in files if is_image_name(f))
   return sorted(out)
@@ -207,13 +220,27 @@ class ImageInfo:
     return "pil"
 
 
-def check_image(path: str) -> tuple[Optional[ImageInfo], Optional[str]]:
-  """(info, None) when PIL can decode the whole file, else (None, reason)."""
+def check_image(path: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                ) -> tuple[Optional[ImageInfo], Optional[str]]:
+  """(info, None) when PIL can decode the whole file, else (None, reason).
+
+  The size declared in the header is checked against `max_pixels` before anything is decoded,
+  so a decompression bomb costs a header read, not its declared gigabytes.
+  """
+  if "\t" in path or "\n" in path:
+    return None, "its name holds a tab or a line break (splits/*.txt holds one path per line)"
   try:
-    if os.path.getsize(path) == 0:
-      return None, "empty file (0 bytes)"
-    with Image.open(path) as im:
+    size = os.path.getsize(path)  # follows symlinks: a loop or a dangling link fails here
+  except OSError as e:
+    return None, f"cannot read: {e.strerror or e}"
+  if size == 0:
+    return None, "empty file (0 bytes)"
+  try:
+    with Image.open(path) as im:  # reads the header only
       info = ImageInfo(im.format or "?", im.mode, im.width, im.height)
+      if info.width * info.height > max_pixels:
+        return None, (f"declares {info.width}x{info.height} pixels, over "
+                      f"config.data.max_image_pixels={max_pixels} (not decoded)")
       if im.format == "JPEG":
         im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))  # 1/8 scale: fast,
       im.load()                                                            # still reads it all
@@ -222,8 +249,8 @@ def check_image(path: str) -> tuple[Optional[ImageInfo], Optional[str]]:
     return info, None
   except Image.UnidentifiedImageError:
     return None, "not an image (PIL cannot identify the file)"
-  except Image.DecompressionBombError as e:
-    return None, f"too large to decode safely: {e}"
+  except Image.DecompressionBombError as e:  # PIL's own check at open, above twice its limit
+    return None, f"declares too many pixels, over config.data.max_image_pixels={max_pixels} ({e})"
   except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
     msg = str(e) or type(e).__name__
     return None, f"cannot decode: {msg}"
@@ -231,6 +258,7 @@ def check_image(path: str) -> tuple[Optional[ImageInfo], Optional[str]]:
 
 def scan_images(paths: Sequence[str], *, num_threads: Optional[int] = None,
                 progress: Optional[bool] = None, desc: str = "checking images",
+                max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
                 ) -> tuple[dict[str, ImageInfo], list[tuple[str, str]]]:
   """Check every file in a thread pool: ({path: info} of readable ones, [(path, reason)])."""
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
@@ -240,7 +268,7 @@ def scan_images(paths: Sequence[str], *, num_threads: Optional[int] = None,
   workers = num_threads or min(32, 2 * (os.cpu_count() or 1))
   infos, skipped = {}, []
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    results = pool.map(check_image, paths, chunksize=16)
+    results = pool.map(lambda p: check_image(p, max_pixels), paths, chunksize=16)
     for p, (info, reason) in tqdm(zip(paths, results), total=len(paths), desc=desc,
                                   disable=not progress, unit="img"):
       if info is None:
@@ -331,10 +359,7 @@ def batch_index_matrix(order: np.ndarray, global_batch: int, process_index: int 
 # Split files in the workdir.
 
 def _atomic_write(path: pathlib.Path, text: str):
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  tmp.write_text(text)
-  os.replace(tmp, path)
+  atomic.write_text(path, text)
 
 
 def write_splits(workdir, splits: dict[str, tuple[list[str], np.ndarray]], meta: dict):
@@ -487,6 +512,12 @@ def check_listings(listings: dict[str, FolderListing]) -> list[str]:
     if listing.layout in ("empty", "unlabelled"):
       raise DataError(f"the {split} folder {listing.path} has no labelled images "
                       f"({listing.layout}): {_LAYOUT_HELP}")
+  for split, listing in listings.items():
+    empty = [c for c in listing.class_dirs if c not in listing.classes]
+    if empty:
+      raise DataError(f"class folder {os.path.join(listing.path, empty[0])} of the {split} data "
+                      "holds no image files: add images, or remove the folder (an empty class "
+                      "would still take an output of the model)")
   class_names = train.class_names
   if len(class_names) < 2:
     raise DataError(f"{train.path} has one class ({class_names}): a classifier needs at least "
@@ -501,13 +532,14 @@ def check_listings(listings: dict[str, FolderListing]) -> list[str]:
 
 def prepare_folder(data_dir, workdir=None, *, seed: int = 0, holdout: int = 0,
                    val_fraction: float = 0.2, write: bool = True,
-                   num_threads: Optional[int] = None) -> FolderData:
+                   num_threads: Optional[int] = None,
+                   max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> FolderData:
   """List, check and split a data folder; write splits and report into `workdir` if given."""
   data_dir = os.path.abspath(os.fspath(data_dir))
   listings = find_split_folders(data_dir)
   class_names = check_listings(listings)
   all_files = [f for l in listings.values() for f in l.files]
-  infos, skipped = scan_images(all_files, num_threads=num_threads)
+  infos, skipped = scan_images(all_files, num_threads=num_threads, max_pixels=max_pixels)
   for split, listing in listings.items():
     _check_classes(listing, infos, split)
   index = {c: i for i, c in enumerate(class_names)}

@@ -42,3 +42,7 @@ class StoppedError(Exception):
 
 class NonFiniteError(StoppedError, FloatingPointError):
   """The training loss became NaN or infinite; the last finite checkpoints are kept."""
+
+
+class WriteError(UserError, OSError):
+  """A file of the run cannot be written (disk full, quota, permissions): nothing before it lost."""

@@ -70,7 +70,7 @@ def evaluate_checkpoint(config, workdir, split: str = "validation", data_dir: Op
     name = f"folder-{pathlib.Path(data_dir).resolve().name}"
     extra["folders"] = folders
   else:
-    datasets = input_pipeline.create_datasets(config, workdir)
+    datasets = input_pipeline.create_datasets(config, workdir, write=False)  # reads the splits
     if not datasets.num_examples.get(split, 0):
       raise errors.DataError(f"split {split!r} has no examples in this run's data (it has "
                              f"{ {k: v for k, v in datasets.num_examples.items() if v} }); "

@@ -46,13 +46,55 @@ _PROGRESS_MIN = 2000
 # ---------------------------------------------------------------------------------------------
 # Decoding and resizing (TF graph functions, used inside tf.data maps).
 
-def _pil_rgb(data: bytes) -> np.ndarray:
-  with Image.open(io.BytesIO(data)) as im:
+def _pil_rgb(data: bytes, max_pixels=data_files.DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+  try:
+    im = Image.open(io.BytesIO(data))  # the header only: nothing decoded yet
+  except Image.DecompressionBombError as e:  # PIL's own limit, above any allowed max_pixels
+    raise ValueError(f"declares too many pixels, over config.data.max_image_pixels="
+                     f"{int(max_pixels)} ({e})") from e
+  with im:
+    if im.width * im.height > int(max_pixels):
+      raise ValueError(f"declares {im.width}x{im.height} pixels, over "
+                       f"config.data.max_image_pixels={int(max_pixels)}")
     return np.asarray(im.convert("RGB"))  # what keras.utils.load_img does
 
 
-def decode_image(data: tf.Tensor, code: tf.Tensor) -> tf.Tensor:
-  """Encoded bytes -> uint8 [h, w, 3]; `code` picks the decoder (see ImageInfo.decoder)."""
+def _declared_pixels(data: tf.Tensor) -> tf.Tensor:
+  """width x height (int64) from the header of encoded bytes, read before decoding (a file that
+  changed since the scan is checked again). The format is sniffed from the bytes, not taken from
+  the scan: JPEG, its SOF marker; PNG, the IHDR chunk (bytes 16-23, big-endian); else PIL."""
+  def jpeg():
+    shape = tf.cast(tf.io.extract_jpeg_shape(data), tf.int64)
+    return shape[0] * shape[1]
+
+  def png():
+    b = tf.cast(tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.uint8), tf.int64)
+    b = tf.ensure_shape(b, [8])
+    word = lambda i: ((b[i] * 256 + b[i + 1]) * 256 + b[i + 2]) * 256 + b[i + 3]
+    return word(0) * word(4)
+
+  def pil():
+    def pixels(d):
+      with Image.open(io.BytesIO(d)) as im:
+        return np.int64(im.width * im.height)
+    return tf.reshape(tf.numpy_function(pixels, [data], tf.int64, stateful=False), [])
+  head = tf.strings.substr(data, 0, 4)
+  return tf.case([(tf.strings.substr(head, 0, 2) == b"\xff\xd8", jpeg),
+                  (head == b"\x89PNG", png)], default=pil, exclusive=True)
+
+
+def decode_image(data: tf.Tensor, code: tf.Tensor,
+                 max_pixels: int = data_files.DEFAULT_MAX_IMAGE_PIXELS) -> tf.Tensor:
+  """Encoded bytes -> uint8 [h, w, 3]; `code` picks the decoder (see ImageInfo.decoder).
+
+  Fails (InvalidArgumentError) without decoding when the header declares more than `max_pixels`.
+  """
+  check = tf.debugging.assert_less_equal(
+      _declared_pixels(data), tf.constant(int(max_pixels), tf.int64),
+      message="the image declares more pixels than config.data.max_image_pixels")
+  with tf.control_dependencies([check]):
+    data = tf.identity(data)
+
   def jpeg():
     return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
 
@@ -60,8 +102,8 @@ def decode_image(data: tf.Tensor, code: tf.Tensor) -> tf.Tensor:
     return tf.io.decode_png(data, channels=3, dtype=tf.uint8)
 
   def pil():
-    return tf.ensure_shape(tf.numpy_function(_pil_rgb, [data], tf.uint8, stateful=False),
-                           [None, None, 3])
+    return tf.ensure_shape(tf.numpy_function(_pil_rgb, [data, max_pixels], tf.uint8,
+                                             stateful=False), [None, None, 3])
   return tf.switch_case(tf.cast(code, tf.int32), [jpeg, png, pil])
 
 
@@ -88,8 +130,8 @@ def resize_image(image: tf.Tensor, size: tuple[int, int], method: str = "nearest
   return tf.ensure_shape(tf.cond(same, lambda: image, smooth), [h, w, 3])
 
 
-def _load_resize(path, code, size, method):
-  return resize_image(decode_image(tf.io.read_file(path), code), size, method)
+def _load_resize(path, code, size, method, max_pixels=data_files.DEFAULT_MAX_IMAGE_PIXELS):
+  return resize_image(decode_image(tf.io.read_file(path), code, max_pixels), size, method)
 
 
 def _image_size(size) -> tuple[int, int]:
@@ -105,15 +147,17 @@ def _check_method(method: str):
                     f"{sorted(data_files.RESIZE_METHODS)} ('nearest' is Keras' flow_from_directory default)")
 
 
-def _pil_load_resize(path: str, size, method) -> np.ndarray:
+def _pil_load_resize(path: str, size, method,
+                     max_pixels=data_files.DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
   """The slow, sure path for a file tf.io refused: PIL decode, same resize."""
   with open(path, "rb") as f:
-    rgb = _pil_rgb(f.read())
+    rgb = _pil_rgb(f.read(), max_pixels)
   return resize_image(tf.constant(rgb), size, method).numpy()
 
 
 def _decode_files(paths: np.ndarray, codes: np.ndarray, size, method, num_parallel_calls,
-                  out: np.ndarray, desc: str = "decoding") -> list[tuple[int, str]]:
+                  out: np.ndarray, desc: str = "decoding",
+                  max_pixels: int = data_files.DEFAULT_MAX_IMAGE_PIXELS) -> list[tuple[int, str]]:
   """Decode paths[i] into out[i] in parallel; returns [(i, reason)] of files no decoder read."""
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   n = len(paths)
@@ -121,7 +165,7 @@ def _decode_files(paths: np.ndarray, codes: np.ndarray, size, method, num_parall
     return []
   done = np.zeros(n, bool)
   ds = tf.data.Dataset.from_tensor_slices((np.arange(n), paths.astype(str), codes))
-  ds = ds.map(lambda i, p, c: (i, _load_resize(p, c, size, method)),
+  ds = ds.map(lambda i, p, c: (i, _load_resize(p, c, size, method, max_pixels)),
               num_parallel_calls=num_parallel_calls, deterministic=False)
   ds = ds.ignore_errors().batch(_DECODE_BATCH).prefetch(2)
   with tqdm(total=n, desc=desc, unit="img", disable=n < _PROGRESS_MIN) as bar:
@@ -132,7 +176,7 @@ def _decode_files(paths: np.ndarray, codes: np.ndarray, size, method, num_parall
   failed = []
   for i in np.flatnonzero(~done):
     try:
-      out[i] = _pil_load_resize(str(paths[i]), size, method)
+      out[i] = _pil_load_resize(str(paths[i]), size, method, max_pixels)
     except Exception as e:  # pylint: disable=broad-except
       failed.append((int(i), f"cannot decode: {e}"))
   return failed
@@ -197,7 +241,8 @@ class Datasets:
                skipped: list[tuple[str, str]], image_size, resize_method: str, batch_size: int,
                eval_batch_size: int, seed: int, cache: bool = True, num_parallel_calls: int = -1,
                process_index: int = 0, process_count: int = 1, source: str = "",
-               report: Optional[dict] = None):
+               report: Optional[dict] = None,
+               max_pixels: int = data_files.DEFAULT_MAX_IMAGE_PIXELS):
     _check_batches(batch_size, eval_batch_size, process_count)
     self.class_names = list(class_names)
     self.skipped = list(skipped)
@@ -206,6 +251,7 @@ class Datasets:
     self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
     self.seed, self.cache = seed, cache
     self.num_parallel_calls = num_parallel_calls
+    self.max_pixels = int(max_pixels)
     self.process_index, self.process_count = process_index, process_count
     self.source = source
     self.report = report or {}
@@ -291,7 +337,8 @@ class Datasets:
         return
       tmp = np.zeros((len(rows), *s.images.shape[1:]), np.uint8)
       failed = _decode_files(s.paths[rows], s.codes[rows], self.image_size, self.resize_method,
-                             self.num_parallel_calls, tmp, desc=f"decoding {split}")
+                             self.num_parallel_calls, tmp, desc=f"decoding {split}",
+                             max_pixels=self.max_pixels)
       if failed:
         i, reason = failed[0]
         raise DataError(f"{s.paths[rows[i]]}: {reason}. It was readable when the data was "
@@ -305,6 +352,7 @@ class Datasets:
     b = idx.shape[1]
     size, method = self.image_size, self.resize_method
     zeros = tf.zeros((*size, 3), tf.uint8)
+    max_pixels = self.max_pixels
 
     def dataset(rows):
       flat = rows.reshape(-1)
@@ -313,7 +361,8 @@ class Datasets:
       ds = tf.data.Dataset.from_tensor_slices(
           (s.paths[take].astype(str), s.codes[take], s.labels[take] * valid, valid))
       ds = ds.map(lambda p, c, l, v: {"image": tf.cond(v, lambda: _load_resize(p, c, size,
-                                                                              method),
+                                                                              method,
+                                                                              max_pixels),
                                                        lambda: zeros),
                                       "label": l, "mask": v},
                   num_parallel_calls=self.num_parallel_calls, deterministic=True)
@@ -335,7 +384,8 @@ class Datasets:
     for j, i in enumerate(row):
       if i >= 0:
         try:
-          images[j] = _pil_load_resize(str(s.paths[i]), self.image_size, self.resize_method)
+          images[j] = _pil_load_resize(str(s.paths[i]), self.image_size, self.resize_method,
+                                       self.max_pixels)
         except Exception as e:  # pylint: disable=broad-except
           raise DataError(f"{s.paths[i]}: cannot decode ({e}). It was readable when the data "
                           "was checked; it changed since. Remove or restore it") from e
@@ -380,12 +430,19 @@ def _split_objects(splits, codes_of) -> dict[str, _Split]:
           for k, (paths, labels) in splits.items()}
 
 
+def max_image_pixels(config) -> int:
+  """config.data.max_image_pixels (workdirs trained before it existed: the default)."""
+  return int(config.data.get("max_image_pixels", data_files.DEFAULT_MAX_IMAGE_PIXELS))
+
+
 def create_datasets(config, workdir=None, *, process_index: Optional[int] = None,
-                    process_count: Optional[int] = None, check_head: bool = True) -> Datasets:
+                    process_count: Optional[int] = None, check_head: bool = True,
+                    write: bool = True) -> Datasets:
   """The train/validation(/holdout/test) splits of config.data.dir, or of TFDS when it is ''.
 
   Checks every file, draws or reuses the splits, writes workdir/splits/*.txt and
-  workdir/data_report.json (process 0 only; nothing when workdir is None). Raises DataError
+  workdir/data_report.json (process 0 only; nothing when workdir is None or `write` is False:
+  evaluating a workdir only reads its splits). Raises DataError
   before any training for anything a user must fix (with `check_head`, also a class count
   that config.head.num_classes cannot represent).
   """
@@ -395,18 +452,21 @@ def create_datasets(config, workdir=None, *, process_index: Optional[int] = None
   common = dict(image_size=config.data.image_size, resize_method=config.data.resize_method,
                 batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
                 seed=config.seed, num_parallel_calls=config.data.num_parallel_calls,
-                process_index=pi, process_count=pc)
+                process_index=pi, process_count=pc, max_pixels=max_image_pixels(config))
   if config.data.dir:
     fd = data_files.prepare_folder(config.data.dir, workdir, seed=config.seed,
                                    holdout=config.data.holdout,
-                                   val_fraction=config.data.val_fraction, write=pi == 0)
+                                   val_fraction=config.data.val_fraction,
+                                   write=write and pi == 0,
+                                   max_pixels=max_image_pixels(config))
     if check_head:
       _check_head(config, fd.class_names)
     splits = _split_objects(fd.splits, lambda p: _CODES[fd.infos[p].decoder])
     return Datasets(class_names=fd.class_names, splits=splits, skipped=fd.skipped,
                     cache=config.data.cache, source=fd.report["source"], report=fd.report,
                     **common)
-  return _tfds_datasets(config, workdir, write=pi == 0, common=common, check_head=check_head)
+  return _tfds_datasets(config, workdir, write=write and pi == 0, common=common,
+                        check_head=check_head)
 
 
 def create_eval_dataset(config, path, class_names: Optional[Sequence[str]] = None, *,
@@ -426,7 +486,7 @@ def create_eval_dataset(config, path, class_names: Optional[Sequence[str]] = Non
   if listing.layout not in ("classes", "flat"):
     raise DataError(f"{path} has no labelled images ({listing.layout}): use class folders or "
                     "class-prefixed file names; to label unlabelled images use rpsflax.predict")
-  infos, skipped = data_files.scan_images(listing.files)
+  infos, skipped = data_files.scan_images(listing.files, max_pixels=max_image_pixels(config))
   names = list(class_names) if class_names is not None else listing.class_names
   unknown = sorted(set(listing.classes) - set(names))
   if unknown:
@@ -446,7 +506,7 @@ def create_eval_dataset(config, path, class_names: Optional[Sequence[str]] = Non
                   resize_method=config.data.resize_method, batch_size=config.batch_size,
                   eval_batch_size=config.eval_batch_size, seed=config.seed,
                   num_parallel_calls=config.data.num_parallel_calls, process_index=pi,
-                  process_count=pc)
+                  process_count=pc, max_pixels=max_image_pixels(config))
 
 
 def _offline_message(name: str, data_dir, error: Exception) -> str:

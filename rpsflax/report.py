@@ -7,13 +7,14 @@ backend and global state alone.
 
 import json
 import math
-import os
 import pathlib
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from rpsflax import atomic
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
@@ -41,12 +42,7 @@ def _plain(value: Any) -> Any:
 
 def write_json(path, obj) -> pathlib.Path:
   """Write atomically (temp file + rename): a crash never leaves half a file behind."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(_plain(obj), indent=2) + "\n")
-  os.replace(tmp, path)
-  return path
+  return atomic.write_text(path, json.dumps(_plain(obj), indent=2) + "\n")
 
 
 def config_to_dict(config) -> dict:
@@ -144,9 +140,10 @@ def _new_figure(width: float, height: float, layout: str | None = None) -> Figur
 
 
 def _save(fig: Figure, path) -> pathlib.Path:
+  """Write the figure atomically (see rpsflax.atomic): a kill leaves the old picture or the new."""
   path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, bbox_inches="tight")
+  with atomic.replacing(path) as tmp:
+    fig.savefig(tmp, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
   return path
 
 

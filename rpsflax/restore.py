@@ -24,8 +24,8 @@ def restore_state(config, workdir, which: str = ckpt_lib.BEST, mesh: Optional[Me
   order = [which] + ([ckpt_lib.LATEST] if which == ckpt_lib.BEST else [])
   for name in order:
     if ckpt_lib.has_checkpoint(workdir, name):
-      with ckpt_lib.Checkpoints(workdir) as ckpts:
-        restored = ckpts.restore(target, which=name)
+      with ckpt_lib.Checkpoints(workdir, read_only=True) as ckpts:  # a live run's own
+        restored = ckpts.restore(target, which=name)              # saves stay untouched
       if restored is not None:
         state, meta = restored
         return state, RunMeta.from_json(meta, checkpoint=name)

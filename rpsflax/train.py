@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from rpsflax import checkpoint as ckpt_lib
 from rpsflax import (config_check, data_files, errors, evaluation, features, input_pipeline,
-                     interrupts, models, report, sharding, steps, weights)
+                     interrupts, models, report, sharding, steps, weights, workdir_lock)
 from rpsflax.errors import NonFiniteError
 from rpsflax.run_meta import RunMeta
 
@@ -70,6 +70,7 @@ def train_and_evaluate(config, workdir) -> dict:
   Returns the final evaluation (eval.json's fields: split, accuracy, loss, num_examples,
   per_class_accuracy, plus confusion_matrix, class_names, epoch). A run that already finished
   is not retrained: its eval.json is returned (or recomputed from the checkpoint if missing).
+  One training run per workdir: a second one stops at once naming the first (`workdir_lock`).
   """
   workdir = pathlib.Path(workdir)
   config_check.check_config(config)  # keys and values, before jax.distributed reads them
@@ -77,6 +78,12 @@ def train_and_evaluate(config, workdir) -> dict:
   mesh = sharding.make_mesh()
   preflight(config, mesh)
   workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lock.hold(workdir, enabled=sharding.is_chief()):
+    return run(config, workdir, mesh)
+
+
+def run(config, workdir: pathlib.Path, mesh) -> dict:
+  """The run itself, checked and holding the workdir's lock (`train_and_evaluate`)."""
   datasets = input_pipeline.create_datasets(config, workdir)  # checks the class count vs head
   class_names = list(datasets.class_names)
   if sharding.is_chief():  # once the data has been read: a run that fails on it keeps the old one
@@ -90,8 +97,8 @@ def train_and_evaluate(config, workdir) -> dict:
   ckpts = ckpt_lib.Checkpoints(workdir)
   writer = None
   try:
-    restored = ckpts.restore(steps.abstract_train_state(config, model, repl),
-                             which=ckpt_lib.LATEST)
+    # A damaged newest checkpoint is set aside (renamed, never deleted) for the one before it.
+    restored = ckpts.restore_for_resume(steps.abstract_train_state(config, model, repl))
     if restored is None:
       state, meta = initial_state(config, model, init_rng, repl), RunMeta()
     else:
@@ -172,8 +179,8 @@ def train_and_evaluate(config, workdir) -> dict:
       result = evaluation.evaluate_batches(run_steps.eval, state,
                                            datasets.eval_batches(final_split), mesh, config)
     extra = {"epoch": len(meta.history), "step": step, "checkpoint": "latest (final parameters)"}
+    ckpts.wait()  # a failed save (disk full) stops before eval.json says the run finished
     _write_reports(workdir, meta.history, result, class_names, final_split, extra)
-    ckpts.wait()
     return evaluation.eval_result(result, class_names, final_split, **extra)
   finally:
     if writer is not None:

@@ -9,6 +9,9 @@ files; these helpers write such folders in a few milliseconds so any test can us
   flat_folder(root, {'cat': 3, 'dog': 3}, sep='.')           root/<class><sep><i>.<ext> (Kaggle)
   broken_files(root, prefix='cat')                           one file of each broken kind
   image_array(size, seed)                                    the RGB content write_image uses
+  png_bomb(path, 40000, 40000)                               a valid PNG of zeros: ~1.5 MB on
+                                                             disk, 1.6 G pixels decoded
+  lying_png(path, declared=(64, 64), actual=(32, 32))        a PNG whose header lies about its size
 
 Images are smooth gradients plus noise, so resizing and decoding differences show up.
 """
@@ -16,6 +19,8 @@ Images are smooth gradients plus noise, so resizing and decoding differences sho
 import io
 import itertools
 import pathlib
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -141,3 +146,44 @@ def broken_files(root, kinds=BROKEN_KINDS, *, prefix="cat", sep=".") -> dict[pat
   """One unreadable file per kind in `root`, named like images of class `prefix`."""
   root = pathlib.Path(root)
   return {write_broken(root / f"{prefix}{sep}broken_{kind}.jpg", kind): kind for kind in kinds}
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+  return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bomb(path, width: int = 40000, height: int = 40000) -> pathlib.Path:
+  """A valid grayscale PNG of width x height zeros, written in milliseconds: one deflate block of
+  zeros, flushed so that it stands alone, repeated (a real decompression bomb: every byte of the
+  declared image is there to decode)."""
+  raw = height * (width + 1)  # each row: filter byte 0, then the pixels
+  rows_per_block = max(1, min(height, 4_000_000 // (width + 1)))
+  block = rows_per_block * (width + 1)
+  c = zlib.compressobj(9, zlib.DEFLATED, -15)
+  body = c.compress(bytes(block)) + c.flush(zlib.Z_FULL_FLUSH)
+  n, rest = divmod(raw, block)
+  tail = zlib.compressobj(9, zlib.DEFLATED, -15)
+  end = tail.compress(bytes(rest)) + tail.flush(zlib.Z_FINISH)
+  adler = ((raw % 65521) << 16) | 1  # adler32 of `raw` zero bytes
+  idat = b"\x78\xda" + body * n + end + struct.pack(">I", adler)
+  png = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+         + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(png)
+  return path
+
+
+def lying_png(path, declared=(64, 64), actual=(32, 32), seed=0) -> pathlib.Path:
+  """A PNG of `actual` (h, w) pixels whose IHDR (CRC fixed) declares `declared`."""
+  buf = io.BytesIO()
+  Image.fromarray(image_array(actual, seed)).save(buf, "PNG")
+  data = bytearray(buf.getvalue())
+  ihdr = bytearray(data[12:29])  # b'IHDR' + 13 bytes
+  ihdr[4:12] = struct.pack(">II", declared[1], declared[0])
+  data[12:29] = ihdr
+  data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(bytes(data))
+  return path

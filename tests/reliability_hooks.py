@@ -11,12 +11,27 @@ signal a run at an exact point (no sleeps, no races):
                                  the 8th step
   RPSFLAX_HOOK=commit:latest/10  park inside Orbax's commit of checkpoints/latest/10: its files
                                  are written in the temporary folder, which is not yet renamed
+  RPSFLAX_HOOK=enospc:latest/10  the save of checkpoints/latest/10 fails with OSError ENOSPC as
+                                 Orbax commits it (its files written, the folder not renamed)
+  RPSFLAX_HOOK=after_scan:vanish:PATH  delete PATH once the readability scan is done (before decoding)
+  RPSFLAX_HOOK=after_scan:bomb:PATH    replace PATH by a 13000x13000 PNG bomb at that moment
+  RPSFLAX_HOOK=kill:EVENT:N      SIGKILL the process at the Nth EVENT (counted from 1):
+                                 step   right after dispatching a train step (it is computing)
+                                 eval   right after dispatching an eval step
+                                 ckpt   inside Orbax's commit of a checkpoint (files written,
+                                        folder not yet renamed)
+                                 write:NAME  half way through writing a file called NAME (or its
+                                        temporary file), e.g. write:history.json
+  (several hooks: separate them with ',')
   RPSFLAX_HOOK_MARKER=FILE       written when the process parks (the test waits for it)
   RPSFLAX_HOOK_GO=FILE           go on once this file exists
 
 Everything else (flags, errors, exit codes) is rpsflax.main's own.
 """
 
+import builtins
+import errno
+import io
 import os
 import pathlib
 import signal
@@ -108,18 +123,159 @@ def hook_commit(which_step: str) -> None:
   cls.finalize = finalize
 
 
+def _patch_finalize(which_step: str, action) -> None:
+  """Run `action(final_path)` inside Orbax's commit (rename) of checkpoints/<which>/<step>;
+  which_step '*' means every checkpoint."""
+  from orbax.checkpoint._src.path import atomicity
+
+  cls = atomicity.AtomicRenameTemporaryPath
+  real = cls.finalize
+
+  async def finalize(self, *args, **kwargs):
+    final = pathlib.Path(str(self.get_final()))
+    if which_step == "*" or f"{final.parent.name}/{final.name}" == which_step:
+      action(final)
+    return await real(self, *args, **kwargs)
+
+  cls.finalize = finalize
+
+
+def hook_enospc(which_step: str) -> None:
+  """The disk fills up while checkpoints/<which>/<step> is saved."""
+  def full(final):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final))
+  _patch_finalize(which_step, full)
+
+
+def hook_after_scan(arg: str) -> None:
+  """Delete a file, or turn it into a decompression bomb, after the scan found it readable."""
+  from rpsflax import data_files
+
+  what, _, path = arg.partition(":")
+  real = data_files.scan_images
+
+  def scan_images(*args, **kwargs):
+    out = real(*args, **kwargs)
+    if what == "vanish":
+      os.remove(path)
+    elif what == "bomb":
+      import data_factory  # tests/ is on sys.path: this script lives there
+
+      # 13000x13000: 0.5 GB as RGB, just under the 2**29 bytes above which TensorFlow's decoders
+      # refuse by themselves: so it is our header check (config.data.max_image_pixels) that
+      # keeps it from being decoded.
+      data_factory.png_bomb(path, 13000, 13000)
+    else:
+      raise SystemExit(f"reliability_hooks: after_scan:{what}? use vanish or bomb")
+    return out
+
+  data_files.scan_images = scan_images
+
+
+def _die() -> None:
+  os.kill(os.getpid(), signal.SIGKILL)
+  time.sleep(60)  # SIGKILL is delivered at once; never go on
+
+
+class _Counter:
+  def __init__(self, n: int):
+    self.n, self.seen = n, 0
+
+  def tick(self) -> bool:
+    self.seen += 1
+    return self.seen == self.n
+
+
+def hook_kill(arg: str) -> None:
+  event, _, rest = arg.partition(":")
+  if event == "write":
+    name, _, n = rest.rpartition(":")
+    return _kill_in_write(name, int(n))
+  counter = _Counter(int(rest))
+  if event == "ckpt":
+    return _patch_finalize("*", lambda final: counter.tick() and _die())
+  if event not in ("step", "eval"):
+    raise SystemExit(f"reliability_hooks: kill:{event}? use step, eval, ckpt or write")
+  import dataclasses
+
+  from rpsflax import steps
+
+  real = steps.compile_steps
+
+  def compile_steps(*args, **kwargs):
+    compiled = real(*args, **kwargs)
+
+    def step(state, batch, rng):
+      out = compiled.train(state, batch, rng)
+      if event == "step" and counter.tick():
+        _die()  # dispatched, not finished: the kill lands inside the step
+      return out
+
+    def evaluate(state, batch):
+      out = compiled.eval(state, batch)
+      if event == "eval" and counter.tick():
+        _die()
+      return out
+    return dataclasses.replace(compiled, train=step, eval=evaluate)
+
+  steps.compile_steps = compile_steps
+
+
+def _kill_in_write(name: str, n: int) -> None:
+  """The Nth time a file called `name` (or `.name.tmp...`, a temporary beside it) is opened for
+  writing, write half of what the writer hands over, flush it to the file, and SIGKILL."""
+  counter = _Counter(n)
+  real_open = io.open
+
+  class HalfWriter:
+    def __init__(self, f):
+      self._f = f
+
+    def write(self, data):
+      self._f.write(data[: max(1, len(data) // 2)])
+      self._f.flush()
+      os.fsync(self._f.fileno())
+      _die()
+
+    def __getattr__(self, attr):
+      return getattr(self._f, attr)
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      return self._f.__exit__(*exc)
+
+  def open_(file, mode="r", *args, **kwargs):
+    f = real_open(file, mode, *args, **kwargs)
+    base = os.path.basename(os.fspath(file)) if isinstance(file, (str, os.PathLike)) else ""
+    writing = any(c in mode for c in "wax+")
+    if writing and (base == name or base.startswith(f".{name}.tmp")) and counter.tick():
+      return HalfWriter(f)
+    return f
+
+  builtins.open = io.open = open_
+
+
 def main() -> None:
-  kind, _, arg = HOOK.partition(":")
-  if kind == "step":
-    hook_step(int(arg))
-  elif kind == "twice":
-    hook_twice(int(arg))
-  elif kind == "bug":
-    hook_bug(int(arg))
-  elif kind == "commit":
-    hook_commit(arg)
-  elif kind:
-    raise SystemExit(f"reliability_hooks: unknown RPSFLAX_HOOK={HOOK!r}")
+  for hook in filter(None, HOOK.split(",")):
+    kind, _, arg = hook.partition(":")
+    if kind == "step":
+      hook_step(int(arg))
+    elif kind == "twice":
+      hook_twice(int(arg))
+    elif kind == "bug":
+      hook_bug(int(arg))
+    elif kind == "commit":
+      hook_commit(arg)
+    elif kind == "enospc":
+      hook_enospc(arg)
+    elif kind == "after_scan":
+      hook_after_scan(arg)
+    elif kind == "kill":
+      hook_kill(arg)
+    else:
+      raise SystemExit(f"reliability_hooks: unknown RPSFLAX_HOOK={HOOK!r}")
   from absl import app
 
   from rpsflax import main as rps_main
