@@ -60,7 +60,7 @@ SIZES = {
     "rps_image_size": (224, 48), "cd_train_per_class": (1000, 10), "cd_val_per_class": (500, 5),
     "cd_epochs": (30, 2), "cd_image_size": (150, 150), "bench_seconds": (5.0, 2.0),
     "bench_rps_image_size": (224, 48), "bench_rps_batch": (32, 8), "bench_cd_batch": (128, 16),
-    "overhead_epochs": (1, 1),
+    "overhead_epochs": (3, 1),
 }
 
 
