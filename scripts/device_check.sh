@@ -28,8 +28,25 @@ if [ -n "$missing" ]; then
     exit 2
   fi
   # shellcheck disable=SC2086
-  "$py" -m pip install --quiet --no-index --find-links "$repo/wheels" --no-deps \
-      --target "$site" $missing
+  if ! "$py" -m pip install --quiet --no-index --find-links "$repo/wheels" --no-deps \
+      --target "$site" $missing; then
+    # No pip there: a wheel is a zip laid out as site-packages; unpack the ones for this Python.
+    echo "pip failed: unpacking the wheels into $site instead" >&2
+    # shellcheck disable=SC2086
+    "$py" - "$repo/wheels" "$site" $missing <<'PY'
+import pathlib, sys, zipfile
+wheels, site, names = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3:]
+cp = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+for name in names:
+  stem = name.replace("-", "_").lower()
+  found = [w for w in sorted(wheels.glob("*.whl")) if w.name.lower().startswith(stem + "-")
+           and ("-py3-none-any" in w.name or f"-{cp}-" in w.name)]
+  if not found:
+    sys.exit(f"error: no wheel of {name} for {cp} in {wheels}")
+  zipfile.ZipFile(found[-1]).extractall(site)
+  print(f"unpacked {found[-1].name}", file=sys.stderr)
+PY
+  fi
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
