@@ -2,7 +2,9 @@
 
 The only module of the package that imports TensorFlow, and it hides every GPU from it at
 import so that JAX owns the accelerator memory. Listing, checking and splitting folders is
-TF-free (rpsflax/data_files.py); this module decodes, resizes and batches.
+TF-free (rpsflax/data_files.py); this module decodes, resizes and batches. Where TensorFlow
+does not import, folders are decoded by rpsflax/pil_decode.py (PIL in a thread pool, the same
+bits for 'nearest'), with the same cache, order, padding and masks; TFDS then needs TF.
 
 Decoding matches Keras' `load_img` (PIL `convert('RGB')`, then PIL resize): tf.io decodes
 JPEGs (accurate IDCT) and PNGs in parallel without the GIL and is bit-identical to PIL there;
@@ -16,6 +18,8 @@ Batches: {'image': uint8 [B,H,W,3], 'label': int32 [B], 'mask': bool [B]}, B the
 batch, the last batch zero-padded with mask False, in training too (steps = ceil(n / batch)).
 """
 
+from __future__ import annotations  # tf.Tensor annotations without TensorFlow
+
 import dataclasses
 import io
 import math
@@ -27,20 +31,42 @@ from typing import Iterator, Optional, Sequence
 from absl import logging
 import numpy as np
 from PIL import Image
-import tensorflow as tf
 
-from rpsflax import data_files
+from rpsflax import data_files, pil_decode
 from rpsflax.errors import DataError
 
-try:
-  tf.config.set_visible_devices([], "GPU")
-except RuntimeError as e:  # TF already initialised by someone else: say so, carry on
-  logging.warning("could not hide GPUs from TensorFlow (%s); it may take GPU memory", e)
+try:  # the default decoder; JAX-only machines (no TensorFlow) decode with PIL
+  import tensorflow as tf
+  TF_MISSING = None
+except Exception as e:  # pylint: disable=broad-except  (ImportError, or a broken install)
+  tf = None
+  TF_MISSING = f"{type(e).__name__}: {e}"
+
+if tf is not None:
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError as e:  # TF already initialised by someone else: say so, carry on
+    logging.warning("could not hide GPUs from TensorFlow (%s); it may take GPU memory", e)
 
 _CODES = {"jpeg": 0, "png": 1, "pil": 2}
 _KNOWN_TFDS_SPLITS = {"rock_paper_scissors": ("train", "test"), "cats_vs_dogs": ("train",)}
 _DECODE_BATCH = 64
 _PROGRESS_MIN = 2000
+_decoder_logged = False
+
+
+def decoder_name() -> str:
+  """'tf.data' where TensorFlow imports, else 'pil' (logged once, at first use)."""
+  global _decoder_logged
+  name = "pil" if tf is None else "tf.data"
+  if not _decoder_logged:
+    _decoder_logged = True
+    if tf is None:
+      logging.info("decoding images with PIL in %d threads (rpsflax/pil_decode.py): "
+                   "TensorFlow does not import (%s)", pil_decode.num_threads(-1), TF_MISSING)
+    else:
+      logging.info("decoding images with tf.data (TensorFlow %s)", tf.__version__)
+  return name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,6 +171,9 @@ def _check_method(method: str):
   if method not in data_files.RESIZE_METHODS:
     raise DataError(f"config.data.resize_method={method!r}: use one of "
                     f"{sorted(data_files.RESIZE_METHODS)} ('nearest' is Keras' flow_from_directory default)")
+  if tf is None and method not in pil_decode.PIL_FILTERS:
+    raise DataError(f"config.data.resize_method={method!r} needs TensorFlow, which does not "
+                    f"import here ({TF_MISSING}): use one of {sorted(pil_decode.PIL_FILTERS)}")
 
 
 def _pil_load_resize(path: str, size, method,
@@ -163,6 +192,9 @@ def _decode_files(paths: np.ndarray, codes: np.ndarray, size, method, num_parall
   n = len(paths)
   if n == 0:
     return []
+  if decoder_name() == "pil":
+    return pil_decode.decode_files(paths, size, method, num_parallel_calls, out, desc,
+                                   _PROGRESS_MIN, max_pixels)
   done = np.zeros(n, bool)
   ds = tf.data.Dataset.from_tensor_slices((np.arange(n), paths.astype(str), codes))
   ds = ds.map(lambda i, p, c: (i, _load_resize(p, c, size, method, max_pixels)),
@@ -348,7 +380,13 @@ class Datasets:
       s.decoded[rows] = True
 
   def _stream(self, s: _Split, idx: np.ndarray) -> Iterator[dict]:
-    """Uncached: decode each batch with tf.data (parallel map, prefetch), in order."""
+    """Uncached: decode each batch (tf.data map or PIL threads, prefetched), in order."""
+    if decoder_name() == "pil":
+      return pil_decode.stream(s.paths, s.labels, idx, self.image_size, self.resize_method,
+                               self.num_parallel_calls, max_pixels=self.max_pixels)
+    return self._tf_stream(s, idx)
+
+  def _tf_stream(self, s: _Split, idx: np.ndarray) -> Iterator[dict]:
     b = idx.shape[1]
     size, method = self.image_size, self.resize_method
     zeros = tf.zeros((*size, 3), tf.uint8)
@@ -519,12 +557,28 @@ def _offline_message(name: str, data_dir, error: Exception) -> str:
           f"--config.data.tfds_data_dir to where it is prepared)")
 
 
+def _import_tfds(name: str):
+  """tensorflow_datasets, or the DataError that says to pass a folder instead."""
+  why = f"TensorFlow does not import ({TF_MISSING})" if tf is None else None
+  if why is None:
+    try:
+      import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+      return tfds
+    except Exception as e:  # pylint: disable=broad-except
+      why = f"tensorflow_datasets does not import ({type(e).__name__}: {e})"
+  raise DataError(f"config.data.dir is '', so the data would come from the TFDS catalog "
+                  f"(config.data.tfds_name={name!r}), which needs TensorFlow and "
+                  f"tensorflow_datasets: {why}. Fix: pass a local folder with "
+                  f"--config.data.dir=/path/to/folder, or pip install tensorflow "
+                  f"tensorflow-datasets")
+
+
 def _tfds_datasets(config, workdir, *, write: bool, common: dict, check_head: bool) -> Datasets:
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   name, data_dir = config.data.tfds_name, config.data.tfds_data_dir or None
   if not name:
     raise DataError("no data: config.data.dir and config.data.tfds_name are both empty; pass "
                     "--config.data.dir=/path/to/folder")
+  tfds = _import_tfds(name)
   if not config.data.cache:
     logging.info("TFDS data is decoded once into memory whatever config.data.cache says")
   try:

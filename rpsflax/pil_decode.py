@@ -1,0 +1,138 @@
+"""The TensorFlow-free decoder: PIL in a thread pool, for machines without TensorFlow.
+
+rpsflax/input_pipeline.py uses it when `import tensorflow` fails (JAX-only GPU or TPU images).
+It gives the same bits as the tf.data decoder for 'nearest' (Keras' flow_from_directory
+default): PIL's `convert('RGB')` as Keras' `load_img` does (what tf.io gives on JPEGs and 8-bit
+PNGs), except 16-bit grey PNGs, where it keeps the high byte as tf.io does (README, Data), and
+the nearest resize gathers the rows and columns PIL's NEAREST reads, as input_pipeline's TF
+resize does. The smooth methods use PIL's own filters: Keras-exact, and within the 1-2 levels
+of tf.image.resize that the TF path documents.
+
+PIL releases the GIL while it decodes and converts, so threads decode in parallel.
+"""
+
+import collections
+import concurrent.futures
+import io
+import itertools
+import os
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from rpsflax import data_files
+from rpsflax.errors import DataError
+
+# Keras / config names -> PIL filters ('area' is PIL's box filter, an area average).
+PIL_FILTERS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+               "area": Image.BOX, "lanczos": Image.LANCZOS, "lanczos3": Image.LANCZOS}
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")  # PIL's modes for a 16-bit grey PNG
+PREFETCH_BATCHES = 2  # uncached: batches decoded ahead of the consumer
+
+
+def num_threads(num_parallel_calls: int) -> int:
+  """config.data.num_parallel_calls (-1 = automatic) -> decoding threads."""
+  if num_parallel_calls and num_parallel_calls > 0:
+    return int(num_parallel_calls)
+  return min(32, os.cpu_count() or 1)
+
+
+def rgb(data: bytes, max_pixels: int = data_files.DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+  """Encoded bytes -> uint8 [h, w, 3], as tf.io / Keras' load_img decode them. The header's
+  size is checked against `max_pixels` (config.data.max_image_pixels) before decoding."""
+  with Image.open(io.BytesIO(data)) as im:
+    if im.width * im.height > int(max_pixels):
+      raise ValueError(f"{im.width}x{im.height} pixels, over config.data.max_image_pixels="
+                       f"{int(max_pixels)}")
+    if im.format == "PNG" and im.mode in _SIXTEEN_BIT:  # tf.io keeps the high byte
+      grey = (np.asarray(im, np.uint32) >> 8).clip(0, 255).astype(np.uint8)
+      return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(im.convert("RGB"))
+
+
+def nearest_index(n_in: int, n_out: int) -> np.ndarray:
+  """Source rows PIL's NEAREST resize reads: x0 = s/2, x_k = x_{k-1} + s, floor (float64)."""
+  s = n_in / n_out
+  steps = np.full(n_out, s, np.float64)
+  steps[0] = s * 0.5
+  return np.minimum(np.cumsum(steps).astype(np.int64), n_in - 1)
+
+
+def resize(image: np.ndarray, size: tuple[int, int], method: str = "nearest") -> np.ndarray:
+  """uint8 [h, w, 3] -> uint8 [size[0], size[1], 3], as PIL's Image.resize(method)."""
+  h, w = size
+  if method == "nearest":
+    return image[nearest_index(image.shape[0], h)][:, nearest_index(image.shape[1], w)]
+  if image.shape[:2] == (h, w):  # Keras leaves such images untouched
+    return image
+  if method not in PIL_FILTERS:
+    raise DataError(f"config.data.resize_method={method!r} needs TensorFlow (not importable "
+                    f"here): use one of {sorted(PIL_FILTERS)}")
+  return np.asarray(Image.fromarray(image).resize((w, h), PIL_FILTERS[method]))
+
+
+def load(path: str, size: tuple[int, int], method: str,
+         max_pixels: int = data_files.DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+  with open(path, "rb") as f:
+    return resize(rgb(f.read(), max_pixels), size, method)
+
+
+def _try_load(path, size, method, max_pixels):
+  try:
+    return load(path, size, method, max_pixels), None
+  except Exception as e:  # pylint: disable=broad-except
+    return None, f"cannot decode: {e}"
+
+
+def decode_files(paths: np.ndarray, size, method: str, num_parallel_calls: int, out: np.ndarray,
+                 desc: str = "decoding", progress_min: int = 2000,
+                 max_pixels: int = data_files.DEFAULT_MAX_IMAGE_PIXELS) -> list[tuple[int, str]]:
+  """Decode paths[i] into out[i] in a thread pool; returns [(i, reason)] of unreadable files."""
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  failed = []
+  with concurrent.futures.ThreadPoolExecutor(num_threads(num_parallel_calls)) as pool:
+    results = pool.map(lambda p: _try_load(str(p), size, method, max_pixels), paths)
+    for i, (image, reason) in enumerate(tqdm(results, total=len(paths), desc=desc, unit="img",
+                                             disable=len(paths) < progress_min)):
+      if image is None:
+        failed.append((i, reason))
+      else:
+        out[i] = image
+  return failed
+
+
+def stream(paths: np.ndarray, labels: np.ndarray, idx: np.ndarray, size, method: str,
+           num_parallel_calls: int, prefetch: int = PREFETCH_BATCHES,
+           max_pixels: int = data_files.DEFAULT_MAX_IMAGE_PIXELS) -> Iterator[dict]:
+  """Uncached batches: row s of `idx` (-1 = padding) decoded in a thread pool, in order,
+  `prefetch` batches ahead. Same dicts as input_pipeline's cached batches."""
+  h, w = size
+
+  def batch(row):
+    images = np.zeros((len(row), h, w, 3), np.uint8)
+    for j, i in enumerate(row):
+      if i >= 0:
+        try:
+          images[j] = load(str(paths[i]), size, method, max_pixels)
+        except Exception as e:  # pylint: disable=broad-except
+          raise DataError(f"{paths[i]}: cannot decode ({e}). It was readable when the data "
+                          "was checked; it changed since. Remove or restore it") from e
+    valid = row >= 0
+    return {"image": images, "label": np.where(valid, labels[np.maximum(row, 0)], 0)
+            .astype(np.int32), "mask": valid}
+
+  # One task per batch keeps the order trivially; `workers` batches in flight keep every
+  # thread busy.
+  workers = num_threads(num_parallel_calls)
+  pool = concurrent.futures.ThreadPoolExecutor(workers)
+  rows = iter(idx)
+  pending = collections.deque(pool.submit(batch, r)
+                              for r in itertools.islice(rows, max(prefetch, workers)))
+  try:
+    while pending:
+      result = pending.popleft().result()
+      pending.extend(pool.submit(batch, r) for r in itertools.islice(rows, 1))
+      yield result
+  finally:  # the consumer stopped (or a file failed): drop what is queued
+    pool.shutdown(wait=True, cancel_futures=True)
