@@ -16,7 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Model: backbone + head (see rpsflax/models/__init__.py).
   c.model = ml_collections.ConfigDict()
-  c.model.name = "vgg16"            # 'vgg16' | 'cnn'
+  c.model.name = "vgg16"            # 'vgg16' | 'resnet50' | 'mobilenet_v2' | 'cnn'
+  c.model.alpha = 1.0               # mobilenet_v2 width (Keras' alpha); ignored by the others
   c.model.dtype = "float32"         # computation dtype: 'float32' | 'bfloat16' (params stay float32)
   c.head = ml_collections.ConfigDict()
   c.head.num_classes = 3            # 1 means a sigmoid output (binary cross-entropy)

@@ -13,12 +13,14 @@ import ml_collections
 
 from rpsflax import config_base
 from rpsflax.errors import ConfigError
+from rpsflax.models import BACKBONES as MODELS
+from rpsflax.models.mobilenet_v2 import MOBILENET_V2_ALPHAS
+from rpsflax.preprocess import PREPROCESSORS
 
 DTYPES = ("float32", "bfloat16", "float16")
-MODELS = ("vgg16", "cnn")
 POOLINGS = ("max", "avg", "flatten")
 ACTIVATIONS = ("relu", "gelu", "tanh", "swish", "linear")
-PREPROCESS = ("vgg16", "rescale", "none")
+PREPROCESS = tuple(PREPROCESSORS)
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 FILL_MODES = ("nearest", "constant", "reflect", "wrap")
 RESIZE_METHODS = ("nearest", "bilinear", "bicubic", "area", "lanczos3")
@@ -27,8 +29,8 @@ RESIZE_METHODS = ("nearest", "bilinear", "bicubic", "area", "lanczos3")
 
 def min_image_size(model_name: str) -> int:
   """Smallest input side the backbone accepts (every pool must still see at least 1 pixel)."""
-  if model_name == "vgg16":
-    return 32  # five 2x2 pools
+  if model_name in ("vgg16", "resnet50", "mobilenet_v2"):
+    return 32  # five 2x2 pools (VGG16); Keras' min_size for ResNet50 and MobileNetV2
   if model_name == "cnn":
     size = 1
     for _ in range(4):  # undo MaxPool(2) then a 3x3 'valid' conv, four times
@@ -89,6 +91,8 @@ def check_config(config) -> None:
   c = config
   _check_choice(problems, "config.model.name", c.model.name, MODELS)
   _check_choice(problems, "config.model.dtype", c.model.dtype, DTYPES)
+  if c.model.name == "mobilenet_v2":
+    _check_choice(problems, "config.model.alpha", c.model.alpha, MOBILENET_V2_ALPHAS)
   _check_choice(problems, "config.head.pooling", c.head.pooling, POOLINGS)
   _check_choice(problems, "config.head.hidden_activation", c.head.hidden_activation, ACTIVATIONS)
   _check_choice(problems, "config.preprocess", c.preprocess, PREPROCESS)
