@@ -17,7 +17,7 @@ import pytest
 
 import keras_reference as kr
 from rpsflax import weights as W
-from rpsflax.models import backbone_module
+from rpsflax.models import backbone_layer_names, backbone_module
 from rpsflax.models import mobilenet_v2 as mnv2
 from rpsflax.models.mobilenet_v2 import mobilenet_v2_stage_names
 from rpsflax.models.resnet import resnet50_stage_names
@@ -215,6 +215,12 @@ def test_release_layout_is_what_keras_itself_loads(references):
     fresh.load_weights(ref["files"]["legacy"])
     for a, b in zip(fresh.get_weights(), ref["model"].get_weights(), strict=True):
       np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_layer_names_are_keras_weighted_layers_in_order(references, name):
+  model = references(name, True)["model"]
+  assert backbone_layer_names(name, True) == [l.name for l in model.layers if l.get_weights()]
 
 
 @pytest.mark.parametrize("name", list(STAGES))

@@ -27,10 +27,12 @@ RESNET_BN_MOMENTUM = 0.99
 
 
 def _block_names(stage, block):
-  """Weighted layers of one residual block, in Keras' order (the shortcut conv first)."""
+  """Weighted layers of one residual block, in Keras' (topological) layer order."""
   p = f"conv{stage}_block{block}"
-  short = [f"{p}_0_conv", f"{p}_0_bn"] if block == 1 else []
-  return short + [f"{p}_{i}_{kind}" for i in (1, 2, 3) for kind in ("conv", "bn")]
+  if block == 1:  # the shortcut conv and BN come in between the residual branch's layers
+    return [f"{p}_1_conv", f"{p}_1_bn", f"{p}_2_conv", f"{p}_2_bn", f"{p}_0_conv", f"{p}_3_conv",
+            f"{p}_0_bn", f"{p}_3_bn"]
+  return [f"{p}_{i}_{kind}" for i in (1, 2, 3) for kind in ("conv", "bn")]
 
 
 def resnet50_layer_names(include_top: bool = False) -> list[str]:
