@@ -11,8 +11,9 @@ import jax.numpy as jnp
 
 from rpsflax.models.cnn import CatsDogsCNN, cnn_conv_names
 from rpsflax.models.heads import Head
-from rpsflax.models.mobilenet_v2 import MobileNetV2, mobilenet_v2_layer_names
-from rpsflax.models.resnet import ResNet50, resnet50_layer_names
+from rpsflax import optim
+from rpsflax.models.mobilenet_v2 import MobileNetV2, mobilenet_v2_bn_names, mobilenet_v2_layer_names
+from rpsflax.models.resnet import ResNet50, resnet50_bn_names, resnet50_layer_names
 from rpsflax.models.vgg import VGG16, vgg16_layer_names
 
 # The one list of model names (config_check reads it). The ImageNet backbones below are
@@ -69,6 +70,23 @@ class Classifier(nn.Module):
     return self.head(features, train=train)
 
 
+def bn_training_layers(config) -> tuple[str, ...]:
+  """Keras names of the backbone's BatchNorm layers that run in training mode in a train step
+  (see config.model.bn_trainable): none unless bn_trainable, then those whose gamma trains."""
+  name = config.model.name
+  if name not in BATCHNORM_BACKBONES or not config.model.get("bn_trainable", False):
+    return ()
+  layers = backbone_layer_names(name, False, config.model.get("alpha", 1.0))
+  return tuple(n for n in layers if n in _bn_names(name, config)
+               and optim.is_trainable(f"backbone/{n}/scale", config))
+
+
+def _bn_names(name, config) -> set[str]:
+  if name == "resnet50":
+    return set(resnet50_bn_names())
+  return set(mobilenet_v2_bn_names(config.model.get("alpha", 1.0)))
+
+
 def compute_dtype(config) -> Any:
   return jnp.dtype(config.model.dtype)
 
@@ -77,7 +95,8 @@ def build_model(config) -> Classifier:
   dtype = compute_dtype(config)
   name = config.model.name
   if name in IMAGENET_BACKBONES:
-    backbone = backbone_module(name, alpha=config.model.get("alpha", 1.0), dtype=dtype)
+    backbone = backbone_module(name, alpha=config.model.get("alpha", 1.0), dtype=dtype,
+                               bn_training=bn_training_layers(config))
   elif name == "cnn":
     backbone = CatsDogsCNN(dtype=dtype)
   else:
@@ -107,6 +126,6 @@ def keras_layer_map(config) -> dict[str, tuple[str, ...]]:
 
 __all__ = ["Classifier", "Head", "VGG16", "ResNet50", "MobileNetV2", "CatsDogsCNN",
            "build_model", "keras_layer_map", "backbone_module", "backbone_layer_names",
-           "compute_dtype", "vgg16_layer_names", "resnet50_layer_names",
+           "compute_dtype", "bn_training_layers", "vgg16_layer_names", "resnet50_layer_names",
            "mobilenet_v2_layer_names", "cnn_conv_names", "BACKBONES", "IMAGENET_BACKBONES",
            "BATCHNORM_BACKBONES"]

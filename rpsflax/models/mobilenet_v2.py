@@ -83,6 +83,12 @@ def mobilenet_v2_stage_names(alpha: float = 1.0) -> list[str]:
   return names + ["out_relu"]
 
 
+def mobilenet_v2_bn_names(alpha: float = 1.0) -> list[str]:
+  """Keras' names of the BatchNormalization layers (bn_Conv1, *_BN, Conv_1_bn)."""
+  return [n for n in mobilenet_v2_layer_names(False, alpha)
+          if n == "bn_Conv1" or n.endswith(("_BN", "_bn"))]
+
+
 def mobilenet_v2_depthwise_names(alpha: float = 1.0) -> list[str]:
   return [n for n in mobilenet_v2_layer_names(False, alpha) if n.endswith("depthwise")]
 
