@@ -26,13 +26,14 @@ from test_parity_vgg import element_error
 
 SIZE = 72
 # fp32 bounds. VGG16's (2e-5 max|err|/max|act|, 5e-4 per element) hold for its 13 layers; these
-# networks are 53 (MobileNetV2) and 54 (ResNet50) conv+BN layers deep and fp32 rounding grows
+# networks are 53 (MobileNetV2) and 54 (ResNet50) conv+BN layers deep, and fp32 rounding grows
 # with depth in Keras as much as in ours: against a float64 evaluation of the same network
 # (test_as_close_to_keras_as_keras_is_to_float64), Keras' own fp32 output is off by up to
-# 2.0e-5 (MobileNetV2 out_relu) and ours by as much, so the two differ by up to 2.1e-5 (rel) and
-# 6.1e-4 per element (block_14_add). The bounds keep a margin of about 2.5x over that worst.
+# 2.0e-5 (MobileNetV2 out_relu), ours by as much. Measured Keras-vs-ours worst, over every stage,
+# route and input here: 2.05e-5 max|err|/max|act| (MobileNetV2 out_relu; ResNet50 1.74e-5) and
+# 1.25e-3 per element (MobileNetV2 out_relu, elements above 1% of the max). Bounds: 2.4x over that.
 TOL = 5e-5
-ELEMENT_TOL = 1.5e-3
+ELEMENT_TOL = 3e-3
 STAGES = {"resnet50": resnet50_stage_names(), "mobilenet_v2": mobilenet_v2_stage_names()}
 # keras-applications (Keras 2, which made the release files) named the top layer differently.
 RELEASE_TOP = {"resnet50": "probs", "mobilenet_v2": "Logits"}
@@ -199,9 +200,12 @@ def test_as_close_to_keras_as_keras_is_to_float64(references, name):
     for i in range(len(ref["x"])):
       keras_err = kr.rel_error(ref["want"][layer][i], exact[layer][i])[2]
       ours_err = kr.rel_error(got[layer][i], exact[layer][i])[2]
-      print(f"[{name}] {layer:26s} image {i}: Keras-vs-float64 {keras_err:.2e}  "
-            f"ours-vs-float64 {ours_err:.2e}")
+      keras_el = element_error(ref["want"][layer][i], exact[layer][i])
+      ours_el = element_error(got[layer][i], exact[layer][i])
+      print(f"[{name}] {layer:26s} image {i}: vs float64: Keras {keras_err:.2e} (per element "
+            f"{keras_el:.2e}), ours {ours_err:.2e} ({ours_el:.2e})")
       assert ours_err <= 2 * keras_err + ulp, (layer, i, ours_err, keras_err)
+      assert ours_el <= 2 * keras_el + ulp, (layer, i, ours_el, keras_el)
 
 
 def test_release_layout_is_what_keras_itself_loads(references):
