@@ -81,7 +81,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 64
   c.num_epochs = 20
   c.log_every_steps = 10
-  c.keep_checkpoints = True
 
   # Cached features (rpsflax/features.py): with the backbone frozen, run it once per image (and on
   # `augmented_views` augmented copies of each training image), store the features in the workdir

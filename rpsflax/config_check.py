@@ -11,19 +11,11 @@ from typing import Optional
 
 import ml_collections
 
-from rpsflax import config_base
+from rpsflax import augment, config_base, data_files, models, optim, preprocess
+from rpsflax.models import heads
 from rpsflax.errors import ConfigError
-from rpsflax.models import BACKBONES as MODELS
 from rpsflax.models.mobilenet_v2 import MOBILENET_V2_ALPHAS
-from rpsflax.preprocess import PREPROCESSORS
 
-DTYPES = ("float32", "bfloat16", "float16")
-POOLINGS = ("max", "avg", "flatten")
-ACTIVATIONS = ("relu", "gelu", "tanh", "swish", "linear")
-PREPROCESS = tuple(PREPROCESSORS)
-OPTIMIZERS = ("rmsprop", "adam", "sgd")
-FILL_MODES = ("nearest", "constant", "reflect", "wrap")
-RESIZE_METHODS = ("nearest", "bilinear", "bicubic", "area", "lanczos3")
 
 
 
@@ -89,16 +81,18 @@ def check_config(config) -> None:
     raise ConfigError(_message(problems))
 
   c = config
-  _check_choice(problems, "config.model.name", c.model.name, MODELS)
-  _check_choice(problems, "config.model.dtype", c.model.dtype, DTYPES)
+  _check_choice(problems, "config.model.name", c.model.name, models.BACKBONES)
+  _check_choice(problems, "config.model.dtype", c.model.dtype, models.DTYPES)
   if c.model.name == "mobilenet_v2":
     _check_choice(problems, "config.model.alpha", c.model.alpha, MOBILENET_V2_ALPHAS)
-  _check_choice(problems, "config.head.pooling", c.head.pooling, POOLINGS)
-  _check_choice(problems, "config.head.hidden_activation", c.head.hidden_activation, ACTIVATIONS)
-  _check_choice(problems, "config.preprocess", c.preprocess, PREPROCESS)
-  _check_choice(problems, "config.optim.name", c.optim.name, OPTIMIZERS)
-  _check_choice(problems, "config.augment.fill_mode", c.augment.fill_mode, FILL_MODES)
-  _check_choice(problems, "config.data.resize_method", c.data.resize_method, RESIZE_METHODS)
+  _check_choice(problems, "config.head.pooling", c.head.pooling, heads.POOLINGS)
+  _check_choice(problems, "config.head.hidden_activation", c.head.hidden_activation,
+                tuple(heads.ACTIVATIONS))
+  _check_choice(problems, "config.preprocess", c.preprocess, tuple(preprocess.PREPROCESSORS))
+  _check_choice(problems, "config.optim.name", c.optim.name, optim.OPTIMIZERS)
+  _check_choice(problems, "config.augment.fill_mode", c.augment.fill_mode, augment.FILL_MODES)
+  _check_choice(problems, "config.data.resize_method", c.data.resize_method,
+                tuple(data_files.RESIZE_METHODS))
 
   for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps"):
     if c[key] < 1:

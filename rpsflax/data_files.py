@@ -26,6 +26,12 @@ import numpy as np
 from PIL import Image
 from rpsflax.errors import DataError
 
+# config.data.resize_method: Keras / PIL interpolation names -> tf.image.resize methods
+# (antialiased, as PIL is). 'box' and 'hamming' have no TF equivalent close to PIL's.
+RESIZE_METHODS = {"nearest": "nearest", "bilinear": "bilinear", "bicubic": "bicubic",
+                  "lanczos": "lanczos3", "lanczos3": "lanczos3", "lanczos5": "lanczos5",
+                  "area": "area", "mitchellcubic": "mitchellcubic", "gaussian": "gaussian"}
+
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif"})
 VALIDATION_DIRS = ("validation", "valid", "val")
 SPLIT_NAMES = ("train", "validation", "holdout", "test")

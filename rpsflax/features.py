@@ -34,8 +34,7 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from rpsflax import data_files, models, optim, sharding, train
-from rpsflax import errors
+from rpsflax import augment, data_files, errors, models, optim, sharding, steps
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -53,14 +52,6 @@ def pools_features(config) -> bool:
   return config.head.pooling in ("max", "avg")
 
 
-def _abstract_params(config, model=None):
-  model = models.build_model(config) if model is None else model
-  size = config.data.image_size
-  return jax.eval_shape(lambda r, x: model.init(r, x, train=False)["params"],
-                        jax.random.PRNGKey(0),
-                        jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
-
-
 def check_config(config, model=None) -> None:
   """ConfigError naming the key unless the cached-feature settings can work (no-op when disabled).
 
@@ -76,7 +67,9 @@ def check_config(config, model=None) -> None:
   if cf.augmented_views > 0 and not config.augment.enabled:
     problems.append(f"config.cached_features.augmented_views={cf.augmented_views} needs "
                     "config.augment.enabled=True (augmented views of what?); set it to 0")
-  labels = traverse_util.flatten_dict(optim.param_labels(_abstract_params(config, model), config))
+  labels = traverse_util.flatten_dict(optim.param_labels(
+      steps.abstract_params(config, models.build_model(config) if model is None else model),
+      config))
   trained = [optim.path_str(p) for p, label in labels.items()
              if p[0] == "backbone" and label != optim.FROZEN]
   if trained:
@@ -104,13 +97,11 @@ def make_feature_fn(config, model, *, augmented: bool):
 
   def fn(params, images, view_key, index):
     if augmented:
-      from rpsflax import augment  # noqa: PLC0415
-
       def one(i, image):
         key = jax.random.fold_in(view_key, i)
         return augment.augment_batch(key, image[None], config.augment)[0]
       images = jax.vmap(one)(index, images)
-    x = train.prepare_images(config, images)  # (the step's exact preprocessing)
+    x = steps.prepare_images(config, images)  # (the step's exact preprocessing)
     f = model.apply({"params": params}, x, method="features")
     if pooled:
       reduce = jnp.max if config.head.pooling == "max" else jnp.mean
@@ -124,7 +115,7 @@ def feature_shape(config, model=None) -> tuple[int, ...]:
   """Shape of one image's cached features."""
   model = models.build_model(config) if model is None else model
   size = config.data.image_size
-  params = _abstract_params(config, model)
+  params = steps.abstract_params(config, model)
   out = jax.eval_shape(make_feature_fn(config, model, augmented=False), params,
                        jax.ShapeDtypeStruct((1, size, size, 3), jnp.uint8),
                        jax.ShapeDtypeStruct((2,), jnp.uint32),
@@ -148,11 +139,13 @@ def _host(x) -> np.ndarray:
   return np.asarray(x.addressable_shards[0].data)
 
 
-def compute_split(config, datasets, split: str, params, mesh, views: int) -> np.ndarray:
-  """float32 [views, n, ...]: view 0 clean, views 1.. augmented (train only)."""
-  model = models.build_model(config)
+def compute_split(config, datasets, split: str, params, mesh, views: int, model=None,
+                  fns=None) -> np.ndarray:
+  """float32 [views, n, ...]: view 0 clean, views 1.. augmented (train only). `fns`: the
+  `feature_fns` to reuse across splits (compiled once)."""
+  model = models.build_model(config) if model is None else model
   n = datasets.num_examples[split]
-  fns = _feature_fns(config, model, mesh)
+  fns = feature_fns(config, model, mesh) if fns is None else fns
   rows = _global_rows(n, datasets.eval_batch_size, datasets.process_count,
                       sharding.local_device_count(mesh))
   out = np.zeros((views, n) + feature_shape(config, model), np.float32)
@@ -179,32 +172,13 @@ def compute_split(config, datasets, split: str, params, mesh, views: int) -> np.
   return out
 
 
-_jitted: dict = {}
-
-
-def _feature_fns(config, model, mesh):
-  key = ("features", train.step_key(config, mesh))
-  if key not in _jitted:
-    repl, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
-    _jitted[key] = tuple(
-        jax.jit(make_feature_fn(config, model, augmented=a),
-                in_shardings=(repl, data, repl, repl), out_shardings=repl) for a in (False, True))
-  return _jitted[key]
-
-
-def jit_head_steps(config, mesh):
-  """(train_step, eval_step) on cached features, jit-compiled (state donated), cached per config."""
-  key = ("head", train.step_key(config, mesh))
-  if key not in _jitted:
-    model = models.build_model(config)
-    repl, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
-    step = jax.jit(train.make_train_step(config, model, on_features=True),
-                   in_shardings=(repl, data, repl), out_shardings=(repl, repl),
-                   donate_argnums=(0,))
-    evaluate = jax.jit(train.make_eval_step(config, model, on_features=True),
-                       in_shardings=(repl, data), out_shardings=repl)
-    _jitted[key] = (step, evaluate)
-  return _jitted[key]
+def feature_fns(config, model, mesh):
+  """(clean, augmented) feature functions, jit-compiled for `mesh` (batch sharded, rest
+  replicated)."""
+  repl, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
+  return tuple(jax.jit(make_feature_fn(config, model, augmented=a),
+                       in_shardings=(repl, data, repl, repl), out_shardings=repl)
+               for a in (False, True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,7 +281,7 @@ def save_cache(directory, fields: dict, arrays: dict, seconds: float) -> pathlib
   return directory
 
 
-def build_or_load(config, workdir, datasets, params, mesh) -> tuple[dict, dict]:
+def build_or_load(config, workdir, datasets, params, mesh, model=None) -> tuple[dict, dict]:
   """({split: [views, n, ...] float32}, info) from the cache, computed now when it does not fit."""
   fields = cache_key_fields(config, datasets, params)
   directory = cache_dir(config, workdir)
@@ -321,13 +295,15 @@ def build_or_load(config, workdir, datasets, params, mesh) -> tuple[dict, dict]:
   views = 1 + int(config.cached_features.augmented_views)
   t0 = time.time()
   arrays, images = {}, 0
+  model = models.build_model(config) if model is None else model
+  fns = feature_fns(config, model, mesh)
   for split, n in sorted(datasets.num_examples.items()):
     if n:
       v = views if split == "train" else 1
-      arrays[split] = compute_split(config, datasets, split, params, mesh, v)
+      arrays[split] = compute_split(config, datasets, split, params, mesh, v, model, fns)
       images += v * n
   seconds = time.time() - t0
-  if jax.process_index() == 0:
+  if sharding.is_chief():
     save_cache(directory, fields, arrays, seconds)
   logging.info("cached features: %d forward passes (%d train images x %d views + other splits) in "
                "%.1fs (%.1f images/s), stored in %s", images, datasets.num_examples.get("train", 0),
@@ -383,13 +359,13 @@ class FeatureDatasets:
       yield {"image": feats, "label": np.where(ok, labels[take], 0).astype(np.int32), "mask": ok}
 
 
-def prepare(config, workdir, datasets, state, mesh):
-  """(FeatureDatasets, (train_step, eval_step)) for train_and_evaluate's loop."""
-  check_config(config)
+def prepare(config, workdir, datasets, state, mesh, model) -> tuple["FeatureDatasets", steps.Steps]:
+  """(FeatureDatasets, the head-only steps) for train_and_evaluate's loop (config checked by
+  `check_config` before the run started)."""
   if config.augment.enabled and not config.cached_features.augmented_views:
     logging.info("cached features: config.cached_features.augmented_views=0, so the head trains "
                  "on un-augmented features only (config.augment is not applied)")
-  arrays, info = build_or_load(config, workdir, datasets, state.params, mesh)
+  arrays, info = build_or_load(config, workdir, datasets, state.params, mesh, model)
   n = datasets.num_examples.get("train", 0)
   epochs = int(config.num_epochs)
   if not info["reused"] and info.get("images"):
@@ -397,4 +373,5 @@ def prepare(config, workdir, datasets, state, mesh):
     logging.info("cached features: the uncached run would run the backbone on %d images x %d "
                  "epochs (>= %.0fs at this rate, plus backward/augmentation); cached: %.0fs once, "
                  "then only the head trains", n, epochs, n * epochs / rate, info["seconds"])
-  return FeatureDatasets(datasets, arrays, int(config.seed)), jit_head_steps(config, mesh)
+  return (FeatureDatasets(datasets, arrays, int(config.seed)),
+          steps.compile_steps(config, model, mesh, on_features=True))

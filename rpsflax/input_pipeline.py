@@ -38,11 +38,6 @@ except RuntimeError as e:  # TF already initialised by someone else: say so, car
   logging.warning("could not hide GPUs from TensorFlow (%s); it may take GPU memory", e)
 
 _CODES = {"jpeg": 0, "png": 1, "pil": 2}
-# Keras / PIL interpolation names -> tf.image.resize methods (antialiased, as PIL is).
-# 'box' and 'hamming' have no TF equivalent close to PIL's.
-RESIZE_METHODS = {"nearest": "nearest", "bilinear": "bilinear", "bicubic": "bicubic",
-                  "lanczos": "lanczos3", "lanczos3": "lanczos3", "lanczos5": "lanczos5",
-                  "area": "area", "mitchellcubic": "mitchellcubic", "gaussian": "gaussian"}
 _KNOWN_TFDS_SPLITS = {"rock_paper_scissors": ("train", "test"), "cats_vs_dogs": ("train",)}
 _DECODE_BATCH = 64
 _PROGRESS_MIN = 2000
@@ -87,7 +82,7 @@ def resize_image(image: tf.Tensor, size: tuple[int, int], method: str = "nearest
     return tf.ensure_shape(image, [h, w, 3])
 
   def smooth():
-    out = tf.image.resize(image, (h, w), method=RESIZE_METHODS[method], antialias=True)
+    out = tf.image.resize(image, (h, w), method=data_files.RESIZE_METHODS[method], antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
   same = tf.reduce_all(tf.shape(image)[:2] == (h, w))  # Keras leaves such images untouched
   return tf.ensure_shape(tf.cond(same, lambda: image, smooth), [h, w, 3])
@@ -105,9 +100,9 @@ def _image_size(size) -> tuple[int, int]:
 
 
 def _check_method(method: str):
-  if method not in RESIZE_METHODS:
+  if method not in data_files.RESIZE_METHODS:
     raise DataError(f"config.data.resize_method={method!r}: use one of "
-                    f"{sorted(RESIZE_METHODS)} ('nearest' is Keras' flow_from_directory default)")
+                    f"{sorted(data_files.RESIZE_METHODS)} ('nearest' is Keras' flow_from_directory default)")
 
 
 def _pil_load_resize(path: str, size, method) -> np.ndarray:

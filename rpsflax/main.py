@@ -16,113 +16,18 @@ A NaN/inf loss exits with status 3 and SIGINT/SIGTERM with 130/143 (a checkpoint
 either way the checkpoints already written are kept and the same command resumes.
 """
 
-from rpsflax import cli  # first: sets TensorFlow's environment before anything imports it
+import pathlib
+import re
+import time
+from typing import Optional
 
-import pathlib  # noqa: E402
-import re  # noqa: E402
-import time  # noqa: E402
-from typing import Optional  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from rpsflax import config_check, report  # noqa: E402
-from rpsflax import errors  # noqa: E402
-from rpsflax.errors import RunError  # noqa: E402
+from rpsflax import cli, config_check  # cli first: TensorFlow's environment, before any import
+from rpsflax.errors import RunError
 
 FLAGS = flags.FLAGS
-
-def init_distributed(config) -> None:
-  """jax.distributed.initialize when config.distributed.initialize or RPSFLAX_DISTRIBUTED=1 asks
-  for it (see rpsflax.sharding); before anything touches a device."""
-  from rpsflax import sharding  # noqa: PLC0415
-
-  if sharding.initialize_distributed(config) and not sharding.is_chief():
-    logging.set_verbosity(logging.WARNING)  # progress and INFO lines from process 0 only
-
-
-def is_chief() -> bool:
-  import jax  # noqa: PLC0415
-
-  return jax.process_index() == 0
-
-
-def save_config(config, workdir: pathlib.Path) -> None:
-  """Write config.json for a new workdir; for an existing one say what changed (the training
-  core rewrites it once the data has been read, so a run that fails keeps the old one)."""
-  path = workdir / report.CONFIG_FILE
-  if path.exists():
-    import json  # noqa: PLC0415
-
-    changes = report.config_changes(json.loads(path.read_text()), report.config_to_dict(config))
-    if changes:
-      logging.warning("The config differs from the one %s was started with:\n  %s", workdir,
-                      "\n  ".join(changes))
-    return  # rewritten by the training core once the data has been read: a failure keeps it
-  report.write_config(workdir, config)
-
-
-def preflight(config, workdir: pathlib.Path) -> None:
-  """Fail in seconds, before any model is built or data decoded, when data or weights are missing.
-
-  The training core resolves the weights (an 'imagenet' download, a file, a converted folder) and
-  lists a local data folder. When the weights are missing and the folder is too, one message
-  says both, so an offline user fixes the command once.
-  """
-  from rpsflax import data_files  # noqa: PLC0415  (imports no TensorFlow)
-  from rpsflax import train as train_lib  # noqa: PLC0415
-
-  try:
-    train_lib.preflight(config, workdir)
-  except errors.WeightsError as weights_error:
-    if config.data.dir:
-      try:
-        data_files.find_split_folders(config.data.dir)
-      except errors.DataError as data_error:
-        raise errors.WeightsError(f"{weights_error}\nAlso: {data_error}") from weights_error
-    raise
-
-
-def train(config, workdir: pathlib.Path) -> dict:
-  config_check.check_config(config)
-  init_distributed(config)
-  preflight(config, workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  if is_chief():
-    save_config(config, workdir)
-  from rpsflax import train as train_lib  # noqa: PLC0415
-
-  return train_lib.train_and_evaluate(config, workdir)
-
-
-def evaluate(config, workdir: pathlib.Path, split: str, data_dir: str) -> dict:
-  """Evaluate with the config the workdir was trained with (its config.json), which built the
-  checkpoint; --config is used only for a workdir without one."""
-  launch = config  # how this launch starts jax.distributed: --config's, never config.json's
-  if not workdir.is_dir():
-    raise RunError(f"--workdir={workdir} does not exist: train first (--mode=train)")
-  if (workdir / report.CONFIG_FILE).is_file():
-    if config is not None:
-      logging.info("--mode=evaluate uses %s (the config the checkpoint was trained with); "
-                   "--config is ignored but for config.distributed", workdir / report.CONFIG_FILE)
-    config = report.read_config(workdir)
-  elif config is None:
-    raise RunError(f"{workdir / report.CONFIG_FILE} not found: is {workdir} the --workdir of a "
-                   "training run? Pass --config=... as well, or train first.")
-  config_check.check_config(config)
-  init_distributed(launch)  # None: only RPSFLAX_DISTRIBUTED=1 starts it
-  from rpsflax import train as train_lib  # noqa: PLC0415
-
-  return train_lib.evaluate(config, workdir, split=split, data_dir=data_dir or None)
-
-
-def summary(metrics) -> str:
-  if not isinstance(metrics, dict):
-    return str(metrics)
-  keys = ("split", "accuracy", "loss", "num_examples")
-  parts = [f"{k}={metrics[k]:.4f}" if isinstance(metrics.get(k), float) else f"{k}={metrics[k]}"
-           for k in keys if metrics.get(k) is not None]
-  return " ".join(parts) or str(metrics)
 
 
 def define_flags() -> None:
@@ -169,12 +74,25 @@ def parse_flags(argv: list[str]) -> list[str]:
   cli.fail(f"{message}\nSee python -m rpsflax.main --helpfull for the flags.")
 
 
+def summary(metrics) -> str:
+  if not isinstance(metrics, dict):
+    return str(metrics)
+  keys = ("split", "accuracy", "loss", "num_examples")
+  parts = [f"{k}={metrics[k]:.4f}" if isinstance(metrics.get(k), float) else f"{k}={metrics[k]}"
+           for k in keys if metrics.get(k) is not None]
+  return " ".join(parts) or str(metrics)
+
+
 def main(argv):
   cli.setup_logging()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   workdir = pathlib.Path(FLAGS.workdir).expanduser()
   start = time.time()
+  # JAX, TensorFlow and the training code load only now: a mistake in the flags is reported
+  # in a second. (Nothing touches a device before train/evaluate start jax.distributed.)
+  from rpsflax import evaluation, train  # noqa: PLC0415
+
   with cli.exit_on_errors(workdir):
     if FLAGS.mode == "train":
       if FLAGS.config is None:
@@ -182,9 +100,9 @@ def main(argv):
       if FLAGS.data_dir or FLAGS["split"].present:
         raise RunError("--split and --data_dir belong to --mode=evaluate; to train on a folder use "
                        "--config.data.dir=FOLDER")
-      metrics = train(FLAGS.config, workdir)
+      metrics = train.train_and_evaluate(FLAGS.config, workdir)
     else:
-      metrics = evaluate(FLAGS.config, workdir, FLAGS.split, FLAGS.data_dir)
+      metrics = evaluation.evaluate(FLAGS.config, workdir, FLAGS.split, FLAGS.data_dir)
   logging.info("%s done in %.0fs: %s", FLAGS.mode, time.time() - start, summary(metrics))
 
 

@@ -93,6 +93,10 @@ def write_history(workdir, history: Sequence[Mapping[str, Any]]) -> pathlib.Path
   return write_json(pathlib.Path(workdir) / HISTORY_FILE, [dict(h) for h in history])
 
 
+def read_json(path) -> dict:
+  return json.loads(pathlib.Path(path).read_text())
+
+
 def read_history(workdir) -> list[dict]:
   """The epochs a run has finished so far ([] when it has not finished one)."""
   path = pathlib.Path(workdir) / HISTORY_FILE

@@ -74,6 +74,8 @@ def initialize_distributed(config=None) -> bool:
         "--config.distributed.process_id=I (0 on the host at HOST)") from e
   logging.info("jax.distributed: process %d of %d, %d local of %d devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+  if not is_chief():
+    logging.set_verbosity(logging.WARNING)  # progress and INFO lines from process 0 only
   return True
 
 
@@ -115,21 +117,16 @@ _local_devices = local_device_count  # the name train.py used
 
 
 def check_batch_sizes(config, mesh: Mesh) -> None:
-  """The global training batch must split evenly across devices and processes.
+  """The global training batch must split evenly across the mesh's devices.
 
-  The evaluation batch only has to split across processes: its rows are padded (masked) up to
-  a multiple of the devices.
+  The evaluation batch need not: its rows are padded (masked) up to a multiple of the devices.
+  That both split across processes is the input pipeline's check (each process reads its slice).
   """
   n = mesh.devices.size
   if config.batch_size % n:
     raise errors.ConfigError(
         f"config.batch_size={config.batch_size} does not divide across {n} devices; "
         f"use a multiple of {n}")
-  pc = jax.process_count()
-  if config.batch_size % pc or config.eval_batch_size % pc:
-    raise errors.ConfigError(
-        f"config.batch_size={config.batch_size} and config.eval_batch_size="
-        f"{config.eval_batch_size} must be multiples of the process count ({pc})")
 
 
 def device_counts_to_try(max_devices: Optional[int] = None) -> list[int]:

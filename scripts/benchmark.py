@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Throughput of a config on this machine (see rpsflax/benchmark.py for what each figure means).
+"""Throughput of a config on this machine (see rpsflax/benchmark/__init__.py for what each figure
+means).
 
   python scripts/benchmark.py --config=configs/rps.py --compare-keras --data_dir=../shared/data/rps
   python scripts/benchmark.py --config=configs/catsdogs.py --json --out=bench.json
@@ -12,7 +13,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from rpsflax import benchmark  # noqa: E402
+from rpsflax.benchmark import cli  # noqa: E402
 
 if __name__ == "__main__":
-  sys.exit(benchmark.main())
+  sys.exit(cli.main())

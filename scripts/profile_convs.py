@@ -62,7 +62,8 @@ def main(argv=None) -> int:
   import jax.numpy as jnp
   import numpy as np
 
-  from rpsflax import benchmark, config_base
+  from rpsflax import config_base
+  from rpsflax.benchmark import jax_figures
   from rpsflax.models.layers import max_pool_2x2
   config = config_base.load_sibling(os.path.abspath(args.config),
                                     os.path.basename(args.config)[:-3]).get_config()
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
   result = {"config": args.config, "batch_size": n, "layers": rows,
             "forward_ms_total": round(total, 1), "grad_ms_total": round(sum(r["grad_ms"] for r in rows), 1),
             "forward_gflops_per_sec": round(sum(r["gflop"] for r in rows) / total * 1e3, 1),
-            "peak_gflops_per_sec": round(benchmark.peak_gflops(), 1),
+            "peak_gflops_per_sec": round(jax_figures.peak_gflops(), 1),
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
   text = json.dumps(result, indent=1)
   if args.out:

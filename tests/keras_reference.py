@@ -1,7 +1,8 @@
 """Keras reference models and weight files for the parity and converter tests.
 
 Everything here builds what Keras itself would: `keras.applications.VGG16(weights=None)` and the
-cats-vs-dogs tutorial's Sequential model, with seeded weights, written in the file layouts our
+cats-vs-dogs tutorial's Sequential model (both defined once, in rpsflax/keras_models.py, which
+the benchmark's Keras worker uses too), with seeded weights, written in the file layouts our
 converter reads (the legacy release HDF5 layout, Keras 3 `.weights.h5`, `.keras`).
 
 Weights are re-drawn He-normal (plus small random biases) so activations stay O(1) relative to the
@@ -15,6 +16,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
+
+from rpsflax import keras_models  # noqa: E402  (imports Keras only when a model is built)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("RPSFLAX_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -66,38 +69,21 @@ def _leaf_layers(model):
 
 def seeded_vgg16(include_top: bool, seed: int = 0):
   """keras.applications.VGG16(weights=None) with seeded He-normal weights (224x224 input)."""
-  k = keras()
-  k.utils.set_random_seed(seed)
-  model = k.applications.VGG16(weights=None, include_top=include_top, input_shape=(224, 224, 3))
+  keras().utils.set_random_seed(seed)
+  model = keras_models.vgg16(224, include_top=include_top)
   # Inputs are caffe-preprocessed pixels (O(100)): biases of N(0, 5) matter at that scale.
   # predictions: logits O(1) so the 1000-way softmax is informative, not one-hot.
   reseed_weights(model, seed, out_scale={"predictions": 0.01}, bias_std=5.0)
   return model
 
 
-CNN_LAYER_NAMES = ("conv2d", "conv2d_1", "conv2d_2", "conv2d_3", "dense", "dense_1")
+CNN_LAYER_NAMES = (*keras_models.CNN_CONV_NAMES, *keras_models.TUTORIAL_DENSE_NAMES)
 
 
 def seeded_catsdogs_cnn(seed: int = 0, image_size: int = 150):
-  """The tutorial's cats-vs-dogs Sequential model, layer names set explicitly."""
-  k = keras()
-  L = k.layers
-  k.utils.set_random_seed(seed)
-  model = k.Sequential([
-      k.Input((image_size, image_size, 3)),
-      L.Conv2D(32, (3, 3), activation="relu", name="conv2d"),
-      L.MaxPooling2D((2, 2), name="max_pooling2d"),
-      L.Conv2D(64, (3, 3), activation="relu", name="conv2d_1"),
-      L.MaxPooling2D((2, 2), name="max_pooling2d_1"),
-      L.Conv2D(128, (3, 3), activation="relu", name="conv2d_2"),
-      L.MaxPooling2D((2, 2), name="max_pooling2d_2"),
-      L.Conv2D(128, (3, 3), activation="relu", name="conv2d_3"),
-      L.MaxPooling2D((2, 2), name="max_pooling2d_3"),
-      L.Flatten(name="flatten"),
-      L.Dropout(0.5, name="dropout"),
-      L.Dense(512, activation="relu", name="dense"),
-      L.Dense(1, activation="sigmoid", name="dense_1"),
-  ], name="sequential")
+  """The tutorial's cats-vs-dogs Sequential model (rpsflax.keras_models), seeded weights."""
+  keras().utils.set_random_seed(seed)
+  model = keras_models.tutorial_cnn(image_size)
   # dense_1: logits of a few units, so sigmoid probabilities are far from 0 and 1.
   reseed_weights(model, seed, out_scale={"dense_1": 0.2})
   return model

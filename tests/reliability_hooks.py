@@ -41,7 +41,7 @@ def park(what: str, until=lambda: False) -> None:
 
 
 def stop_requested() -> bool:
-  """Whether the training loop's SIGINT/SIGTERM handler (a bound method of train._StopRequest)
+  """Whether the training loop's SIGINT/SIGTERM handler (a bound method of interrupts.StopRequest)
   has recorded a signal: the test signals, and the loop goes on to see it, without races."""
   for sig in (signal.SIGINT, signal.SIGTERM):
     request = getattr(signal.getsignal(sig), "__self__", None)
@@ -52,20 +52,22 @@ def stop_requested() -> bool:
 
 def before_step(n: int, action) -> None:
   """Run `action()` in the main thread just before the optimizer step that follows step n."""
-  from rpsflax import train
+  import dataclasses
 
-  real = train.compiled_steps
+  from rpsflax import steps
 
-  def compiled_steps(config, mesh):
-    train_step, eval_step = real(config, mesh)
+  real = steps.compile_steps
+
+  def compile_steps(*args, **kwargs):
+    compiled = real(*args, **kwargs)
 
     def step(state, batch, rng):
       if int(state.step) == n:
         action()
-      return train_step(state, batch, rng)
-    return step, eval_step
+      return compiled.train(state, batch, rng)
+    return dataclasses.replace(compiled, train=step)
 
-  train.compiled_steps = compiled_steps
+  steps.compile_steps = compile_steps
 
 
 def hook_step(n: int) -> None:

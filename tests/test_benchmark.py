@@ -16,7 +16,9 @@ import pytest
 
 import data_factory
 import keras_reference as kr
-from rpsflax import benchmark, models, sharding, train
+from rpsflax import keras_models, models, optim, preprocess, sharding, steps
+from rpsflax.benchmark import cli, inputs, jax_figures, suite, table, timing
+from rpsflax.models import heads
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--steps=1", "--repeats=1", "--warmup=0", "--min_seconds=0", "--pipeline_repeats=1",
@@ -31,8 +33,8 @@ NO_TF = textwrap.dedent("""
           raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
         return None
     sys.meta_path.insert(0, _NoTF())
-    from rpsflax import benchmark
-    sys.exit(benchmark.main(['benchmark'] + sys.argv[1:]))
+    from rpsflax.benchmark import cli
+    sys.exit(cli.main(['benchmark'] + sys.argv[1:]))
 """)
 
 
@@ -75,7 +77,7 @@ def _positive(result, keys):
 
 def test_every_key_is_emitted_and_measured(catsdogs_keras):
   r = catsdogs_keras
-  assert set(benchmark.FIGURES) <= set(r)
+  assert set(suite.FIGURES) <= set(r)
   _positive(r, ["train_images_per_sec", "eval_images_per_sec", "forward_images_per_sec",
                 "finetune_images_per_sec", "augment_images_per_sec", "frozen_step_over_forward",
                 "finetune_step_over_forward", "pipeline_images_per_sec", "decode_images_per_sec",
@@ -105,7 +107,7 @@ def test_every_key_is_emitted_and_measured(catsdogs_keras):
 
 def test_without_tensorflow_only_its_figures_are_skipped(rps_no_tf):
   r = rps_no_tf
-  assert set(benchmark.FIGURES) <= set(r)
+  assert set(suite.FIGURES) <= set(r)
   _positive(r, ["train_images_per_sec", "eval_images_per_sec", "forward_images_per_sec",
                 "augment_images_per_sec", "cached_head_images_per_sec"])
   for key in ("pipeline_images_per_sec", "decode_images_per_sec", "keras_train_images_per_sec",
@@ -121,52 +123,62 @@ def test_without_tensorflow_only_its_figures_are_skipped(rps_no_tf):
 
 def test_frozen_step_costs_one_forward_and_finetuning_about_three():
   """XLA's flop count of the jitted steps (lowered, not compiled: cheap and deterministic)."""
-  config = benchmark.bench_config(kr.load_recipe("rps"), batch_size=4, image_size=32)
+  config = inputs.bench_config(kr.load_recipe("rps"), batch_size=4, image_size=32)
   model = models.build_model(config)
   mesh = sharding.make_mesh(jax.devices()[:1])
-  params = benchmark.random_params(config, model)
-  batch = benchmark.synthetic_batch(config, 4)
+  params = inputs.random_params(config, model)
+  batch = inputs.synthetic_batch(config, 4)
   rng = jax.random.PRNGKey(0)
 
   def step_flops(cfg):
-    state = train.create_train_state(cfg, model, params=params)
-    return train.jit_train_step(cfg, model, mesh).lower(state, batch, rng).cost_analysis()["flops"]
-  forward = jax.jit(lambda p, x: model.apply({"params": p}, train.prepare_images(config, x),
+    state = steps.create_train_state(cfg, model, params=params)
+    return steps.jit_train_step(cfg, model, mesh).lower(state, batch, rng).cost_analysis()["flops"]
+  forward = jax.jit(lambda p, x: model.apply({"params": p}, steps.prepare_images(config, x),
                                              method="features")).lower(params, batch["image"])
   forward = forward.cost_analysis()["flops"]
-  frozen, full = step_flops(config), step_flops(benchmark.finetune_config(config))
+  frozen, full = step_flops(config), step_flops(inputs.finetune_config(config))
   assert frozen / forward <= 1.3, frozen / forward
   assert 2.5 <= full / forward <= 3.5, full / forward
 
 
 def test_table_names_every_figure_and_the_skips(catsdogs_keras, rps_no_tf):
-  table = benchmark.format_table(catsdogs_keras)
+  text = table.format_table(catsdogs_keras)
   for words in ("train step", "backbone forward", "Keras (TF) train_on_batch",
                 "Keras (JAX) train_on_batch", "speed-up vs Keras", "forward / peak",
                 "XLA default flags",
                 "decode + resize once", "scaling", "2 devices", "versions"):
-    assert words in table, words
-  table = benchmark.format_table(rps_no_tf)
-  assert "n/a" in table and "skipped keras" in table and "skipped pipeline" in table
+    assert words in text, words
+  text = table.format_table(rps_no_tf)
+  assert "n/a" in text and "skipped keras" in text and "skipped pipeline" in text
 
 
 def test_flag_spelling_and_estimate():
-  assert benchmark._normalize_argv(["x", "--compare-keras", "--data-dir=a-b", "--config.x-y=1"]) \
+  assert cli.normalize_argv(["x", "--compare-keras", "--data-dir=a-b", "--config.x-y=1"]) \
       == ["x", "--compare_keras", "--data_dir=a-b", "--config.x-y=1"]
   config = kr.load_recipe("rps_cached")
-  est = benchmark.cached_speedup_estimate(config, forward_ips=100.0, train_ips=80.0,
+  est = jax_figures.cached_speedup_estimate(config, forward_ips=100.0, train_ips=80.0,
                                           head_ips=1e5, num_train=1000)
   # uncached 20 * 1000 / 80 = 250 s; cached 5 * 1000 / 100 + 20 * 1000 / 1e5 = 50.2 s
   assert est["uncached_seconds"] == 250.0 and est["cached_seconds"] == pytest.approx(50.2)
   assert est["speedup"] == pytest.approx(250 / 50.2, abs=0.01)
-  assert benchmark.cached_speedup_estimate(config, None, 80.0, 1e5) is None
+  assert jax_figures.cached_speedup_estimate(config, None, 80.0, 1e5) is None
 
 
 def test_time_budget_decides_the_rounds():
-  more = benchmark.more_rounds
+  more = timing.more_rounds
   assert [more(d, 4, 0.0, 1e9) for d in range(6)] == [True] * 4 + [False] * 2  # fixed count
   # Budget: at least MIN_ROUNDS however slow, then while the next round fits.
-  assert all(more(d, 0, 10.0, 1e9) for d in range(benchmark.MIN_ROUNDS))
-  assert not more(benchmark.MIN_ROUNDS, 0, 10.0, 30.0)      # 3 rounds took 30 s: a 4th would not fit
-  assert more(benchmark.MIN_ROUNDS, 0, 100.0, 30.0)         # ... within 100 s it does
-  assert not more(benchmark.MAX_ROUNDS, 0, 1e9, 1.0)        # capped
+  assert all(more(d, 0, 10.0, 1e9) for d in range(timing.MIN_ROUNDS))
+  assert not more(timing.MIN_ROUNDS, 0, 10.0, 30.0)      # 3 rounds took 30 s: a 4th would not fit
+  assert more(timing.MIN_ROUNDS, 0, 100.0, 30.0)         # ... within 100 s it does
+  assert not more(timing.MAX_ROUNDS, 0, 1e9, 1.0)        # capped
+
+
+def test_keras_models_know_every_allowed_value():
+  """The Keras peer of any valid config can be built: the Keras side maps every pooling,
+  optimizer and preprocessing the Flax side accepts, and names the CNN's convs as Flax does
+  (what keras_layer_map converts by)."""
+  assert set(keras_models.POOLINGS) == set(heads.POOLINGS)
+  assert set(keras_models.OPTIMIZERS) == set(optim.OPTIMIZERS)
+  assert set(keras_models.PREPROCESS) == set(preprocess.PREPROCESSORS)
+  assert keras_models.CNN_CONV_NAMES == tuple(models.cnn_conv_names())

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 import keras_reference as kr
-from rpsflax import benchmark, config_base, models, sharding, train
+from rpsflax import config_base, models, sharding, steps
+from rpsflax.benchmark import inputs
 
 SIZE = 224
 FEATURE_TOL = 2e-2
@@ -46,9 +47,9 @@ def parity():
   """float32 params shared by both dtypes; the head scaled so float32 logits have std ~2."""
   c32 = _config("float32")
   model = models.build_model(c32)
-  params = benchmark.random_params(c32, model)
+  params = inputs.random_params(c32, model)
   images = _images()
-  feats = jax.jit(lambda p, x: model.apply({"params": p}, train.prepare_images(c32, x),
+  feats = jax.jit(lambda p, x: model.apply({"params": p}, steps.prepare_images(c32, x),
                                            method="features"))(params, images)
   pooled = np.asarray(feats).max(axis=(1, 2))
   rng = np.random.RandomState(3)
@@ -61,7 +62,7 @@ def parity():
 def _blocks(config, params, images):
   """{blockN_pool: activations} and the backbone output, for `config`'s dtype."""
   model = models.build_model(config)
-  fn = jax.jit(lambda p, x: model.apply({"params": p}, train.prepare_images(config, x),
+  fn = jax.jit(lambda p, x: model.apply({"params": p}, steps.prepare_images(config, x),
                                         method="features", mutable=["intermediates"]))
   out, state = fn(params, images)
   inter = state["intermediates"]["backbone"]
@@ -90,7 +91,7 @@ def test_bf16_predictions_match_fp32(parity):
   for dtype in ("float32", "bfloat16"):
     config = _config(dtype)
     model = models.build_model(config)
-    probs[dtype] = np.asarray(train.make_predict_fn(config, model)(params, images))
+    probs[dtype] = np.asarray(steps.make_predict_fn(config, model)(params, images))
     assert probs[dtype].dtype == np.float32
   np.testing.assert_allclose(probs["float32"].sum(-1), 1.0, atol=1e-5)
   np.testing.assert_allclose(probs["bfloat16"], probs["float32"], atol=PROB_TOL, rtol=0)
@@ -113,7 +114,7 @@ def test_bf16_logits_and_loss_are_float32():
   logits = jax.eval_shape(lambda p, x: model.apply({"params": p}, x), params, x)
   assert feats.dtype == jnp.bfloat16 and logits.dtype == jnp.float32
   labels = jax.ShapeDtypeStruct((2,), jnp.int32)
-  loss, _ = jax.eval_shape(lambda l, y: train.per_example_loss(l, y, 3), logits, labels)
+  loss, _ = jax.eval_shape(lambda l, y: steps.per_example_loss(l, y, 3), logits, labels)
   assert loss.dtype == jnp.float32
 
 
@@ -124,15 +125,15 @@ def test_bf16_train_step_keeps_params_float32(trainable):
   config.trainable = trainable
   config.augment.rotation_range = 10.0
   model = models.build_model(config)
-  params = benchmark.random_params(config, model)
+  params = inputs.random_params(config, model)
   mesh = sharding.make_mesh(jax.devices()[:1])
-  state = train.create_train_state(config, model, params=params)
-  batch = benchmark.synthetic_batch(config, 4)
+  state = steps.create_train_state(config, model, params=params)
+  batch = inputs.synthetic_batch(config, 4)
   rng = jax.random.PRNGKey(0)
   if trainable == (".*",):
-    new, metrics = jax.eval_shape(train.make_train_step(config, model), state, batch, rng)
+    new, metrics = jax.eval_shape(steps.make_train_step(config, model), state, batch, rng)
   else:
-    step = train.jit_train_step(config, model, mesh)
+    step = steps.jit_train_step(config, model, mesh)
     before = jax.device_get(state.params)
     new, metrics = step(jax.device_put(state, sharding.replicated(mesh)),
                         sharding.shard_batch(batch, mesh), rng)

@@ -18,8 +18,7 @@ import pytest
 
 import data_factory
 import keras_reference as kr
-from rpsflax import features, input_pipeline, models, predict, train
-from rpsflax import errors
+from rpsflax import errors, evaluation, features, input_pipeline, models, prediction, restore, steps, train
 
 IMAGE = 32
 VIEWS = 2
@@ -85,12 +84,12 @@ def test_run_writes_the_cache_and_a_normal_workdir(run):
 def test_views_are_the_backbone_on_clean_and_augmented_images(run):
   root, _, config, _ = run
   wd = root / "wd"
-  state, _ = train.restore_state(config, wd, which="latest")
+  state, _ = restore.restore_state(config, wd, which="latest")
   datasets = _datasets(config, wd)
   cached = np.load(wd / "features" / "train.npy")
   images, _ = _images(datasets, "train")
   model = models.build_model(config)
-  direct = jax.jit(lambda p, x: model.apply({"params": p}, train.prepare_images(config, x),
+  direct = jax.jit(lambda p, x: model.apply({"params": p}, steps.prepare_images(config, x),
                                             method="features"))(state.params, images)
   direct = np.asarray(direct).max(axis=(1, 2), keepdims=True)
   np.testing.assert_allclose(cached[0], np.asarray(direct), rtol=1e-5, atol=1e-4)
@@ -102,7 +101,7 @@ def test_views_are_the_backbone_on_clean_and_augmented_images(run):
   from rpsflax import augment
 
   base = jax.random.fold_in(jax.random.PRNGKey(config.seed), features._AUG_TAG)
-  pool = jax.jit(lambda p, x: model.apply({"params": p}, train.prepare_images(config, x),
+  pool = jax.jit(lambda p, x: model.apply({"params": p}, steps.prepare_images(config, x),
                                           method="features").max(axis=(1, 2), keepdims=True))
   aug = jax.jit(lambda key, x: augment.augment_batch(key, x, config.augment))
   for v in range(1, 1 + VIEWS):
@@ -132,8 +131,8 @@ def test_resume_reuses_the_cache_and_equals_a_straight_run(run, monkeypatch):
                              np.load(resumed / "features" / "train.npy"), rtol=1e-6, atol=1e-5)
   assert out["accuracy"] == straight["accuracy"] and out["loss"] == straight["loss"]
   config = _config(data, 3)
-  a, _ = train.restore_state(config, resumed, which="latest")
-  b, _ = train.restore_state(config, root / "straight3", which="latest")
+  a, _ = restore.restore_state(config, resumed, which="latest")
+  b, _ = restore.restore_state(config, root / "straight3", which="latest")
   for x, y in zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -158,7 +157,7 @@ def test_cache_is_invalid_when_what_it_depends_on_changes(run, tmp_path):
   finally:
     os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns))
   # Different backbone weights: a different fingerprint.
-  state, _ = train.restore_state(config, wd, which="latest")
+  state, _ = restore.restore_state(config, wd, which="latest")
   params = jax.device_get(state.params)
   other = jax.tree.map(np.array, params)
   other["backbone"]["block1_conv1"]["bias"][0] += 1.0
@@ -170,10 +169,10 @@ def test_full_model_predict_and_evaluate_match_the_head_on_cached_features(run):
   wd = root / "wd"
   datasets = _datasets(config, wd)
   images, labels = _images(datasets, "validation")
-  predictor = predict.Predictor(wd, which="latest", batch_size=8)
+  predictor = prediction.Predictor(wd, which="latest", batch_size=8)
   full = predictor.probabilities(images)
 
-  state, _ = train.restore_state(config, wd, which="latest")
+  state, _ = restore.restore_state(config, wd, which="latest")
   model = models.build_model(config)
   cached = np.load(wd / "features" / "validation.npy")[0]
   logits = model.apply({"params": state.params}, cached, method="classify")
@@ -181,7 +180,7 @@ def test_full_model_predict_and_evaluate_match_the_head_on_cached_features(run):
   np.testing.assert_allclose(full, head, rtol=1e-4, atol=1e-5)
   np.testing.assert_array_equal(full.argmax(-1), head.argmax(-1))
 
-  evaluated = train.evaluate(config, wd, split="validation", which="latest")  # the full model
+  evaluated = evaluation.evaluate_checkpoint(config, wd, split="validation", which="latest")  # the full model
   assert evaluated["num_examples"] == result["num_examples"] == len(labels)
   assert evaluated["accuracy"] == pytest.approx(result["accuracy"])
   assert evaluated["loss"] == pytest.approx(result["loss"], rel=1e-4)
@@ -194,13 +193,13 @@ def test_two_devices_with_padded_batches_compute_the_same_features(run, tmp_path
   script = textwrap.dedent("""
       import sys
       import jax, numpy as np
-      from rpsflax import features, input_pipeline, report, train
+      from rpsflax import features, input_pipeline, report, restore, sharding
       wd, out = sys.argv[1:]
       config = report.read_config(wd)
       config.eval_batch_size = 3
-      mesh = train.make_mesh()
+      mesh = sharding.make_mesh()
       assert mesh.devices.size == 2
-      state, _ = train.restore_state(config, wd, which="latest", mesh=mesh)
+      state, _ = restore.restore_state(config, wd, which="latest", mesh=mesh)
       datasets = input_pipeline.create_datasets(config, None)
       views = 1 + config.cached_features.augmented_views
       np.save(out, features.compute_split(config, datasets, "train", state.params, mesh, views))

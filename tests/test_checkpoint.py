@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rpsflax import checkpoint, config_base, train
-from rpsflax import errors
+from rpsflax import checkpoint, config_base
+from rpsflax import errors, sharding, steps
 
 
 def _state(seed: int = 0):
@@ -18,7 +18,7 @@ def _state(seed: int = 0):
             "head": {"w": jnp.asarray(rng.randn(3, 2), jnp.float32),
                      "b": jnp.asarray(rng.randn(2), jnp.float32)}}
   config = config_base.get_config()
-  state = train.create_train_state(config, None, params=params)
+  state = steps.create_train_state(config, None, params=params)
   # Make the optimizer state non-trivial so the round trip has something to lose.
   nu = jax.tree.map(lambda x: x + seed + 1.0, state.opt_state)
   return state.replace(step=jnp.asarray(seed, jnp.int32), opt_state=nu)
@@ -44,7 +44,7 @@ def test_round_trip_restores_state_and_meta(tmp_path):
     ckpts.wait()
   restored, got_meta = checkpoint.restore_latest(tmp_path, _state(0))
   _assert_same(restored, state)
-  assert isinstance(restored, train.TrainState)
+  assert isinstance(restored, steps.TrainState)
   assert got_meta == meta
   assert checkpoint.restore_best(tmp_path, _state(0)) is None
 
@@ -103,11 +103,11 @@ def test_restore_places_arrays_with_the_target_sharding(tmp_path):
     ckpts.save(_state(2), {"step": 2, "epoch": 1})
     ckpts.wait()
     assert ckpts.restore_meta() == {"step": 2, "epoch": 1}
-  mesh = train.make_mesh()
-  target = checkpoint.abstract_like(_state(0), train.replicated(mesh))
+  mesh = sharding.make_mesh()
+  target = checkpoint.abstract_like(_state(0), sharding.replicated(mesh))
   restored, _ = checkpoint.restore_latest(tmp_path, target)
   for leaf in jax.tree.leaves(restored):
-    assert leaf.sharding.is_equivalent_to(train.replicated(mesh), leaf.ndim)
+    assert leaf.sharding.is_equivalent_to(sharding.replicated(mesh), leaf.ndim)
 
 
 def test_mismatched_target_is_a_clear_error(tmp_path):

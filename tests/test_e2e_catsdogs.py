@@ -216,9 +216,9 @@ def test_kaggle_layout_train_holdout_submission(tmp_path, kaggle_dir):
   # here from the model itself on the images as training reads them.
   import jax
 
-  from rpsflax import input_pipeline, preprocess, train
+  from rpsflax import input_pipeline, preprocess, restore
 
-  config, model, params, class_names, _ = train.load_for_inference(w)
+  config, model, params, class_names, _ = restore.load_for_inference(w)
   assert class_names == ["cat", "dog"]
   images, ok, _ = input_pipeline.load_images([str(data / "test" / f"{i}.jpg") for i in TEST_IDS],
                                              config.data.image_size, config.data.resize_method)
@@ -267,7 +267,7 @@ def test_recipe_matches_the_tutorial(tmp_path):
   import jax
   import jax.numpy as jnp
 
-  from rpsflax import config_check, data_files, models, train
+  from rpsflax import config_check, data_files, models, steps
 
   c = _load(REPO / "configs" / "catsdogs.py")
   config_check.check_config(c)
@@ -300,16 +300,16 @@ def test_recipe_matches_the_tutorial(tmp_path):
 
   # Binary cross-entropy and accuracy at 0.5: p = sigmoid(z), loss = -log p for a dog.
   z = jnp.array([[2.0], [-0.5], [0.1]])
-  loss, pred = train.per_example_loss(z, jnp.array([1, 1, 0]), 1)
+  loss, pred = steps.per_example_loss(z, jnp.array([1, 1, 0]), 1)
   p = 1 / (1 + np.exp(-np.array([2.0, -0.5, 0.1])))
   np.testing.assert_allclose(loss, [-np.log(p[0]), -np.log(p[1]), -np.log(1 - p[2])], rtol=1e-6)
   assert list(pred) == [1, 0, 1]
 
   # Training images are augmented then rescaled; evaluation images only rescaled (1/255).
   images = jnp.asarray(data_factory.image_array((16, 16), 3)[None].repeat(2, 0))
-  np.testing.assert_array_equal(train.prepare_images(c, images),  # pylint: disable=protected-access
+  np.testing.assert_array_equal(steps.prepare_images(c, images),  # pylint: disable=protected-access
                                 np.asarray(images, np.float32) * np.float32(1 / 255))
-  augmented = train.prepare_images(c, images, jax.random.PRNGKey(1))  # pylint: disable=protected-access
+  augmented = steps.prepare_images(c, images, jax.random.PRNGKey(1))  # pylint: disable=protected-access
   assert not np.allclose(augmented, np.asarray(images, np.float32) / 255)
 
   # 25,000 labelled images: 1,000 held out, the 24,000 left split 18,000 / 6,000.

@@ -175,9 +175,9 @@ def test_train_resume_evaluate_predict(tmp_path, rps_dir, weights_file):
   assert (w / "data_report.json").is_file()
 
   # 4. The converted weights were used: the frozen backbone equals the file's random kernels.
-  from rpsflax import predict
+  from rpsflax import prediction
 
-  predictor = predict.Predictor(w)
+  predictor = prediction.Predictor(w)
   assert predictor.class_names == list(CLASSES)
   kernel = np.asarray(predictor.params["backbone"]["block3_conv2"]["kernel"])
   np.testing.assert_array_equal(kernel, weight_arrays["block3_conv2"][0])
@@ -187,9 +187,9 @@ def test_train_resume_evaluate_predict(tmp_path, rps_dir, weights_file):
   ev_val = _read(w / "eval" / "validation" / "eval.json")
   assert ev_val["num_examples"] == n_val and 0.0 <= ev_val["accuracy"] <= 1.0
   assert (w / "eval" / "validation" / "confusion_matrix.png").stat().st_size > 10_000
-  from rpsflax import main
+  from rpsflax import evaluation, prediction
 
-  main.evaluate(None, w, "validation", str(rps_dir / "train"))  # the command's body, in process
+  evaluation.evaluate(None, w, "validation", str(rps_dir / "train"))  # the command's body, in process
   ev_dir = list(w.glob("eval/folder-*/eval.json"))
   assert len(ev_dir) == 1 and _read(ev_dir[0])["num_examples"] == len(CLASSES) * PER_CLASS
   assert _read(w / "eval.json") == ev
@@ -206,8 +206,8 @@ def test_train_resume_evaluate_predict(tmp_path, rps_dir, weights_file):
   assert rows[0] == "file,label,probability,p_paper,p_rock,p_scissors" and len(rows) == 2 + PER_CLASS
   assert grid.stat().st_size > 10_000
   json_path = tmp_path / "preds.json"
-  api_rows = predict.predict_files(predictor, [images[0]])[0]  # the model restored in step 4
-  predict.write_predictions(json_path, api_rows, predictor.class_names)
+  api_rows = prediction.predict_files(predictor, [images[0]])[0]  # the model restored in step 4
+  prediction.write_predictions(json_path, api_rows, predictor.class_names)
   data = _read(json_path)
   assert data["class_names"] == list(CLASSES) and data["predictions"] == api_rows
   assert sum(api_rows[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
@@ -228,11 +228,9 @@ def test_missing_weights_file_stops_with_the_flag(tmp_path, rps_dir):
 
 
 def test_missing_weights_and_data_say_both_at_once(tmp_path):
-  from rpsflax import main
-
   config = _tiny_config(**{"weights": str(tmp_path / "nope.h5"),
                            "data.dir": str(tmp_path / "no-data")})
-  msg = _error_of(main, config, tmp_path / "run")
+  msg = _error_of(config, tmp_path / "run")
   assert "nope.h5" in msg and "no-data" in msg and "--config.data.dir" in msg
   assert not (tmp_path / "run").exists()
 
@@ -269,7 +267,7 @@ def offline(monkeypatch, tmp_path):
   import keras
   import tensorflow_datasets as tfds
 
-  from rpsflax import train, weights
+  from rpsflax import steps, weights
 
   def no_dns(*args, **kwargs):
     raise socket.gaierror(socket.EAI_NONAME, "Name or service not known (offline test)")
@@ -281,15 +279,17 @@ def offline(monkeypatch, tmp_path):
   monkeypatch.setattr(keras.utils, "get_file", _fail("keras.utils.get_file"))
   monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
   monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path / "no_weights_dir")
-  for name in ("init_params", "create_train_state", "jit_train_step"):
-    monkeypatch.setattr(train, name, _forbid(f"train.{name}"))
+  for name in ("init_params", "create_train_state", "compile_steps"):
+    monkeypatch.setattr(steps, name, _forbid(f"steps.{name}"))
   return tmp_path
 
 
-def _error_of(main_mod, config, workdir):
+def _error_of(config, workdir):
   """The message main would print: the error must be a user error (one line, no traceback)."""
+  from rpsflax import train
+
   with pytest.raises(errors.UserError) as info:
-    main_mod.train(config, workdir)
+    train.train_and_evaluate(config, workdir)
   return str(info.value)
 
 
@@ -307,20 +307,16 @@ def _tiny_config(**overrides):
 
 
 def test_offline_without_imagenet_weights(offline, rps_dir):
-  from rpsflax import main
-
-  msg = _error_of(main, _tiny_config(**{"weights": "imagenet", "data.dir": str(rps_dir)}),
+  msg = _error_of(_tiny_config(**{"weights": "imagenet", "data.dir": str(rps_dir)}),
                   offline / "run")
   assert "--config.weights=" in msg
   assert not (offline / "run").exists()
 
 
 def test_offline_without_data(offline):
-  from rpsflax import main
-
   tfds_dir = offline / "tfds"
   tfds_dir.mkdir()
-  msg = _error_of(main, _tiny_config(**{"data.dir": "", "data.tfds_data_dir": str(tfds_dir)}),
+  msg = _error_of(_tiny_config(**{"data.dir": "", "data.tfds_data_dir": str(tfds_dir)}),
                   offline / "run")
   assert "--config.data.dir=" in msg
   assert not (offline / "run" / "checkpoints").exists()

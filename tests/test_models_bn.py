@@ -34,9 +34,17 @@ def test_classifier_variables_and_layer_map(name):
 
 
 def test_model_names_live_in_one_place():
+  """config_check reads models.BACKBONES: its error lists the new backbones."""
   from rpsflax import config_check
-  assert config_check.MODELS is BACKBONES
+  from rpsflax.errors import ConfigError
   assert set(BACKBONES) == {"vgg16", "resnet50", "mobilenet_v2", "cnn"}
+  c = recipe("resnet5O")
+  with pytest.raises(ConfigError) as e:
+    config_check.check_config(c)
+  assert "'resnet50', 'mobilenet_v2'" in str(e.value)
+  c = recipe("mobilenet_v2", alpha=0.9)
+  with pytest.raises(ConfigError, match=r"config.model.alpha=0.9: use one of 0.35"):
+    config_check.check_config(c)
 
 
 def test_bn_modes_reach_the_module():

@@ -25,7 +25,7 @@ import pytest
 from flax import traverse_util
 
 import keras_reference as kr
-from rpsflax import optim, train
+from rpsflax import optim, steps
 from rpsflax.models import build_model
 from rpsflax.models.vgg import vgg16_layer_names
 from rpsflax.preprocess import rescale, vgg16_preprocess
@@ -53,7 +53,7 @@ def jax_gradients(config, params, x, y):
 
   def loss_fn(tr):
     logits = model.apply({"params": optim.merge(tr, frozen)}, x, train=False)
-    loss, _ = train.per_example_loss(logits, jnp.asarray(y), int(config.head.num_classes))
+    loss, _ = steps.per_example_loss(logits, jnp.asarray(y), int(config.head.num_classes))
     return jnp.mean(loss)
 
   loss, grads = jax.value_and_grad(loss_fn)(trainable)

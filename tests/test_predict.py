@@ -15,8 +15,8 @@ from PIL import Image
 
 from keras_reference import SHARED_DATA  # the location every test reads (conftest.py)
 
-from rpsflax import predict, report
-from rpsflax import errors
+from rpsflax import report
+from rpsflax import errors, prediction
 
 CATSDOGS = ["cat", "dog"]
 
@@ -25,22 +25,22 @@ CATSDOGS = ["cat", "dog"]
 # Pure helpers
 
 def test_file_id():
-  assert predict.file_id("test1/1234.jpg") == 1234
-  assert predict.file_id(pathlib.Path("7.png")) == 7
+  assert prediction.file_id("test1/1234.jpg") == 1234
+  assert prediction.file_id(pathlib.Path("7.png")) == 7
   for bad in ("cat.1.jpg", "a12.jpg", "12a.jpg"):
     with pytest.raises(errors.PredictError, match="numerically named"):
-      predict.file_id(bad)
+      prediction.file_id(bad)
 
 
 def test_positive_class():
-  assert predict.positive_class(CATSDOGS) == "dog"
-  assert predict.positive_class(["dog", "zebra"]) == "dog"  # 'dog' wins wherever it is
-  assert predict.positive_class(["neg", "pos"]) == "pos"
-  assert predict.positive_class(["paper", "rock", "scissors"], "rock") == "rock"
+  assert prediction.positive_class(CATSDOGS) == "dog"
+  assert prediction.positive_class(["dog", "zebra"]) == "dog"  # 'dog' wins wherever it is
+  assert prediction.positive_class(["neg", "pos"]) == "pos"
+  assert prediction.positive_class(["paper", "rock", "scissors"], "rock") == "rock"
   with pytest.raises(errors.PredictError, match="--positive_class"):
-    predict.positive_class(["paper", "rock", "scissors"])
+    prediction.positive_class(["paper", "rock", "scissors"])
   with pytest.raises(errors.PredictError, match="model's classes"):
-    predict.positive_class(CATSDOGS, "horse")
+    prediction.positive_class(CATSDOGS, "horse")
 
 
 @pytest.mark.parametrize("path,expected", [
@@ -55,42 +55,42 @@ def test_positive_class():
 ])
 def test_guess_true_label(path, expected):
   names = ["cat", "dog", "paper", "rock", "scissors"]
-  assert predict.guess_true_label(path, names) == expected
+  assert prediction.guess_true_label(path, names) == expected
 
 
 def test_write_submission_sorted_numeric(tmp_path):
-  path = predict.write_submission(tmp_path / "sub.csv", [10, 2, 9, 1], [0.9, 0.2, 1.0, 0.0])
+  path = prediction.write_submission(tmp_path / "sub.csv", [10, 2, 9, 1], [0.9, 0.2, 1.0, 0.0])
   lines = path.read_text().splitlines()
   assert lines[0] == "id,label"
   rows = [line.split(",") for line in lines[1:]]
   assert [int(r[0]) for r in rows] == [1, 2, 9, 10]  # numeric order, not '1, 10, 2, 9'
   assert [float(r[1]) for r in rows] == [0.0, 0.2, 1.0, 0.9]
   with pytest.raises(errors.PredictError, match="twice"):
-    predict.write_submission(tmp_path / "dup.csv", [3, 3], [0.1, 0.2])
+    prediction.write_submission(tmp_path / "dup.csv", [3, 3], [0.1, 0.2])
 
 
 def test_write_predictions_csv_json(tmp_path):
   rows = [{"file": "a/1.png", "label": "dog", "probability": 0.75,
            "probabilities": {"cat": 0.25, "dog": 0.75}}]
-  with open(predict.write_predictions(tmp_path / "p.csv", rows, CATSDOGS), newline="") as f:
+  with open(prediction.write_predictions(tmp_path / "p.csv", rows, CATSDOGS), newline="") as f:
     got = list(csv.reader(f))
   assert got == [["file", "label", "probability", "p_cat", "p_dog"],
                  ["a/1.png", "dog", "0.750000", "0.250000", "0.750000"]]
-  data = json.loads(predict.write_predictions(tmp_path / "p.json", rows, CATSDOGS).read_text())
+  data = json.loads(prediction.write_predictions(tmp_path / "p.json", rows, CATSDOGS).read_text())
   assert data == {"class_names": CATSDOGS, "predictions": rows}
   with pytest.raises(errors.PredictError, match=".csv or a .json"):
-    predict.write_predictions(tmp_path / "p.txt", rows, CATSDOGS)
+    prediction.write_predictions(tmp_path / "p.txt", rows, CATSDOGS)
 
 
 def test_run_refuses_bad_arguments_before_loading_a_model(tmp_path):
   (tmp_path / "test").mkdir()
   Image.new("RGB", (8, 8)).save(tmp_path / "test" / "cat.1.jpg")
   with pytest.raises(errors.PredictError, match="numerically named"):
-    predict.run(tmp_path / "no-run", [tmp_path / "test"], submission=str(tmp_path / "s.csv"))
+    prediction.run(tmp_path / "no-run", [tmp_path / "test"], submission=str(tmp_path / "s.csv"))
   with pytest.raises(errors.PredictError, match=".csv or a .json"):
-    predict.run(tmp_path / "no-run", [tmp_path / "test"], output=str(tmp_path / "p.xlsx"))
+    prediction.run(tmp_path / "no-run", [tmp_path / "test"], output=str(tmp_path / "p.xlsx"))
   with pytest.raises(errors.PredictError, match="no config.json"):
-    predict.run(tmp_path / "no-run", [tmp_path / "test"])
+    prediction.run(tmp_path / "no-run", [tmp_path / "test"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,7 +101,7 @@ def catsdogs_workdir(tmp_path_factory):
   """A workdir holding config.json and a 'best' checkpoint of a randomly initialised small CNN."""
   import jax
 
-  from rpsflax import checkpoint, config_base, config_check, models, train
+  from rpsflax import checkpoint, config_base, config_check, models, steps
 
   workdir = tmp_path_factory.mktemp("catsdogs_run")
   config = config_base.load_sibling(str(pathlib.Path(__file__).parents[1] / "configs" / "x.py"),
@@ -110,7 +110,7 @@ def catsdogs_workdir(tmp_path_factory):
   config.head.hidden = (16,)
   report.write_config(workdir, config)
   model = models.build_model(config)
-  state = train.create_train_state(config, model, rng=jax.random.PRNGKey(3))
+  state = steps.create_train_state(config, model, rng=jax.random.PRNGKey(3))
   # Spread the outputs (a random head gives ~0.5 everywhere), so a mix-up of images shows.
   params = jax.tree.map(lambda p: p, state.params)
   params["head"]["predictions"]["kernel"] = params["head"]["predictions"]["kernel"] * 30.0
@@ -145,7 +145,7 @@ def _expected_dog_probability(predictor, files, model, params):
 def test_submission_end_to_end(tmp_path, catsdogs_workdir, kaggle_test_folder, capsys):
   workdir, _, model, params = catsdogs_workdir
   sub, out_csv, grid = tmp_path / "submission.csv", tmp_path / "preds.csv", tmp_path / "grid.png"
-  rows = predict.run(workdir, [kaggle_test_folder], batch_size=4, submission=str(sub),
+  rows = prediction.run(workdir, [kaggle_test_folder], batch_size=4, submission=str(sub),
                      output=str(out_csv), grid=str(grid))
   printed = capsys.readouterr()
   assert "5.jpg" in printed.err  # the corrupt file is reported ...
@@ -158,7 +158,7 @@ def test_submission_end_to_end(tmp_path, catsdogs_workdir, kaggle_test_folder, c
   assert ids == [1, 2, 3, 4, 10, 11]
   assert all(0.0 <= p <= 1.0 for p in probs)
 
-  predictor = predict.Predictor(workdir, batch_size=4)
+  predictor = prediction.Predictor(workdir, batch_size=4)
   files = sorted(kaggle_test_folder.iterdir())
   expected = _expected_dog_probability(predictor, files, model, params)
   by_id = {int(pathlib.Path(f).stem): p for f, p in expected.items()}
@@ -177,8 +177,8 @@ def test_submission_end_to_end(tmp_path, catsdogs_workdir, kaggle_test_folder, c
 def test_batch_size_does_not_change_predictions(catsdogs_workdir, kaggle_test_folder):
   workdir = catsdogs_workdir[0]
   files = sorted(kaggle_test_folder.glob("*.jpg"))
-  a = predict.predict_files(predict.Predictor(workdir, batch_size=1), files)[0]
-  b = predict.predict_files(predict.Predictor(workdir, batch_size=64), files, chunk=2)[0]
+  a = prediction.predict_files(prediction.Predictor(workdir, batch_size=1), files)[0]
+  b = prediction.predict_files(prediction.Predictor(workdir, batch_size=64), files, chunk=2)[0]
   assert [r["file"] for r in a] == [r["file"] for r in b]
   np.testing.assert_allclose([r["probabilities"]["dog"] for r in a],
                              [r["probabilities"]["dog"] for r in b], atol=1e-6)
@@ -210,7 +210,7 @@ def _kaggle_folders(root: pathlib.Path, per_class: int = 10, n_test: int = 6):
 
 
 def test_catsdogs_holdout_evaluation_and_submission(tmp_path):
-  from rpsflax import config_base, config_check, main
+  from rpsflax import config_base, config_check, evaluation, prediction, train
 
   data, test1 = _kaggle_folders(tmp_path / "dogs-vs-cats")
   config = config_base.load_sibling(str(pathlib.Path(__file__).parents[1] / "configs" / "x.py"),
@@ -222,13 +222,13 @@ def test_catsdogs_holdout_evaluation_and_submission(tmp_path):
   config.batch_size = config.eval_batch_size = 8
   config.num_epochs = 1
   workdir = tmp_path / "run"
-  main.train(config, workdir)
+  train.train_and_evaluate(config, workdir)
   holdout = (workdir / "splits" / "holdout.txt").read_text().splitlines()
   assert len(holdout) == 4
 
   # The final evaluation (python -m rpsflax.main --mode=evaluate --workdir=W --split=holdout;
   # the e2e test runs that command line) writes its own file and leaves eval.json alone.
-  main.evaluate(None, workdir, "holdout", "")
+  evaluation.evaluate(None, workdir, "holdout", "")
   ev = json.loads((workdir / "eval" / "holdout" / "eval.json").read_text())
   assert ev["split"] == "holdout" and ev["num_examples"] == 4
   assert set(ev["per_class_accuracy"]) == set(CATSDOGS) and 0.0 <= ev["accuracy"] <= 1.0
@@ -237,7 +237,7 @@ def test_catsdogs_holdout_evaluation_and_submission(tmp_path):
 
   # Kaggle submission and a grid labelled cat/dog.
   sub, grid = tmp_path / "submission.csv", tmp_path / "grid.png"
-  rows = predict.run(workdir, [test1], submission=str(sub), grid=str(grid), quiet=True)
+  rows = prediction.run(workdir, [test1], submission=str(sub), grid=str(grid), quiet=True)
   lines = sub.read_text().splitlines()
   assert lines[0] == "id,label" and [int(x.split(",")[0]) for x in lines[1:]] == [1, 2, 3, 4, 5, 6]
   assert {r["label"] for r in rows} <= set(CATSDOGS)

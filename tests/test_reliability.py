@@ -142,10 +142,10 @@ def restore(workdir, which="latest", step=None):
   """(params as NumPy, meta) of a checkpoint, restored in this process."""
   import jax
 
-  from rpsflax import checkpoint, models, train
+  from rpsflax import checkpoint, models, steps
 
   config = recipe()
-  target = train.abstract_train_state(config, models.build_model(config))
+  target = steps.abstract_train_state(config, models.build_model(config))
   with checkpoint.Checkpoints(workdir) as ckpts:
     state, meta = ckpts.restore(target, which=which, step=step)
   return jax.device_get(state), meta

@@ -20,18 +20,20 @@ import pytest
 
 import data_factory
 import keras_reference as kr
-from rpsflax.models import Head
+from rpsflax import keras_models
+from rpsflax.models import Head, heads
 
-POOLINGS = {"max": "GlobalMaxPooling2D", "avg": "GlobalAveragePooling2D", "flatten": "Flatten"}
+POOLINGS = heads.POOLINGS  # every pooling Head accepts (a Keras one missing fails here)
 RTOL = 1e-5  # softmax probabilities, fp32
 
 
 def keras_head(pooling: str, shape, seed=0):
   k = kr.keras()
   k.utils.set_random_seed(seed)
-  model = k.Sequential([k.Input(shape), getattr(k.layers, POOLINGS[pooling])(),
-                        k.layers.Dropout(0.5), k.layers.Dense(3, activation="softmax",
-                                                              name="predictions")])
+  head = {"pooling": pooling, "dropout": 0.5, "hidden": (), "hidden_activation": "relu",
+          "hidden_dropout": 0.0, "num_classes": 3}
+  # The head the benchmark's Keras peer uses: pooling, Dropout(0.5), Dense(3, softmax).
+  model = k.Sequential([k.Input(shape), *keras_models.head_layers(head)])
   kernel, bias = model.get_layer("predictions").get_weights()
   rng = np.random.default_rng(seed)
   model.get_layer("predictions").set_weights(
@@ -93,8 +95,8 @@ def _rps_config(path):
 
 
 def test_rps_model_matches_keras_with_2x2_block5(rps_reference):
-  from rpsflax import models, train
-  from rpsflax import weights as W
+  from rpsflax import models
+  from rpsflax import steps, weights as W
   from rpsflax.preprocess import vgg16_preprocess
 
   model_k, base, path = rps_reference
@@ -123,13 +125,13 @@ def test_rps_model_matches_keras_with_2x2_block5(rps_reference):
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
   assert want.max() < 0.99 and np.abs(want[0] - want[1]).max() > 1e-3
   # The same through the training code's own preprocessing of uint8 pixels.
-  prepared = train.prepare_images(config, jnp.asarray(pixels.astype(np.uint8)))
+  prepared = steps.prepare_images(config, jnp.asarray(pixels.astype(np.uint8)))
   np.testing.assert_allclose(np.asarray(prepared), vgg16_preprocess(pixels.astype(np.uint8)),
                              rtol=0, atol=1e-4)
 
 
 def test_rps_recipe_matches_the_tutorial(tmp_path):
-  from rpsflax import config_check, data_files, models, optim, train
+  from rpsflax import config_check, data_files, models, optim, steps
 
   c = kr.load_recipe("rps")
   config_check.check_config(c)
@@ -168,7 +170,7 @@ def test_rps_recipe_matches_the_tutorial(tmp_path):
 
   # Categorical cross-entropy over the softmax.
   z = jnp.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
-  loss, pred = train.per_example_loss(z, jnp.array([0, 2]), 3)
+  loss, pred = steps.per_example_loss(z, jnp.array([0, 2]), 3)
   logp = np.asarray(jax.nn.log_softmax(z))
   np.testing.assert_allclose(loss, [-logp[0, 0], -logp[1, 2]], rtol=1e-6)
   assert list(pred) == [0, 2]

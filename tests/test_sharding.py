@@ -121,7 +121,7 @@ def _mesh_checks(config, mesh) -> dict:
 
 def _worker(config_path, workdir, out_dir) -> None:
   import jax
-  from rpsflax import sharding, train
+  from rpsflax import restore, sharding, train
 
   config = _load_config(config_path)
   out_dir = pathlib.Path(out_dir)
@@ -132,8 +132,8 @@ def _worker(config_path, workdir, out_dir) -> None:
   t0 = time.time()
   result["final"] = train.train_and_evaluate(config, workdir)
   result["seconds"] = time.time() - t0
-  state, meta = train.restore_state(config, workdir, "latest", mesh)
-  result["history"] = meta["history"]
+  state, meta = restore.restore_state(config, workdir, "latest", mesh)
+  result["history"] = meta.history
   leaves = jax.tree_util.tree_leaves_with_path(state.params)
   result["param_devices"] = sorted({len(x.sharding.device_set) for _, x in leaves})
   result["replicated"] = all(x.sharding.is_fully_replicated for _, x in leaves)
@@ -269,11 +269,11 @@ def test_eight_device_evaluation_counts_every_example_once(runs):
 
 def _restore_on_one_device(config_path, workdir):
   import jax
-  from rpsflax import sharding, train
+  from rpsflax import restore, sharding
 
   config = _load_config(config_path)
   mesh = sharding.make_mesh(jax.devices()[:1])
-  state, meta = train.restore_state(config, workdir, "latest", mesh)
+  state, meta = restore.restore_state(config, workdir, "latest", mesh)
   leaves = jax.tree_util.tree_leaves_with_path(state.params)
   assert {len(x.sharding.device_set) for _, x in leaves} == {1}
   return {jax.tree_util.keystr(k): np.asarray(x) for k, x in leaves}, meta
@@ -282,7 +282,7 @@ def _restore_on_one_device(config_path, workdir):
 def test_checkpoint_from_eight_devices_restores_on_one(runs):
   tmp, config_path, results = runs
   params, meta = _restore_on_one_device(config_path, tmp / "work_eight")
-  assert meta["step"] == 4 and meta["history"] == results["eight"]["history"]
+  assert meta.step == 4 and meta.history == results["eight"]["history"]
   assert params.keys() == results["eight"]["params"].keys()
   for k, v in results["eight"]["params"].items():
     np.testing.assert_array_equal(params[k], v, err_msg=k)  # bit for bit
@@ -295,7 +295,7 @@ def test_two_processes_train_like_one(runs):
   _assert_history_close(history, results["one"]["history"])
   params, meta = _restore_on_one_device(config_path, workdir)  # written by both processes
   _assert_params_close(params, results["one"]["params"])
-  assert meta["step"] == 4
+  assert meta.step == 4
   config = json.loads((workdir / "config.json").read_text())
   assert config["distributed"]["process_id"] == 0  # written by process 0 only
   ev = json.loads((workdir / "eval.json").read_text())

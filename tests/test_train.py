@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from rpsflax import config_base, models, train
+from rpsflax import config_base, evaluation, models, sharding, steps, train
 
 IMAGE = 32
 CNN_IMAGE = 48  # the smallest the cats-vs-dogs convnet takes is 46
@@ -68,15 +68,15 @@ def _batch(n=8, real=None, seed=0, num_classes=3, size=IMAGE):
 def _run_steps(config, params, batches, mesh=None, step=None, first_step=0):
   """Train on `batches` with the jitted, donating step; returns (host params before, after, metrics)."""
   model = models.build_model(config)
-  mesh = train.make_mesh() if mesh is None else mesh
-  state = train.create_train_state(config, model, params=params)
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  state = steps.create_train_state(config, model, params=params)
   state = jax.device_put(state.replace(step=jnp.asarray(first_step, jnp.int32)),
-                         train.replicated(mesh))
+                         sharding.replicated(mesh))
   before = jax.device_get(state.params)
-  step = train.jit_train_step(config, model, mesh) if step is None else step
+  step = steps.jit_train_step(config, model, mesh) if step is None else step
   metrics = []
   for batch in batches:
-    state, m = step(state, train.shard_batch(batch, mesh), jax.random.PRNGKey(42))
+    state, m = step(state, sharding.shard_batch(batch, mesh), jax.random.PRNGKey(42))
     metrics.append(jax.device_get(m))
   return before, jax.device_get(state.params), metrics
 
@@ -109,8 +109,8 @@ def test_finetune_moves_block5_only(vgg_params, repo_root):
 
 def _convs_in_step(config, params):
   model = models.build_model(config)
-  state = train.create_train_state(config, model, params=params)
-  jaxpr = jax.make_jaxpr(train.make_train_step(config, model))(state, _batch(), jax.random.PRNGKey(0))
+  state = steps.create_train_state(config, model, params=params)
+  jaxpr = jax.make_jaxpr(steps.make_train_step(config, model))(state, _batch(), jax.random.PRNGKey(0))
   return str(jaxpr).count("conv_general_dilated")
 
 
@@ -141,8 +141,8 @@ def test_padded_batch_gives_the_same_loss_and_update():
   assert moved == sum(k.startswith("head/") for k in _flat(params))
 
   model = models.build_model(config)
-  state = train.create_train_state(config, model, params=params)
-  eval_step = jax.jit(train.make_eval_step(config, model))
+  state = steps.create_train_state(config, model, params=params)
+  eval_step = jax.jit(steps.make_eval_step(config, model))
   e_real, e_pad = eval_step(state, real), eval_step(state, padded)
   np.testing.assert_array_equal(e_real["confusion"], e_pad["confusion"])
   np.testing.assert_allclose(e_pad["loss_sum"], e_real["loss_sum"], rtol=1e-5)
@@ -154,10 +154,10 @@ def test_eval_counts_every_real_example_in_the_confusion_matrix():
   model = models.build_model(config)
   params = jax.tree.map(np.zeros_like, _random_params(config))
   params["head"]["predictions"]["bias"] = np.array([0.0, 0.0, 1.0], np.float32)  # always class 2
-  state = train.create_train_state(config, model, params=params)
+  state = steps.create_train_state(config, model, params=params)
   batch = _batch(n=6, real=5, size=CNN_IMAGE)
   batch["label"] = np.array([0, 1, 2, 2, 1, 0], np.int32)  # the last row is padding
-  out = jax.device_get(jax.jit(train.make_eval_step(config, model))(state, batch))
+  out = jax.device_get(jax.jit(steps.make_eval_step(config, model))(state, batch))
   np.testing.assert_array_equal(out["confusion"], [[0, 0, 1], [0, 0, 2], [0, 0, 2]])
   assert int(out["correct"]) == 2 and int(out["count"]) == 5
   logp = np.log(np.exp([0, 0, 1]) / np.exp([0, 0, 1]).sum())
@@ -170,14 +170,14 @@ def test_sigmoid_head_uses_binary_cross_entropy_and_a_2x2_confusion():
   model = models.build_model(config)
   params = jax.tree.map(np.zeros_like, _random_params(config))
   params["head"]["predictions"]["bias"] = np.array([0.5], np.float32)  # p(class 1) = sigmoid(0.5)
-  state = train.create_train_state(config, model, params=params)
+  state = steps.create_train_state(config, model, params=params)
   batch = _batch(n=4, real=3, size=CNN_IMAGE)
   batch["label"] = np.array([0, 1, 1, 0], np.int32)
-  out = jax.device_get(jax.jit(train.make_eval_step(config, model))(state, batch))
+  out = jax.device_get(jax.jit(steps.make_eval_step(config, model))(state, batch))
   np.testing.assert_array_equal(out["confusion"], [[0, 1], [0, 2]])
   p = 1 / (1 + np.exp(-0.5))
   np.testing.assert_allclose(out["loss_sum"], -(np.log(1 - p) + 2 * np.log(p)), rtol=1e-6)
-  probs = train.make_predict_fn(config, model)(params, batch["image"])
+  probs = steps.make_predict_fn(config, model)(params, batch["image"])
   np.testing.assert_allclose(probs, [[1 - p, p]] * 4, rtol=1e-6)
 
 
@@ -217,7 +217,7 @@ def test_same_seed_same_result_and_rng_depends_on_step():
   config.augment.rotation_range = 10.0
   config.augment.horizontal_flip = True
   params = _random_params(config)
-  step = train.jit_train_step(config, models.build_model(config), train.make_mesh())
+  step = steps.jit_train_step(config, models.build_model(config), sharding.make_mesh())
   batches = [_batch(seed=0, size=CNN_IMAGE), _batch(seed=1, size=CNN_IMAGE)]
   _, a, ma = _run_steps(config, params, batches, step=step)
   _, b, mb = _run_steps(config, params, batches, step=step)
@@ -242,7 +242,7 @@ def test_nonfinite_loss_is_flagged_with_its_step():
   assert flags[0] == 0 and flags[-1] == 1
   total = metrics[0]
   for m in metrics[1:]:
-    total = train._combine(total, m)  # how the loop accumulates: sums, and min of first_*
+    total = steps.combine_metrics(total, m)  # how the loop accumulates: sums, and min of first_*
   assert int(total["nonfinite"]) == sum(flags)
   assert int(total["first_nonfinite_step"]) == flags.index(1)
 
@@ -250,21 +250,21 @@ def test_nonfinite_loss_is_flagged_with_its_step():
 def test_four_devices_match_one_and_batch_size_must_divide():
   script = textwrap.dedent("""
       import jax, pytest
-      from rpsflax import config_base, train
-      mesh = train.make_mesh()
+      from rpsflax import config_base, sharding
+      mesh = sharding.make_mesh()
       assert mesh.devices.size == 4
       c = config_base.get_config()
       c.batch_size = 6
       with pytest.raises(ValueError, match="config.batch_size=6"):
-        train.check_batch_sizes(c, mesh)
+        sharding.check_batch_sizes(c, mesh)
       c.batch_size = 8
-      train.check_batch_sizes(c, mesh)
+      sharding.check_batch_sizes(c, mesh)
       import numpy as np
       b = {"image": np.zeros((6, 4, 4, 3), np.uint8), "label": np.zeros(6, np.int32),
            "mask": np.ones(6, bool)}
       with pytest.raises(ValueError, match="config.batch_size"):
-        train.shard_batch(b, mesh)
-      padded = train.shard_batch(b, mesh, pad=True)
+        sharding.shard_batch(b, mesh)
+      padded = sharding.shard_batch(b, mesh, pad=True)
       assert padded["mask"].shape == (8,) and int(padded["mask"].sum()) == 6
       assert len(padded["image"].sharding.device_set) == 4
       # Two training steps on 4 devices match 1 device (same batches, same rng), and the
@@ -275,7 +275,7 @@ def test_four_devices_match_one_and_batch_size_must_divide():
       params = T._random_params(config)
       batches = [T._batch(n=8, seed=s, size=T.CNN_IMAGE) for s in range(2)]
       _, p4, m4 = T._run_steps(config, params, batches, mesh=mesh)
-      _, p1, m1 = T._run_steps(config, params, batches, mesh=train.make_mesh(jax.devices()[:1]))
+      _, p1, m1 = T._run_steps(config, params, batches, mesh=sharding.make_mesh(jax.devices()[:1]))
       for a, b in zip(jax.tree.leaves(p4), jax.tree.leaves(p1)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
       for a, b in zip(m4, m1):
@@ -327,9 +327,9 @@ def _tiny_config(data_dir, num_epochs):
 
 
 def _final_state(workdir, config):
-  from rpsflax import checkpoint
+  from rpsflax import checkpoint, steps
 
-  target = train.abstract_train_state(config, models.build_model(config))
+  target = steps.abstract_train_state(config, models.build_model(config))
   state, meta = checkpoint.restore_latest(workdir, target)
   return jax.device_get(state), meta
 
@@ -402,28 +402,31 @@ def test_resume_after_one_epoch_equals_a_straight_run(straight_run, monkeypatch)
 
 
 def test_signal_mid_epoch_saves_and_resumes_bit_identically(straight_run, monkeypatch):
+  import dataclasses
   import signal
+
+  from rpsflax import interrupts
 
   root, data, _ = straight_run
   workdir = root / "interrupted"
   config = _tiny_config(data, 2)
-  real = train.compiled_steps
+  real = steps.compile_steps
 
-  def steps_with_sigterm(cfg, mesh):
-    step, eval_step = real(cfg, mesh)
+  def steps_with_sigterm(*args, **kwargs):
+    compiled = real(*args, **kwargs)
     calls = []
 
-    def wrapped(*args):
+    def wrapped(*a):
       calls.append(1)
       if len(calls) == 7:  # step 7 of 10: in the middle of epoch 2
         os.kill(os.getpid(), signal.SIGTERM)
-      return step(*args)
-    return wrapped, eval_step
+      return compiled.train(*a)
+    return dataclasses.replace(compiled, train=wrapped)
 
-  monkeypatch.setattr(train, "compiled_steps", steps_with_sigterm)
-  with pytest.raises(train.TrainingInterrupted, match="step 7"):
+  monkeypatch.setattr(steps, "compile_steps", steps_with_sigterm)
+  with pytest.raises(interrupts.TrainingInterrupted, match="step 7"):
     train.train_and_evaluate(config, workdir)
-  monkeypatch.setattr(train, "compiled_steps", real)
+  monkeypatch.setattr(steps, "compile_steps", real)
   _, meta = _final_state(workdir, config)
   assert meta["step"] == 7 and meta["partial"] is not None
   train.train_and_evaluate(config, workdir)
@@ -440,7 +443,7 @@ def test_evaluate_restores_best_and_reads_a_folder(straight_run):
   workdir = root / "straight"
   config = _tiny_config(data, 2)
   history = json.loads((workdir / "history.json").read_text())
-  out = train.evaluate(config, workdir, split="validation")
+  out = evaluation.evaluate_checkpoint(config, workdir, split="validation")
   assert out["checkpoint"] == "best" and out["num_examples"] == 6
   assert out["accuracy"] == pytest.approx(max(h["val_accuracy"] for h in history))
   assert (workdir / "eval" / "validation" / "eval.json").is_file()
@@ -449,8 +452,8 @@ def test_evaluate_restores_best_and_reads_a_folder(straight_run):
   (folder / "rock").mkdir(parents=True)
   for p in sorted((data / "train" / "rock").iterdir())[:3]:
     (folder / "rock" / p.name).write_bytes(p.read_bytes())
-  out = train.evaluate(config, workdir, data_dir=str(folder))
+  out = evaluation.evaluate_checkpoint(config, workdir, data_dir=str(folder))
   assert out["num_examples"] == 3
   assert sum(out["confusion_matrix"][1]) == 3  # every example counted in the 'rock' row
   # A data set folder (train/ inside): every labelled image under it, once.
-  assert train.evaluate(config, workdir, data_dir=str(data))["num_examples"] == 24
+  assert evaluation.evaluate_checkpoint(config, workdir, data_dir=str(data))["num_examples"] == 24

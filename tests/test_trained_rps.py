@@ -24,9 +24,9 @@ the controls ~40 s, mostly restoring and compiling).
 The negative controls run here on the trained model.
 
 Deliberate breaks of the library, each made once and reverted (this file failed every time):
-  - vgg16_preprocess dropped in train.make_predict_fn: predict gave 0.758 vs eval.json 0.848;
-  - channels reversed in predict.Predictor.probabilities: predict 0.788 vs 0.848;
-  - class names reversed in predict.Predictor: predict 0.455 vs 0.848;
+  - vgg16_preprocess dropped in steps.make_predict_fn: predict gave 0.758 vs eval.json 0.848;
+  - channels reversed in prediction.Predictor.probabilities: predict 0.788 vs 0.848;
+  - class names reversed in prediction.Predictor: predict 0.455 vs 0.848;
   - head frozen (optim.create_optimizer: set_to_zero for the head too): eval.json 0.455 < 0.80;
   - RGB kept where VGG16 wants BGR, in preprocess.vgg16_preprocess (training and prediction
     alike): eval.json 0.879, so the bound alone does NOT catch it (the CGI hands barely depend on
@@ -72,8 +72,8 @@ def _files(shared_data):
 
 
 def _truth(files):
-  from rpsflax import predict
-  return np.array([CLASSES.index(predict.guess_true_label(f, CLASSES)) for f in files])
+  from rpsflax import prediction
+  return np.array([CLASSES.index(prediction.guess_true_label(f, CLASSES)) for f in files])
 
 
 def test_trained_head_is_right_and_predict_agrees(trained, shared_data):
@@ -103,10 +103,10 @@ def test_trained_head_is_right_and_predict_agrees(trained, shared_data):
 
 def test_negative_controls_fall_under_the_bound(trained, shared_data):
   """The same trained model, fed what a broken pipeline would feed it, must fail the bound."""
-  from rpsflax import predict
+  from rpsflax import prediction
   from rpsflax.models.heads import Head
 
-  p = predict.Predictor(trained, which="latest")
+  p = prediction.Predictor(trained, which="latest")
   assert p.class_names == CLASSES
   files = _files(shared_data)
   images, ok, bad = p.load(files)

@@ -16,12 +16,13 @@ from rpsflax.models.mobilenet_v2 import MobileNetV2, mobilenet_v2_bn_names, mobi
 from rpsflax.models.resnet import ResNet50, resnet50_bn_names, resnet50_layer_names
 from rpsflax.models.vgg import VGG16, vgg16_layer_names
 
-# The one list of model names (config_check reads it). The ImageNet backbones below are
+# The one list of model names, config.model.name (config_check reads it). The ImageNet backbones below are
 # keras.applications models with their Keras layer names; 'cnn' is the cats-vs-dogs convnet.
 IMAGENET_BACKBONES = ("vgg16", "resnet50", "mobilenet_v2")
 BACKBONES = IMAGENET_BACKBONES + ("cnn",)
 # Models with BatchNorm: their variables hold 'batch_stats' beside 'params'.
 BATCHNORM_BACKBONES = ("resnet50", "mobilenet_v2")
+DTYPES = ("float32", "bfloat16", "float16")  # config.model.dtype: the compute dtype
 
 
 def backbone_module(name: str, *, include_top: bool = False, alpha: float = 1.0,

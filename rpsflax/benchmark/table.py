@@ -1,0 +1,74 @@
+"""The benchmark's result as a human-readable table (the JSON object is the full record)."""
+
+
+def _fmt(v, unit=""):
+  if v is None:
+    return "n/a"
+  if isinstance(v, bool):
+    return "yes" if v else "no"
+  if isinstance(v, float):
+    return f"{v:,.2f}{unit}" if abs(v) < 1e4 else f"{v:,.0f}{unit}"
+  return f"{v}{unit}"
+
+
+def format_table(r: dict) -> str:
+  lines = [f"rpsflax benchmark: {r['config'] or r['model']} ({r['model']}, {r['dtype']}, "
+           f"batch {r['batch_size']}, {r['image_size']}px) on {r['device_kind']} "
+           f"[{r['backend']}, {r['device_count']} device(s), {r['host_cpus']} host CPUs]",
+           f"median of {len((r.get('samples') or {}).get('train', []))} round-robin runs of >= "
+           f"{r['steps']} steps and >= {r['min_seconds']}s each, after {r['warmup']} warm-up "
+           f"steps; weights {r['weights']}",
+           ""]
+  rows = [
+      ("train step (frozen as configured)", r["train_images_per_sec"], "img/s"),
+      ("eval step", r["eval_images_per_sec"], "img/s"),
+      ("backbone forward", r["forward_images_per_sec"], "img/s"),
+      ("fine-tune step (all trainable)", r["finetune_images_per_sec"], "img/s"),
+      ("augmentation alone (on device)", r["augment_images_per_sec"], "img/s"),
+      ("head step on cached features", r["cached_head_images_per_sec"], "img/s"),
+      ("train step / forward (time)", r["frozen_step_over_forward"], "x"),
+      ("fine-tune step / forward (time)", r["finetune_step_over_forward"], "x"),
+      ("train step / forward (XLA flops)", r["frozen_flops_over_forward"], "x"),
+      ("fine-tune / forward (XLA flops)", r["finetune_flops_over_forward"], "x"),
+      ("train step donates its state", r["train_step_donates_state"], ""),
+      ("host round-trips in the train step", r["train_step_host_transfers"] or "none", ""),
+      ("decode + resize once", r["decode_images_per_sec"], "img/s"),
+      ("epoch from the decoded cache", r["cached_epoch_images_per_sec"], "img/s"),
+      ("epoch decoding every time", r["uncached_epoch_images_per_sec"], "img/s"),
+      ("Keras (TF) train_on_batch", r["keras_train_images_per_sec"], "img/s"),
+      ("Keras (TF) backbone predict_on_batch", r["keras_forward_images_per_sec"], "img/s"),
+      ("Keras (TF) train / forward (time)", r["keras_frozen_step_over_forward"], "x"),
+      ("Keras (JAX) train_on_batch", r["keras_jax_train_images_per_sec"], "img/s"),
+      ("Keras (JAX) backbone predict_on_batch", r["keras_jax_forward_images_per_sec"], "img/s"),
+      ("train speed-up vs Keras (TF)", r["train_speedup_vs_keras"], "x"),
+      ("eval speed-up vs Keras (TF) predict", r["eval_speedup_vs_keras"], "x"),
+      ("train speed-up vs Keras (JAX)", r["train_speedup_vs_keras_jax"], "x"),
+      ("eval speed-up vs Keras (JAX) predict", r["eval_speedup_vs_keras_jax"], "x"),
+      ("machine peak (large dot)", r["peak_gflops_per_sec"], "GFLOP/s"),
+      ("forward achieved", r["forward_gflops_per_sec"], "GFLOP/s"),
+      ("forward / peak", r["forward_fraction_of_peak"], ""),
+      ("Keras (TF) forward achieved", r["keras_forward_gflops_per_sec"], "GFLOP/s"),
+      ("train step, XLA default flags", (r["default_xla_flags"] or {}).get(
+          "train_images_per_sec"), "img/s"),
+      ("train speed-up from rpsflax XLA flags", r["xla_flags_train_speedup"], "x"),
+  ]
+  width = max(len(name) for name, _, _ in rows)
+  lines += [f"  {name:<{width}}  {_fmt(v)} {unit}".rstrip() for name, v, unit in rows]
+  est = r.get("cached_features_speedup_estimate")
+  if est:
+    lines.append(f"  cached features, {est['epochs']} epochs x {est['num_train']} images, "
+                 f"{est['augmented_views']} aug views: ~{est['uncached_seconds']:.0f}s uncached "
+                 f"vs ~{est['cached_seconds']:.0f}s cached (x{est['speedup']:.1f}, modelled)")
+  if r.get("scaling") and len(r["scaling"]) > 1:
+    lines.append("  scaling (per-device batch %d):" % r["batch_size"])
+    for s in r["scaling"]:
+      lines.append(f"    {s['devices']:>3} devices: {s['train_images_per_sec']:,.1f} img/s "
+                   f"({s['efficiency'] * 100:.0f}% per-device efficiency)")
+  if r.get("compile_seconds"):
+    lines.append("  compile seconds: " + ", ".join(f"{k} {v}" for k, v in
+                                                   r["compile_seconds"].items()))
+  for key, why in r["skipped"].items():
+    lines.append(f"  skipped {key}: {why}")
+  v = r["versions"]
+  lines.append("  versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val))
+  return "\n".join(lines)

@@ -1,0 +1,108 @@
+"""Evaluation: metric sums over batches (`evaluate_batches`, also run by the training loop each
+epoch) and `--mode=evaluate` of a trained workdir on a split of its data or another folder."""
+
+import itertools
+import pathlib
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+import jax
+from absl import logging
+from jax.sharding import Mesh
+
+from rpsflax import checkpoint as ckpt_lib
+from rpsflax import config_check, data_files, errors, input_pipeline, models, report, restore
+from rpsflax import sharding, steps
+from rpsflax.errors import RunError
+
+
+def evaluate_batches(eval_step: Callable, state, batches: Iterable[dict], mesh: Mesh,
+                     config) -> dict:
+  """Run eval_step over every batch; one device->host transfer at the end.
+
+  Returns loss, accuracy, num_examples and the confusion matrix (NumPy [C, C]).
+  """
+  acc = None
+  for batch in sharding.prefetch_to_mesh(batches, mesh, pad=True):
+    acc = steps.accumulate(acc, eval_step(state, batch))
+  if acc is None:
+    c = steps.num_outputs(config)
+    sums = {"loss_sum": 0.0, "correct": 0, "count": 0, "confusion": np.zeros((c, c), np.int64)}
+  else:
+    sums = jax.device_get(acc)
+  out = steps.summarize(sums)
+  out["confusion"] = np.asarray(sums["confusion"], np.int64)
+  return out
+
+
+def eval_result(evaluation: dict, class_names, split: str, **extra) -> dict:
+  """What a training run or an evaluation returns: eval.json's fields plus the confusion matrix."""
+  cm = np.asarray(evaluation["confusion"])
+  return {"split": split, "accuracy": evaluation["accuracy"], "loss": evaluation["loss"],
+          "num_examples": evaluation["num_examples"],
+          "per_class_accuracy": report.metrics_from_confusion(cm, class_names)["per_class_accuracy"],
+          "confusion_matrix": cm.tolist(), "class_names": list(class_names), **extra}
+
+
+def evaluate_checkpoint(config, workdir, split: str = "validation", data_dir: Optional[str] = None,
+             which: str = ckpt_lib.BEST) -> dict:
+  """Evaluate a trained workdir's best (else latest) checkpoint on a split of its data or a folder.
+
+  Writes eval.json and confusion_matrix.png into workdir/eval/<split> (or eval/folder-<name> for
+  a folder), beside, never over, the training run's own eval.json, and returns the same numbers
+  (see `train_and_evaluate`).
+  """
+  workdir = pathlib.Path(workdir)
+  mesh = sharding.make_mesh()
+  sharding.check_batch_sizes(config, mesh)
+  model = models.build_model(config)
+  state, meta = restore.restore_state(config, workdir, which, mesh, model=model)
+  class_names = list(meta.class_names)
+  extra = {"epoch": meta.epoch, "step": meta.step, "checkpoint": meta.checkpoint}
+  if data_dir:
+    # Every labelled image under the folder: the folder itself, or each of its split folders
+    # (train/, validation/, test/) when it is laid out like a data set. Labels index the
+    # model's classes by name, so a folder may hold a subset of them.
+    folders = [f.path for f in data_files.find_split_folders(data_dir).values()]
+    sets = [input_pipeline.create_eval_dataset(config, f, class_names) for f in folders]
+    batches = itertools.chain.from_iterable(d.eval_batches("eval") for d in sets)
+    split_name = str(data_dir)
+    name = f"folder-{pathlib.Path(data_dir).resolve().name}"
+    extra["folders"] = folders
+  else:
+    datasets = input_pipeline.create_datasets(config, workdir)
+    if not datasets.num_examples.get(split, 0):
+      raise errors.DataError(f"split {split!r} has no examples in this run's data (it has "
+                             f"{ {k: v for k, v in datasets.num_examples.items() if v} }); "
+                             "pick another --split")
+    batches, name, split_name = datasets.eval_batches(split), split, split
+  evaluation = evaluate_batches(steps.compile_steps(config, model, mesh).eval, state, batches, mesh,
+                                config)
+  if sharding.is_chief():
+    report.write_eval_report(workdir / "eval" / name, evaluation["confusion"], class_names,
+                             {"loss": evaluation["loss"], **extra}, split=split_name)
+  return eval_result(evaluation, class_names, split_name, **extra)
+
+
+def evaluate(config, workdir, split: str = "validation", data_dir: Optional[str] = None,
+             which: str = ckpt_lib.BEST) -> dict:
+  """`--mode=evaluate`: the workdir's best (else latest) checkpoint on a split or a folder.
+
+  Uses the config the workdir was trained with (its config.json), which built the checkpoint;
+  `config` is used only for a workdir without one, and for how to start jax.distributed.
+  """
+  workdir = pathlib.Path(workdir)
+  launch = config  # how this launch starts jax.distributed: --config's, never config.json's
+  if not workdir.is_dir():
+    raise RunError(f"--workdir={workdir} does not exist: train first (--mode=train)")
+  if (workdir / report.CONFIG_FILE).is_file():
+    if config is not None:
+      logging.info("--mode=evaluate uses %s (the config the checkpoint was trained with); "
+                   "--config is ignored but for config.distributed", workdir / report.CONFIG_FILE)
+    config = report.read_config(workdir)
+  elif config is None:
+    raise RunError(f"{workdir / report.CONFIG_FILE} not found: is {workdir} the --workdir of a "
+                   "training run? Pass --config=... as well, or train first.")
+  config_check.check_config(config)
+  sharding.initialize_distributed(launch)  # None: only RPSFLAX_DISTRIBUTED=1 starts it
+  return evaluate_checkpoint(config, workdir, split, data_dir or None, which)

@@ -1,0 +1,257 @@
+"""The pure steps: TrainState, the train/eval/predict functions, and their jit-compiled forms.
+
+- `make_train_step` / `make_eval_step` build pure functions of (state, batch[, rng]); they run
+  augmentation and preprocessing on device (`prepare_images`) and return metrics as on-device
+  sums. The epoch loop (rpsflax.train), cached features (rpsflax.features), evaluation and the
+  benchmark all call these, so every path computes exactly the same thing.
+- Freezing is free: the step splits the parameters by label (`rpsflax.optim`) and differentiates
+  only the trainable ones; frozen ones are closed over as constants (so a frozen backbone costs
+  one forward pass) and carried into the new state untouched (bit-identical).
+- Sharding: batches are sharded on their first axis over the 1-D 'data' mesh, the state is
+  replicated, and `jit` inserts the cross-device reductions (`compile_steps`).
+- Determinism: every random number of step s comes from fold_in(train_rng, s), so a run resumed
+  at any step replays exactly.
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+from jax.sharding import Mesh
+
+from rpsflax import augment, models, optim, preprocess
+from rpsflax import checkpoint as ckpt_lib
+from rpsflax.sharding import data_sharding, replicated
+
+_NO_STEP = np.iinfo(np.int32).max  # "no non-finite step seen" in the min-accumulated metric
+
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training. The optimizer itself is rebuilt from the config
+  (`optim.create_optimizer`), so a checkpoint is plain arrays."""
+  step: jax.Array          # int32 scalar: number of optimizer steps taken
+  params: Any              # the model's 'params' collection
+  opt_state: Any           # optax.multi_transform state (no entries for frozen params)
+
+# ---------------------------------------------------------------------------------------------
+# State
+
+
+def init_params(config, model, rng) -> dict:
+  """Random initial parameters for `config.data.image_size` inputs (jit-compiled: op-by-op init
+  of VGG16 is slower on a CPU)."""
+  size = config.data.image_size
+  x = jnp.zeros((1, size, size, 3), jnp.float32)
+  return jax.jit(lambda rng, x: model.init(rng, x, train=False)["params"])(rng, x)
+
+def abstract_params(config, model) -> dict:
+  """Shapes and dtypes of `init_params` (nothing computed)."""
+  size = config.data.image_size
+  return jax.eval_shape(lambda rng, x: model.init(rng, x, train=False)["params"],
+                        jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+
+
+def create_train_state(config, model, rng=None, params=None) -> TrainState:
+  """A fresh TrainState; `params` (e.g. with loaded weights) or random ones from `rng`."""
+  if params is None:
+    if rng is None:
+      raise ValueError("create_train_state: pass rng or params")
+    params = init_params(config, model, rng)
+  tx = optim.create_optimizer(config, params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+def abstract_train_state(config, model, sharding=None) -> TrainState:
+  """Shapes and dtypes of `create_train_state` (nothing computed): a checkpoint restore target."""
+  abstract = jax.eval_shape(lambda rng: create_train_state(config, model, rng),
+                            jax.random.PRNGKey(0))
+  return ckpt_lib.abstract_like(abstract, sharding) if sharding is not None else abstract
+
+# ---------------------------------------------------------------------------------------------
+# Loss, metrics and the steps
+
+
+def per_example_loss(logits, labels, num_classes: int):
+  """(loss [B], predicted class [B]): softmax cross-entropy, or sigmoid BCE for num_classes == 1.
+
+  Computed from logits (Keras computes from probabilities, clipped at 1e-7; the same loss
+  wherever that clip does not bite, and stable where it would).
+  """
+  labels = labels.astype(jnp.int32)
+  if num_classes == 1:
+    z = logits[:, 0]
+    loss = optax.sigmoid_binary_cross_entropy(z, labels.astype(jnp.float32))
+    pred = (z > 0).astype(jnp.int32)  # sigmoid(z) > 0.5, Keras' binary accuracy threshold
+  else:
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    pred = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return loss, pred
+
+def num_outputs(config) -> int:
+  """Rows/columns of the confusion matrix: 2 for a sigmoid head."""
+  return max(2, int(config.head.num_classes))
+
+def prepare_images(config, images, rng=None):
+  """uint8 batch -> the model's input: augmentation (when rng is given and enabled), then the
+  config's preprocessing, in the compute dtype. Shared by the steps, cached features and the
+  benchmark so all three see exactly the same input."""
+  dtype = models.compute_dtype(config)
+  if rng is not None and config.augment.enabled:
+    images = augment.augment_batch(rng, images, config.augment)
+  return preprocess.get_preprocessor(config.preprocess)(images, dtype=dtype)
+
+def make_train_step(config, model, *, on_features: bool = False) -> Callable:
+  """train_step(state, batch, rng) -> (state, metrics), pure; jit it (see `jit_train_step`).
+
+  `rng` is the run's training key; the step folds in state.step, so it is the same every call.
+  metrics: loss_sum (float32), correct, count (int32, real examples only), nonfinite (1 when the
+  loss or gradient norm is NaN/inf) and first_nonfinite_step.
+  on_features=True: batch['image'] holds cached backbone features (rpsflax.features) and only
+  the head runs (no augmentation, no preprocessing).
+  """
+  config = config.copy_and_resolve_references()  # read at trace time: later edits must not leak in
+  num_classes = int(config.head.num_classes)
+
+  def train_step(state: TrainState, batch, rng):
+    step_rng = jax.random.fold_in(rng, state.step)
+    aug_rng, dropout_rng = jax.random.split(step_rng)
+    x = batch["image"] if on_features else prepare_images(config, batch["image"], aug_rng)
+    labels = batch["label"]
+    mask = batch["mask"]
+    maskf = mask.astype(jnp.float32)
+
+    # Labels and optimizer are pure functions of (config, param structure): built at trace time.
+    label_tree = optim.param_labels(state.params, config)
+    tx = optim.create_optimizer(config, state.params)
+    trainable, frozen = optim.split_by_label(state.params, label_tree)
+
+    def loss_fn(trainable_params):
+      params = optim.merge(trainable_params, frozen)
+      logits = model.apply({"params": params}, x, train=True, rngs={"dropout": dropout_rng},
+                           method="classify" if on_features else None)
+      loss, pred = per_example_loss(logits, labels, num_classes)
+      loss_sum = jnp.sum(loss * maskf)
+      count = jnp.sum(maskf)
+      return loss_sum / jnp.maximum(count, 1.0), (loss_sum, pred)
+
+    (loss, (loss_sum, pred)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+
+    # multi_transform wants the full tree; the zeros for frozen leaves feed set_to_zero and are
+    # dead code after it, so XLA drops them.
+    zeros = {k: jnp.zeros_like(v) for k, v in frozen.items()}
+    updates, opt_state = tx.update(optim.merge(grads, zeros), state.opt_state, state.params)
+    flat_updates = traverse_util.flatten_dict(updates)
+    new_trainable = {k: (v + flat_updates[k]).astype(v.dtype) for k, v in trainable.items()}
+    new_params = optim.merge(new_trainable, frozen)  # frozen leaves: the very same arrays
+
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    metrics = {
+        "loss_sum": loss_sum,
+        "correct": jnp.sum((pred == labels.astype(jnp.int32)) & mask).astype(jnp.int32),
+        "count": jnp.sum(mask).astype(jnp.int32),
+        "nonfinite": (~finite).astype(jnp.int32),
+        "first_nonfinite_step": jnp.where(finite, _NO_STEP, state.step).astype(jnp.int32),
+    }
+    new_state = state.replace(step=state.step + 1, params=new_params, opt_state=opt_state)
+    return new_state, metrics
+
+  return train_step
+
+def make_eval_step(config, model, *, on_features: bool = False) -> Callable:
+  """eval_step(state, batch) -> metrics: loss_sum, correct, count and confusion [C, C] (true, pred).
+
+  `state` is anything with `.params` (a TrainState, or a restored one without optimizer state).
+  on_features=True: batch['image'] holds cached backbone features; only the head runs.
+  """
+  config = config.copy_and_resolve_references()
+  num_classes = int(config.head.num_classes)
+  c = num_outputs(config)
+
+  def eval_step(state, batch):
+    x = batch["image"] if on_features else prepare_images(config, batch["image"])
+    logits = model.apply({"params": state.params}, x, train=False,
+                         method="classify" if on_features else None)
+    labels = batch["label"].astype(jnp.int32)
+    mask = batch["mask"]
+    loss, pred = per_example_loss(logits, labels, num_classes)
+    true_1h = jax.nn.one_hot(labels, c, dtype=jnp.int32) * mask[:, None].astype(jnp.int32)
+    pred_1h = jax.nn.one_hot(pred, c, dtype=jnp.int32)
+    return {
+        "loss_sum": jnp.sum(jnp.where(mask, loss, 0.0)),
+        "correct": jnp.sum((pred == labels) & mask).astype(jnp.int32),
+        "count": jnp.sum(mask).astype(jnp.int32),
+        "confusion": jnp.einsum("bi,bj->ij", true_1h, pred_1h),
+    }
+
+  return eval_step
+
+def make_predict_fn(config, model) -> Callable:
+  """predict(params, images uint8 [B,H,W,3]) -> probabilities [B, C] over the class names.
+
+  A sigmoid head gives [1 - p, p] so column i is always class i.
+  """
+  config = config.copy_and_resolve_references()
+
+  def predict(params, images):
+    logits = model.apply({"params": params}, prepare_images(config, images), train=False)
+    if config.head.num_classes == 1:
+      p = jax.nn.sigmoid(logits[:, 0])
+      return jnp.stack([1.0 - p, p], axis=-1)
+    return jax.nn.softmax(logits, axis=-1)
+
+  return jax.jit(predict)
+
+def combine_metrics(acc, new):
+  """Accumulate step metrics on device: sums, and min for first_* keys."""
+  if acc is None:
+    return new
+  return {k: (jnp.minimum(acc[k], v) if k.startswith("first_") else acc[k] + v)
+          for k, v in new.items()}
+
+accumulate = jax.jit(combine_metrics)
+
+def summarize(sums: dict) -> dict:
+  """Host-side means from metric sums: loss, accuracy, num_examples."""
+  count = int(sums["count"])
+  return {"loss": float(sums["loss_sum"]) / count if count else float("nan"),
+          "accuracy": float(sums["correct"]) / count if count else float("nan"),
+          "num_examples": count}
+
+# ---------------------------------------------------------------------------------------------
+# Compiled for a mesh
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+  """The jit-compiled steps of one run, built once (`compile_steps`) and passed where needed."""
+  train: Callable      # (state, batch, rng) -> (state, metrics); the state is donated
+  eval: Callable       # (state, batch) -> metric sums and confusion
+  on_features: bool    # whether batch['image'] holds cached backbone features (head only)
+
+
+def compile_steps(config, model, mesh: Mesh, *, on_features: bool = False) -> Steps:
+  """The train and eval steps for `mesh`: state replicated (and donated), batch sharded on 'data'.
+
+  on_features=True: the head-only steps that train on cached features (rpsflax.features).
+  """
+  repl, data = replicated(mesh), data_sharding(mesh)
+  train = jax.jit(make_train_step(config, model, on_features=on_features),
+                  in_shardings=(repl, data, repl), out_shardings=(repl, repl),
+                  donate_argnums=(0,))
+  evaluate = jax.jit(make_eval_step(config, model, on_features=on_features),
+                     in_shardings=(repl, data), out_shardings=repl)
+  return Steps(train=train, eval=evaluate, on_features=on_features)
+
+def jit_train_step(config, model, mesh: Mesh) -> Callable:
+  """The jit-compiled train step alone (the benchmark times it without an eval step)."""
+  return compile_steps(config, model, mesh).train
+
+
+def jit_eval_step(config, model, mesh: Mesh) -> Callable:
+  return compile_steps(config, model, mesh).eval

@@ -1,0 +1,123 @@
+"""The package's shape: no import cycles, no private name used across modules, and the model and
+step code free of TensorFlow. Read from the source (ast), so it holds for imports inside
+functions too."""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "rpsflax"
+
+
+def _module_name(path: pathlib.Path) -> str:
+  parts = path.relative_to(REPO).with_suffix("").parts
+  return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, ast.Module]:
+  return {_module_name(p): ast.parse(p.read_text()) for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _imports(name: str, tree: ast.Module, known: set[str]) -> dict[str, set[str]]:
+  """{imported rpsflax module: names taken from it} for every import in the module."""
+  out: dict[str, set[str]] = {}
+  package = name if (PACKAGE / pathlib.Path(*name.split(".")[1:]) / "__init__.py").exists() \
+      else name.rpartition(".")[0]
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      for a in node.names:
+        if a.name in known:
+          out.setdefault(a.name, set())
+    elif isinstance(node, ast.ImportFrom):
+      base = node.module or ""
+      if node.level:
+        base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]
+                        + ([base] if base else []))
+      for a in node.names:
+        full = f"{base}.{a.name}"
+        if full in known:             # from rpsflax import steps
+          out.setdefault(full, set())
+        elif base in known:           # from rpsflax.errors import DataError
+          out.setdefault(base, set()).add(a.name)
+  out.pop(name, None)
+  return out
+
+
+def _graph():
+  modules = _modules()
+  known = set(modules)
+  return modules, {n: _imports(n, t, known) for n, t in modules.items()}
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+  """Every strongly connected component with more than one module (Tarjan)."""
+  index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+  def visit(v):
+    index[v] = low[v] = counter[0]
+    counter[0] += 1
+    stack.append(v)
+    on.add(v)
+    for w in edges.get(v, ()):
+      if w not in index:
+        visit(w)
+        low[v] = min(low[v], low[w])
+      elif w in on:
+        low[v] = min(low[v], index[w])
+    if low[v] == index[v]:
+      comp = []
+      while True:
+        w = stack.pop()
+        on.discard(w)
+        comp.append(w)
+        if w == v:
+          break
+      if len(comp) > 1:
+        out.append(sorted(comp))
+
+  for v in sorted(edges):
+    if v not in index:
+      visit(v)
+  return out
+
+
+def test_no_import_cycles():
+  _, graph = _graph()
+  # A package imports its submodules ("rpsflax.models" -> "rpsflax.models.vgg"): not a cycle.
+  edges = {m: {d for d in deps if not d.startswith(m + ".")} for m, deps in graph.items()}
+  assert _cycles(edges) == []
+
+
+def test_cycle_finder_finds_one():
+  assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_private_name_used_across_modules():
+  modules, graph = _graph()
+  offenders = []
+  for name, tree in modules.items():
+    for dep, names in graph[name].items():
+      offenders += [f"{name}: from {dep} import {n}" for n in names if n.startswith("_")]
+    aliases = {}
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom) and node.module == "rpsflax":
+        aliases.update({a.asname or a.name: f"rpsflax.{a.name}" for a in node.names})
+    for node in ast.walk(tree):
+      if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+          and node.value.id in aliases and node.attr.startswith("_")
+          and not node.attr.startswith("__")):
+        offenders.append(f"{name}: {node.value.id}.{node.attr}")
+  assert offenders == []
+
+
+def test_model_and_step_code_never_import_tensorflow():
+  code = ("import sys\n"
+          "import rpsflax.steps, rpsflax.models, rpsflax.features, rpsflax.restore, "
+          "rpsflax.optim, rpsflax.augment, rpsflax.preprocess, rpsflax.config_check\n"
+          "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+          "('tensorflow', 'keras', 'tensorflow_datasets')))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       check=True).stdout.strip()
+  assert out == "[]"
