@@ -4,7 +4,7 @@
   python scripts/backbone_macs.py            # 224x224, without and with the top
   python scripts/backbone_macs.py --size 160
 
-Counted from the shapes each nn.Conv / nn.Dense sees in an abstract forward (nothing runs):
+Counted from the shapes each nn.Conv / DepthwiseConv3x3 / nn.Dense sees in an abstract forward (nothing runs):
 output pixels x kernel window x input channels per group x output channels. BatchNorm, pooling,
 activations and adds are not counted (as Keras' and the papers' GMAC figures do not).
 """
@@ -21,6 +21,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from rpsflax.models import IMAGENET_BACKBONES, backbone_module  # noqa: E402
+from rpsflax.models.layers import DepthwiseConv3x3  # noqa: E402
 
 
 def count_macs(module, size: int) -> int:
@@ -33,6 +34,8 @@ def count_macs(module, size: int) -> int:
     if context.method_name == "__call__" and isinstance(m, nn.Conv):
       cin = args[0].shape[-1] // m.feature_group_count
       total += math.prod(out.shape[:-1]) * math.prod(m.kernel_size) * cin * out.shape[-1]
+    elif context.method_name == "__call__" and isinstance(m, DepthwiseConv3x3):
+      total += math.prod(out.shape) * 9
     elif context.method_name == "__call__" and isinstance(m, nn.Dense):
       total += math.prod(out.shape[:-1]) * args[0].shape[-1] * out.shape[-1]
     return out

@@ -6,7 +6,7 @@
 
 Both run the backbone without its top, in inference mode, fp32, on the same seeded weights and
 preprocessed batch: ours as one jit-compiled apply, Keras as `model(x, training=False)` in a
-tf.function (what predict runs). Timed round by round, interleaved (rpsflax.benchmark.interleaved),
+tf.function (what predict runs). Timed round by round, interleaved (rpsflax.benchmark.timing.interleaved),
 so a shared machine's load drift hits both; the ratio is the median of the per-round ratios.
 In one process: TensorFlow's and XLA's thread pools idle while the other runs.
 A frozen-backbone train step costs this forward plus the head (no backbone gradient).
@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from rpsflax import benchmark  # noqa: E402
+from rpsflax.benchmark import environment, timing  # noqa: E402
 from rpsflax.models import backbone_module  # noqa: E402
 from rpsflax.preprocess import get_preprocessor  # noqa: E402
 
@@ -49,15 +49,15 @@ def bench(name: str, size: int, batch: int, budget: float) -> dict:
   keras_fn = tf.function(lambda x: model(x, training=False))
   xt = tf.constant(x)
   err = kr.rel_error(np.asarray(ours(variables, xj)), keras_fn(xt).numpy())[2]
-  rates = benchmark.interleaved(
+  rates = timing.interleaved(
       {"flax": (lambda: ours(variables, xj), batch),
        "keras": (lambda: keras_fn(xt).numpy(), batch)},
-      steps=2, repeats=0, warmup=2, budget_seconds=budget,
+      steps=2, repeats=0, warmup=2, block=jax.block_until_ready, budget_seconds=budget,
       log=lambda s: print(s, flush=True))
   return {"backbone": name, "image_size": size, "batch": batch,
           "flax_images_per_s": statistics.median(rates["flax"]),
           "keras_images_per_s": statistics.median(rates["keras"]),
-          "flax_over_keras": benchmark.paired_ratio(rates["flax"], rates["keras"]),
+          "flax_over_keras": timing.paired_ratio(rates["flax"], rates["keras"]),
           "rounds": len(rates["flax"]), "max_rel_error_vs_keras": err}
 
 
@@ -78,7 +78,7 @@ def main(argv=None):
           f"Keras {r['keras_images_per_s']:.1f} img/s, ours/Keras {r['flax_over_keras']:.2f}x "
           f"({r['rounds']} rounds; outputs agree to {r['max_rel_error_vs_keras']:.1e})", flush=True)
   if args.json:
-    pathlib.Path(args.json).write_text(json.dumps({"versions": benchmark.versions(),
+    pathlib.Path(args.json).write_text(json.dumps({"versions": environment.versions(),
                                                    "results": results}, indent=2) + "\n")
 
 

@@ -2,9 +2,9 @@
 
 keras.applications.MobileNetV2 as a Flax module, for every width `alpha` Keras has: NHWC input
 already scaled to [-1, 1] (see `rpsflax.preprocess.mobilenet_v2_preprocess`), no conv biases,
-BatchNormalization with epsilon 1e-3 and momentum 0.999, ReLU6. Depthwise convolutions are Flax
-grouped convolutions (`feature_group_count` = channels; kernel (3, 3, 1, C), the converter
-reshapes Keras' (3, 3, C, 1)). A stride-2 depthwise conv is preceded by Keras' `correct_pad`
+BatchNormalization with epsilon 1e-3 and momentum 0.999, ReLU6. Depthwise convolutions hold
+Flax's grouped-conv kernel layout (3, 3, 1, C) (the converter reshapes Keras' (3, 3, C, 1)) and
+run as nine fused multiply-adds (`layers.DepthwiseConv3x3`). A stride-2 depthwise conv is preceded by Keras' `correct_pad`
 zero padding and is 'valid'; a stride-1 one is 'same'.
 
 The output of every block and of the stem and last conv is sown into 'intermediates' under its
@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from rpsflax.models.layers import BatchNorm
+from rpsflax.models.layers import BatchNorm, DepthwiseConv3x3
 
 # (filters, stride, expansion) of blocks 0..16, as keras MobileNetV2 calls _inverted_res_block.
 MOBILENET_V2_BLOCKS = (
@@ -149,9 +149,8 @@ class MobileNetV2(nn.Module):
       if stride == 2:
         (t, b), (l, r) = correct_pad(x.shape[1:3])
         x = jnp.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))  # {p}pad
-      x = nn.Conv(channels, (3, 3), strides=(stride, stride),
-                  padding="SAME" if stride == 1 else "VALID", feature_group_count=channels,
-                  use_bias=False, dtype=self.dtype, name=f"{p}depthwise")(x)
+      x = DepthwiseConv3x3(channels, stride, "SAME" if stride == 1 else "VALID",
+                           dtype=self.dtype, name=f"{p}depthwise")(x)
       x = relu6(self._bn(x, f"{p}depthwise_BN", train))
       residual = cin == cout and stride == 1
       # Without a residual the block ends with project_BN, a module: it sows its own output.
