@@ -706,6 +706,14 @@ def release_for_config(config) -> Release:
                  config.model.get("alpha", 1.0))
 
 
+def imagenet_release(config) -> Release | None:
+  """What config.weights='imagenet' means for config.model: its notop release (None for a model
+  without one, where 'imagenet' then means VGG16's, as before)."""
+  if config.model.name not in models.IMAGENET_BACKBONES:
+    return None
+  return release_for_config(config)
+
+
 def download_vgg16(include_top: bool = False) -> str:
   """Path of the official Keras VGG16 ImageNet file (see `download_release`)."""
   return download_release(release("vgg16", include_top))
