@@ -16,7 +16,15 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Model: backbone + head (see rpsflax/models/__init__.py).
   c.model = ml_collections.ConfigDict()
-  c.model.name = "vgg16"            # 'vgg16' | 'cnn'
+  c.model.name = "vgg16"            # 'vgg16' | 'resnet50' | 'mobilenet_v2' | 'cnn'
+  c.model.alpha = 1.0               # mobilenet_v2 width (Keras' alpha); ignored by the others
+  # BatchNorm (resnet50, mobilenet_v2): False (Keras' fine-tuning guide, base(x, training=False))
+  # keeps every BN layer in inference mode: moving statistics normalise and never change, while
+  # its gamma/beta train if config.trainable says so. True: a BN layer whose gamma matches
+  # config.trainable / lr_groups runs in training mode in train steps (batch statistics, moving
+  # statistics updated), as Keras' base(x) with that layer trainable; frozen ones stay in
+  # inference mode (Keras: a BN layer with trainable=False always does).
+  c.model.bn_trainable = False
   c.model.dtype = "float32"         # computation dtype: 'float32' | 'bfloat16' (params stay float32)
   c.head = ml_collections.ConfigDict()
   c.head.num_classes = 3            # 1 means a sigmoid output (binary cross-entropy)

@@ -61,6 +61,10 @@ def check_config(config, model=None) -> None:
     return
   cf = config.cached_features
   problems = []
+  if config.model.name in models.BATCHNORM_BACKBONES:  # the cache holds params only (issue 15)
+    problems.append(f"config.cached_features.enabled=True is not available yet for "
+                    f"config.model.name={config.model.name!r} (BatchNorm statistics are not in "
+                    "the cache key): set --config.cached_features.enabled=False")
   if cf.augmented_views < 0:
     problems.append(f"config.cached_features.augmented_views={cf.augmented_views}: "
                     "must be 0 or more")

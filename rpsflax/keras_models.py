@@ -35,6 +35,8 @@ OPTIMIZERS = {
 # config.preprocess -> the Keras-side transform of float32 pixels.
 PREPROCESS = {
     "vgg16": lambda k, x: k.applications.vgg16.preprocess_input(x),  # 'caffe' mode
+    "resnet50": lambda k, x: k.applications.resnet50.preprocess_input(x),  # 'caffe' mode
+    "mobilenet_v2": lambda k, x: k.applications.mobilenet_v2.preprocess_input(x),  # 'tf' mode
     "rescale": lambda k, x: x * np.float32(1.0 / 255.0),
     "none": lambda k, x: x,
 }

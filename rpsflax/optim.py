@@ -53,6 +53,13 @@ def _groups(config) -> list[tuple[str, float]]:
   return groups
 
 
+def is_trainable(path: str, config) -> bool:
+  """Whether the parameter at '/'-joined `path` ('backbone/conv1_bn/scale') is trained: it
+  matches a config.lr_groups or config.trainable pattern, as in param_labels."""
+  patterns = [g[0] for g in _groups(config)] + list(config.get("trainable", ()) or ())
+  return any(re.search(p, path) for p in patterns)
+
+
 def param_labels(params, config):
   """Same-structure tree of labels: 'frozen', 'trainable' or 'group_i'.
 

@@ -1,16 +1,21 @@
 """Framework-exact input transforms, in JAX (no TensorFlow).
 
 `vgg16_preprocess` equals keras.applications.vgg16.preprocess_input ('caffe' mode):
-RGB -> BGR and subtract the ImageNet BGR mean, no scaling. `rescale` equals
+RGB -> BGR and subtract the ImageNet BGR mean, no scaling; keras.applications.resnet50's
+preprocess_input is the same caffe mode (`resnet50_preprocess`).
+`mobilenet_v2_preprocess` equals keras.applications.mobilenet_v2.preprocess_input ('tf' mode):
+x / 127.5 - 1 in float32, a division as NumPy does it in Keras, so [0, 255] -> [-1, 1] bit for bit. `rescale` equals
 ImageDataGenerator(rescale=1./255): a float32 multiply by float32(1/255), not a division,
 so the rounding matches Keras bit for bit.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 IMAGENET_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 _ONE_OVER_255 = np.float32(1.0 / 255.0)
+_127_5, _ONE = np.float32(127.5), np.float32(1.0)
 
 
 def vgg16_preprocess(images, dtype=jnp.float32):
@@ -18,6 +23,22 @@ def vgg16_preprocess(images, dtype=jnp.float32):
   x = jnp.asarray(images, jnp.float32)
   x = x[..., ::-1] - IMAGENET_BGR_MEAN
   return x.astype(dtype)
+
+
+resnet50_preprocess = vgg16_preprocess  # both are imagenet_utils.preprocess_input(mode='caffe')
+
+
+def mobilenet_v2_preprocess(images, dtype=jnp.float32):
+  """uint8 or float RGB in [0, 255] -> [-1, 1], as Keras' 'tf' mode (x /= 127.5; x -= 1).
+
+  XLA rewrites a division by a constant (or by a broadcast scalar, on CPU) into a multiply by
+  its reciprocal, which rounds differently for about half the pixel values. Dividing by a full
+  array of 127.5 that XLA cannot see through (an optimization barrier) keeps the true IEEE
+  division, so the result equals NumPy's in Keras bit for bit.
+  """
+  x = jnp.asarray(images, jnp.float32)
+  divisor = jax.lax.optimization_barrier(jnp.full(x.shape, _127_5, jnp.float32))
+  return (x / divisor - _ONE).astype(dtype)
 
 
 def rescale(images, dtype=jnp.float32):
@@ -29,7 +50,9 @@ def identity(images, dtype=jnp.float32):
   return jnp.asarray(images, jnp.float32).astype(dtype)
 
 
-PREPROCESSORS = {"vgg16": vgg16_preprocess, "rescale": rescale, "none": identity}
+# config.preprocess names, one per backbone (config_check reads them).
+PREPROCESSORS = {"vgg16": vgg16_preprocess, "resnet50": resnet50_preprocess,
+                 "mobilenet_v2": mobilenet_v2_preprocess, "rescale": rescale, "none": identity}
 
 
 def get_preprocessor(name: str):

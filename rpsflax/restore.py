@@ -44,4 +44,5 @@ def load_for_inference(workdir, config=None, which: str = ckpt_lib.BEST):
     config = report.read_config(workdir)
   model = models.build_model(config)
   state, meta = restore_state(config, workdir, which, model=model)
-  return config, model, state.params, list(meta.class_names), steps.make_predict_fn(config, model)
+  return (config, model, state.params, list(meta.class_names),
+          steps.make_predict_fn(config, model, state.batch_stats))

@@ -39,6 +39,14 @@ class TrainState:
   step: jax.Array          # int32 scalar: number of optimizer steps taken
   params: Any              # the model's 'params' collection
   opt_state: Any           # optax.multi_transform state (no entries for frozen params)
+  # BatchNorm moving statistics ('batch_stats'; {} for models without BN). Never differentiated;
+  # a train step updates them only for BN layers in training mode (models.bn_training_layers).
+  batch_stats: Any = dataclasses.field(default_factory=dict)
+
+
+def model_variables(params, batch_stats) -> dict:
+  """The variables `model.apply` takes: params, plus batch_stats when the model has BN."""
+  return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 # ---------------------------------------------------------------------------------------------
 # State
@@ -47,9 +55,15 @@ class TrainState:
 def init_params(config, model, rng) -> dict:
   """Random initial parameters for `config.data.image_size` inputs (jit-compiled: op-by-op init
   of VGG16 is slower on a CPU)."""
+  return init_variables(config, model, rng)["params"]
+
+
+def init_variables(config, model, rng) -> dict:
+  """{'params', 'batch_stats'} of a random init ('batch_stats' {} for models without BN)."""
   size = config.data.image_size
   x = jnp.zeros((1, size, size, 3), jnp.float32)
-  return jax.jit(lambda rng, x: model.init(rng, x, train=False)["params"])(rng, x)
+  v = jax.jit(lambda rng, x: model.init(rng, x, train=False))(rng, x)
+  return {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
 
 def abstract_params(config, model) -> dict:
   """Shapes and dtypes of `init_params` (nothing computed)."""
@@ -58,14 +72,17 @@ def abstract_params(config, model) -> dict:
                         jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
 
 
-def create_train_state(config, model, rng=None, params=None) -> TrainState:
-  """A fresh TrainState; `params` (e.g. with loaded weights) or random ones from `rng`."""
+def create_train_state(config, model, rng=None, params=None, batch_stats=None) -> TrainState:
+  """A fresh TrainState; `params` and `batch_stats` (e.g. with loaded weights) or random ones
+  from `rng`."""
   if params is None:
     if rng is None:
       raise ValueError("create_train_state: pass rng or params")
-    params = init_params(config, model, rng)
+    v = init_variables(config, model, rng)
+    params, batch_stats = v["params"], v["batch_stats"]
   tx = optim.create_optimizer(config, params)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    batch_stats=batch_stats or {})
 
 def abstract_train_state(config, model, sharding=None) -> TrainState:
   """Shapes and dtypes of `create_train_state` (nothing computed): a checkpoint restore target."""
@@ -117,6 +134,9 @@ def make_train_step(config, model, *, on_features: bool = False) -> Callable:
   """
   config = config.copy_and_resolve_references()  # read at trace time: later edits must not leak in
   num_classes = int(config.head.num_classes)
+  # BN layers in training mode update their moving statistics: only then is batch_stats mutable
+  # (a frozen BN backbone stays one forward pass that writes nothing).
+  bn_updates = bool(models.bn_training_layers(config)) and not on_features
 
   def train_step(state: TrainState, batch, rng):
     step_rng = jax.random.fold_in(rng, state.step)
@@ -133,14 +153,22 @@ def make_train_step(config, model, *, on_features: bool = False) -> Callable:
 
     def loss_fn(trainable_params):
       params = optim.merge(trainable_params, frozen)
-      logits = model.apply({"params": params}, x, train=True, rngs={"dropout": dropout_rng},
-                           method="classify" if on_features else None)
+      variables = model_variables(params, state.batch_stats)
+      new_stats = state.batch_stats
+      if bn_updates:
+        logits, updated = model.apply(variables, x, train=True, rngs={"dropout": dropout_rng},
+                                      mutable=["batch_stats"])
+        new_stats = updated["batch_stats"]
+      else:
+        logits = model.apply(variables, x, train=True, rngs={"dropout": dropout_rng},
+                             method="classify" if on_features else None)
       loss, pred = per_example_loss(logits, labels, num_classes)
       loss_sum = jnp.sum(loss * maskf)
       count = jnp.sum(maskf)
-      return loss_sum / jnp.maximum(count, 1.0), (loss_sum, pred)
+      return loss_sum / jnp.maximum(count, 1.0), (loss_sum, pred, new_stats)
 
-    (loss, (loss_sum, pred)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    (loss, (loss_sum, pred, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        trainable)
 
     # multi_transform wants the full tree; the zeros for frozen leaves feed set_to_zero and are
     # dead code after it, so XLA drops them.
@@ -158,7 +186,8 @@ def make_train_step(config, model, *, on_features: bool = False) -> Callable:
         "nonfinite": (~finite).astype(jnp.int32),
         "first_nonfinite_step": jnp.where(finite, _NO_STEP, state.step).astype(jnp.int32),
     }
-    new_state = state.replace(step=state.step + 1, params=new_params, opt_state=opt_state)
+    new_state = state.replace(step=state.step + 1, params=new_params, opt_state=opt_state,
+                              batch_stats=new_stats)
     return new_state, metrics
 
   return train_step
@@ -175,8 +204,8 @@ def make_eval_step(config, model, *, on_features: bool = False) -> Callable:
 
   def eval_step(state, batch):
     x = batch["image"] if on_features else prepare_images(config, batch["image"])
-    logits = model.apply({"params": state.params}, x, train=False,
-                         method="classify" if on_features else None)
+    variables = model_variables(state.params, getattr(state, "batch_stats", {}))
+    logits = model.apply(variables, x, train=False, method="classify" if on_features else None)
     labels = batch["label"].astype(jnp.int32)
     mask = batch["mask"]
     loss, pred = per_example_loss(logits, labels, num_classes)
@@ -191,15 +220,18 @@ def make_eval_step(config, model, *, on_features: bool = False) -> Callable:
 
   return eval_step
 
-def make_predict_fn(config, model) -> Callable:
+def make_predict_fn(config, model, batch_stats=None) -> Callable:
   """predict(params, images uint8 [B,H,W,3]) -> probabilities [B, C] over the class names.
 
-  A sigmoid head gives [1 - p, p] so column i is always class i.
+  A sigmoid head gives [1 - p, p] so column i is always class i. `batch_stats`: the BatchNorm
+  statistics of a BN model's state, closed over.
   """
   config = config.copy_and_resolve_references()
+  stats = batch_stats or {}
 
   def predict(params, images):
-    logits = model.apply({"params": params}, prepare_images(config, images), train=False)
+    logits = model.apply(model_variables(params, stats), prepare_images(config, images),
+                         train=False)
     if config.head.num_classes == 1:
       p = jax.nn.sigmoid(logits[:, 0])
       return jnp.stack([1.0 - p, p], axis=-1)

@@ -48,7 +48,7 @@ def preflight(config, mesh) -> None:
     except errors.DataError as e:
       listing_error = e
   try:
-    weights.check_spec(config.weights)
+    weights.check_spec(config.weights, weights.imagenet_release(config))
   except errors.WeightsError as weights_error:
     if listing_error is not None:
       raise errors.WeightsError(f"{weights_error}\nAlso: {listing_error}") from weights_error
@@ -59,9 +59,11 @@ def preflight(config, mesh) -> None:
 
 def initial_state(config, model, init_rng, repl) -> steps.TrainState:
   """A fresh TrainState: random parameters, then the configured weights over them."""
-  params = steps.init_params(config, model, init_rng)
-  params = weights.load_for_model(config.weights, params, models.keras_layer_map(config))
-  return jax.device_put(steps.create_train_state(config, model, params=params), repl)
+  v = weights.load_variables_for_model(config.weights, steps.init_variables(config, model, init_rng),
+                                       models.keras_layer_map(config),
+                                       rel=weights.imagenet_release(config))
+  return jax.device_put(steps.create_train_state(config, model, params=v["params"],
+                                                 batch_stats=v.get("batch_stats")), repl)
 
 
 def train_and_evaluate(config, workdir) -> dict:

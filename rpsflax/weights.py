@@ -28,14 +28,15 @@ import re
 import shutil
 import zipfile
 from collections.abc import Mapping
-from typing import Any, Iterable
+from typing import Iterable, NamedTuple
 
 import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
-from rpsflax.models.vgg import VGG16, VGG16_TOP, vgg16_layer_names
+from rpsflax import models
 from rpsflax.errors import WeightsError
 
 
@@ -51,14 +52,29 @@ VGG16_RELEASES = {
            "64373286793e3c8b2b4e3219cbf3544b"),
 }
 
+# ResNet50 and MobileNetV2, as in keras/src/applications/resnet.py and mobilenet_v2.py.
+RESNET_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+RESNET50_FILES = {False: "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                  True: "resnet50_weights_tf_dim_ordering_tf_kernels.h5"}
+RESNET50_MD5 = {False: "4d473c1dd8becc155b73f8504c6f6626", True: "2cb95161c43110f7111970584f804107"}
+MOBILENET_V2_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
+MOBILENET_V2_SIZES = (96, 128, 160, 192, 224)
+MOBILENET_V2_RELEASE_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+
 # The repository's weights/ folder: where the converter writes by default.
 WEIGHTS_DIR = pathlib.Path(__file__).resolve().parents[1] / "weights"
 MANIFEST = "manifest.json"
 CHECKPOINT = "params"
 FORMAT = "rpsflax-converted-weights/1"
 
-# Keras lists a layer's weights kernel first, then bias; Flax names them.
-_KERAS_ORDER = {"kernel": 0, "embedding": 0, "scale": 0, "bias": 1}
+# Keras lists a layer's weights kernel (or gamma) first, then bias (beta), then a BatchNorm's
+# moving mean and variance; Flax names them, in 'params' and 'batch_stats'.
+COLLECTIONS = ("params", "batch_stats")
+_KERAS_ORDER = {("params", "kernel"): 0, ("params", "embedding"): 0, ("params", "scale"): 0,
+                ("params", "bias"): 1, ("batch_stats", "mean"): 2, ("batch_stats", "var"): 3}
+# Top layers that keras-applications (the Keras 2 code the release files were made with) named
+# differently from Keras 3: ResNet50's 'probs' and MobileNetV2's 'Logits' are 'predictions' now.
+_KERAS_ALIASES = {"probs": "predictions", "Logits": "predictions"}
 
 Weights = dict[str, list[np.ndarray]]
 LayerMap = Mapping[str, tuple[str, ...]]
@@ -256,25 +272,6 @@ def _import_keras(why: str):
 # ---------------------------------------------------------------------------------------------
 # Matching Keras layers to Flax modules.
 
-def _flatten(tree, prefix=()) -> dict[tuple[str, ...], Any]:
-  if isinstance(tree, Mapping):
-    out = {}
-    for k, v in tree.items():
-      out.update(_flatten(v, prefix + (k,)))
-    return out
-  return {prefix: tree}
-
-
-def _nest(flat: Mapping[tuple[str, ...], Any]) -> dict:
-  out: dict = {}
-  for path, leaf in flat.items():
-    node = out
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = leaf
-  return out
-
-
 def _subtree(tree, path):
   for k in path:
     if not isinstance(tree, Mapping) or k not in tree:
@@ -291,8 +288,59 @@ def _fmt(names, shapes) -> str:
 
 def shapes_of(tree) -> dict:
   """Nested dict of jax.ShapeDtypeStruct for a params tree of arrays or of ShapeDtypeStructs."""
-  return _nest({p: jax.ShapeDtypeStruct(tuple(np.shape(v)), v.dtype)
-                for p, v in _flatten(tree).items()})
+  return traverse_util.unflatten_dict({p: jax.ShapeDtypeStruct(tuple(np.shape(v)), v.dtype)
+                for p, v in traverse_util.flatten_dict(tree).items()})
+
+
+def _as_variables(shapes) -> tuple[dict, bool]:
+  """(variables tree, whether `shapes` already was one): a bare params tree (VGG16, the CNN) is
+  wrapped as {'params': shapes}; a tree with only 'params' and 'batch_stats' is taken as is."""
+  if isinstance(shapes, Mapping) and "params" in shapes and set(shapes) <= set(COLLECTIONS):
+    return dict(shapes), True
+  return {"params": shapes}, False
+
+
+def _keras_leaves(variables, path):
+  """[(collection, name, leaf)] of the Flax module at `path`, in Keras' weight order; None when
+  the module is absent, or the names of leaves no Keras layer has."""
+  leaves, unknown = [], []
+  for collection in COLLECTIONS:
+    module = _subtree(variables.get(collection, {}), path)
+    if module is None:
+      continue
+    if not isinstance(module, Mapping):
+      return None, [f"{collection}/{'/'.join(path)}"]
+    for n, leaf in module.items():
+      if (collection, n) in _KERAS_ORDER and not isinstance(leaf, Mapping):
+        leaves.append((collection, n, leaf))
+      else:
+        unknown.append(f"{collection}/{n}")
+  if not leaves and not unknown:
+    return None, []
+  return sorted(leaves, key=lambda t: _KERAS_ORDER[t[:2]]), unknown
+
+
+def _manifest_name(collection, name) -> str:
+  return name if collection == "params" else f"{collection}/{name}"
+
+
+def _is_depthwise(keras_shape, flax_shape) -> bool:
+  """Keras DepthwiseConv2D kernel (kh, kw, C, M), C > 1, for a Flax grouped conv kernel
+  (kh, kw, 1, C * M) (feature_group_count=C). Only such a layer has this pair of shapes: an
+  ordinary conv kernel has the same input depth in both frameworks."""
+  return (len(keras_shape) == len(flax_shape) == 4 and keras_shape[:2] == flax_shape[:2]
+          and flax_shape[2] == 1 and keras_shape[2] > 1
+          and keras_shape[2] * keras_shape[3] == flax_shape[3])
+
+
+def _aliased(weights: Weights, layer_map: LayerMap) -> Weights:
+  """Rename a file's legacy top-layer name (_KERAS_ALIASES) to the model's, when only the legacy
+  name is in the file."""
+  out = dict(weights)
+  for old, new in _KERAS_ALIASES.items():
+    if old in out and new not in out and new in layer_map and old not in layer_map:
+      out[new] = out.pop(old)
+  return out
 
 
 def match_weights(weights: Weights, shapes, layer_map: LayerMap, *, source: str,
@@ -300,43 +348,53 @@ def match_weights(weights: Weights, shapes, layer_map: LayerMap, *, source: str,
                   ) -> tuple[dict[tuple[str, ...], np.ndarray], dict]:
   """Match Keras layers to Flax modules by name and check every shape.
 
-  `shapes`: the Flax params tree (arrays or ShapeDtypeStructs) the weights must fit.
-  `layer_map`: Keras layer name -> path of the Flax module inside `shapes`.
+  `shapes`: the Flax params tree, or variables tree {'params', 'batch_stats'} for a model with
+  BatchNorm (arrays or ShapeDtypeStructs), the weights must fit.
+  `layer_map`: Keras layer name -> path of the Flax module (inside each collection).
   `optional`: mapped layers the file may lack (e.g. a head). `ignore`: file layers to skip.
-  Returns ({flax param path: array}, manifest 'layers' entry) or raises ONE WeightsError listing
-  every missing, unexpected or mis-shaped weight.
+  Keras' weights of a layer go, in Keras' order, to kernel | scale (gamma), bias (beta) in
+  'params' and mean, var (moving mean and variance) in 'batch_stats'; a depthwise kernel is
+  reshaped to Flax's grouped-conv layout.
+  Returns ({flax variable path, collection first: array}, manifest 'layers' entry) or raises ONE
+  WeightsError listing every missing, unexpected or mis-shaped weight.
   """
+  variables, _ = _as_variables(shapes)
+  weights = _aliased(weights, layer_map)
   optional, ignore = set(optional), set(ignore)
   loaded, layers, problems = {}, {}, []
   for kname, path in layer_map.items():
     path = tuple(path)
     where = "/".join(path)
-    module = _subtree(shapes, path)
-    if not isinstance(module, Mapping):
+    leaves, unknown = _keras_leaves(variables, path)
+    if leaves is None:
       if kname in weights or kname not in optional:
         problems.append(f"layer {kname!r} maps to Flax module '{where}', which this model does "
                         "not have (check the model/head settings of the config)")
       continue
-    order = sorted(module, key=lambda n: _KERAS_ORDER.get(n, 99))
-    if any(n not in _KERAS_ORDER or isinstance(module[n], Mapping) for n in order):
-      problems.append(f"layer {kname!r}: Flax module '{where}' has parameters {sorted(module)}; "
-                      "only kernel/bias layers convert")
+    if unknown:
+      problems.append(f"layer {kname!r}: Flax module '{where}' has variables {sorted(unknown)}; "
+                      "only kernel/bias and BatchNorm (scale, bias, mean, var) layers convert")
       continue
-    want = [tuple(module[n].shape) for n in order]
+    order = [_manifest_name(c, n) for c, n, _ in leaves]
+    want = [tuple(leaf.shape) for _, _, leaf in leaves]
     if kname not in weights:
       if kname not in optional:
         problems.append(f"missing layer {kname!r}: the model's '{where}' expects "
                         f"{_fmt(order, want)}; the file has no layer of that name")
       continue
     got = [tuple(np.shape(w)) for w in weights[kname]]
-    if got != want:
+    depthwise = [len(got) == len(want) and _is_depthwise(g, w) for g, w in zip(got, want)]
+    if len(got) != len(want) or any(g != w and not d for g, w, d in zip(got, want, depthwise)):
       problems.append(f"layer {kname!r} (Flax '{where}'): expected {_fmt(order, want)}; "
                       f"found {_fmt(None, got)}")
       continue
-    for n, w in zip(order, weights[kname]):
-      loaded[path + (n,)] = np.asarray(w).astype(module[n].dtype, copy=False)
+    for (collection, n, leaf), w in zip(leaves, weights[kname]):
+      loaded[(collection,) + path + (n,)] = np.asarray(w).reshape(leaf.shape).astype(
+          leaf.dtype, copy=False)
     # In Keras' order (kernel, bias): JSON objects keep their order in Python.
     layers[kname] = {"flax_path": where, "weights": {n: list(s) for n, s in zip(order, want)}}
+    if any(depthwise):  # converted_as_keras reshapes back to Keras' layout
+      layers[kname]["keras_shapes"] = [list(g) for g in got]
   for kname, arrays in weights.items():
     if kname not in layer_map and kname not in ignore:
       problems.append(f"unexpected layer {kname!r} ({_fmt(None, [np.shape(a) for a in arrays])}): "
@@ -359,20 +417,40 @@ def vgg16_target(include_top: bool = False):
 
   Without the top, a file's fc1/fc2/predictions are ignored, so a with-top file gives a backbone.
   """
-  size = 224 if include_top else 32  # the top's fc1 fixes 224; conv shapes do not depend on it
-  shapes = jax.eval_shape(VGG16(include_top=include_top).init, jax.random.key(0),
-                          jnp.zeros((1, size, size, 3), jnp.float32))["params"]
-  layer_map = {n: (n,) for n in vgg16_layer_names(include_top)}
-  return shapes, layer_map, (() if include_top else VGG16_TOP)
+  return backbone_target("vgg16", include_top)
+
+
+def backbone_target(name: str, include_top: bool = False, alpha: float = 1.0):
+  """(shapes, layer map, ignore) for a standalone backbone (`models.backbone_module`).
+
+  shapes: the params tree for VGG16, the variables tree {'params', 'batch_stats'} for the
+  BatchNorm backbones. Without the top, a file's top layers are ignored.
+  """
+  module = models.backbone_module(name, include_top=include_top, alpha=alpha)
+  size = 224 if include_top and name == "vgg16" else 32  # VGG16's fc1 fixes 224
+  shapes = _init_shapes(module, size)
+  layer_map = {n: (n,) for n in models.backbone_layer_names(name, include_top, alpha)}
+  top = set(models.backbone_layer_names(name, True, alpha)) - set(layer_map)
+  return shapes, layer_map, (() if include_top else tuple(sorted(top | set(_KERAS_ALIASES))))
+
+
+def _init_shapes(module, size):
+  """Shapes of `module`'s variables: the params tree alone when it has nothing else."""
+  shapes = jax.eval_shape(module.init, jax.random.key(0),
+                          jnp.zeros((1, size, size, 3), jnp.float32))
+  if "batch_stats" in shapes:
+    return {k: shapes[k] for k in COLLECTIONS}
+  return shapes["params"]
 
 
 def model_target(config, image_size: int | None = None):
-  """(param shapes, layer map, optional layers) for `build_model(config)`: the head is optional."""
+  """(shapes, layer map, optional layers) for `build_model(config)`: the head is optional.
+
+  shapes: the params tree, or the variables tree {'params', 'batch_stats'} of a model with
+  BatchNorm."""
   from rpsflax.models import build_model, keras_layer_map
   size = image_size or config.data.image_size
-  model = build_model(config)
-  shapes = jax.eval_shape(model.init, jax.random.key(0),
-                          jnp.zeros((1, size, size, 3), jnp.float32))["params"]
+  shapes = _init_shapes(build_model(config), size)
   layer_map = keras_layer_map(config)
   return shapes, layer_map, default_optional(layer_map)
 
@@ -384,7 +462,8 @@ def default_optional(layer_map: LayerMap) -> set[str]:
 
 def convert_keras_file(path, shapes, layer_map: LayerMap, *, optional=(), ignore=(),
                        description: str = "") -> tuple[dict, dict]:
-  """Keras file -> (variables {'params': numpy tree of the matched layers}, manifest)."""
+  """Keras file -> (variables {'params': ..., 'batch_stats': ... (BatchNorm models)}: numpy
+  trees of the matched layers, manifest)."""
   weights, fmt = _read_keras_file(path)
   loaded, layers = match_weights(weights, shapes, layer_map, source=os.fspath(path),
                                  optional=optional, ignore=ignore)
@@ -396,7 +475,8 @@ def convert_keras_file(path, shapes, layer_map: LayerMap, *, optional=(), ignore
       "model": description,
       "layers": layers,
   }
-  return {"params": _nest(loaded)}, manifest
+  variables = traverse_util.unflatten_dict(loaded)
+  return {"params": {}, **variables}, manifest
 
 
 def load_keras_h5(path, include_top: bool = False) -> dict:
@@ -405,14 +485,20 @@ def load_keras_h5(path, include_top: bool = False) -> dict:
   Any layout `read_keras_weights` reads. Every layer of the model must be in the file; with
   include_top=False a file's top layers are ignored.
   """
-  shapes, layer_map, ignore = vgg16_target(include_top)
+  return load_keras_backbone(path, "vgg16", include_top)
+
+
+def load_keras_backbone(path, name: str, include_top: bool = False, alpha: float = 1.0) -> dict:
+  """Keras weights file of backbone `name` -> variables its standalone module's `apply` takes
+  ({'params'}, plus 'batch_stats' for ResNet50 and MobileNetV2). Every layer must be there."""
+  shapes, layer_map, ignore = backbone_target(name, include_top, alpha)
   variables, _ = convert_keras_file(path, shapes, layer_map, ignore=ignore)
-  _check_complete(variables["params"], shapes, os.fspath(path))
+  _check_complete(variables, _as_variables(shapes)[0], os.fspath(path))
   return jax.tree.map(jnp.asarray, variables)
 
 
-def _check_complete(params, shapes, source):
-  missing = set(_flatten(shapes)) - set(_flatten(params))
+def _check_complete(variables, shapes, source):
+  missing = set(traverse_util.flatten_dict(shapes)) - set(traverse_util.flatten_dict(variables))
   if missing:
     raise WeightsError(f"{source}: no weights for {sorted('/'.join(p) for p in missing)}")
 
@@ -452,7 +538,7 @@ def save_converted(directory, variables: Mapping, manifest: Mapping) -> pathlib.
   variables = jax.tree.map(np.asarray, dict(variables))
   with _checkpointer() as checkpointer:
     checkpointer.save(ckpt, args=ocp.args.StandardSave(variables))
-  flat = _flatten(variables)
+  flat = traverse_util.flatten_dict(variables)
   manifest = dict(manifest)
   manifest.update(
       format=FORMAT,
@@ -524,7 +610,7 @@ def _load_converted(directory) -> tuple[dict, dict]:
   except Exception as e:  # orbax/tensorstore raise many types for damaged folders
     raise WeightsError(f"{directory}: the checkpoint in {ckpt.name}/ is incomplete or damaged "
                        f"({type(e).__name__}: {str(e)[:300]}){redo}") from e
-  flat = {"/".join(p): np.asarray(v) for p, v in _flatten(restored).items()}
+  flat = {"/".join(p): np.asarray(v) for p, v in traverse_util.flatten_dict(restored).items()}
   problems = []
   for name, meta in manifest["arrays"].items():
     if name not in flat:
@@ -537,19 +623,29 @@ def _load_converted(directory) -> tuple[dict, dict]:
   if problems:
     raise WeightsError(f"{directory}: checkpoint and manifest disagree:\n  - "
                        + "\n  - ".join(problems) + redo)
-  return jax.tree.map(jnp.asarray, _nest({tuple(n.split("/")): v for n, v in flat.items()})), manifest
+  return jax.tree.map(jnp.asarray, traverse_util.unflatten_dict({tuple(n.split("/")): v for n, v in flat.items()})), manifest
+
+
+def _manifest_leaf(variables, path, name) -> np.ndarray:
+  """The array a manifest weight name ('kernel' in params, or 'batch_stats/mean') points at."""
+  collection, leaf = name.split("/") if "/" in name else ("params", name)
+  value = _subtree(variables, (collection,) + path + (leaf,))
+  if value is None or isinstance(value, Mapping):
+    raise KeyError(name)
+  return np.asarray(value)
 
 
 def converted_as_keras(directory) -> Weights:
   """A converted folder read back as {keras layer name: [arrays in Keras order]}."""
   variables, manifest = _load_converted(directory)
-  params = variables["params"]
   out = {}
   for kname, entry in manifest["layers"].items():
-    module = _subtree(params, tuple(entry["flax_path"].split("/")))
+    path = tuple(entry["flax_path"].split("/"))
     try:
-      out[kname] = [np.asarray(module[n]) for n in entry["weights"]]
-    except (TypeError, KeyError) as e:
+      arrays = [_manifest_leaf(variables, path, n) for n in entry["weights"]]
+      keras_shapes = entry.get("keras_shapes") or [a.shape for a in arrays]
+      out[kname] = [a.reshape(shape) for a, shape in zip(arrays, keras_shapes, strict=True)]
+    except (TypeError, KeyError, ValueError) as e:
       raise WeightsError(f"{directory}: manifest layer {kname!r} points at "
                          f"'{entry['flax_path']}', which the checkpoint lacks") from e
   return out
@@ -563,58 +659,126 @@ def _keras_cache_candidates(fname: str) -> list[pathlib.Path]:
   return [pathlib.Path(home) / "models" / fname, pathlib.Path("/tmp/.keras/models") / fname]
 
 
-def download_vgg16(include_top: bool = False) -> str:
-  """Path of the official Keras VGG16 ImageNet file, downloading it (md5-checked) when needed.
+KERAS_NAMES = {"vgg16": "VGG16", "resnet50": "ResNet50", "mobilenet_v2": "MobileNetV2"}
 
-  A copy already in Keras' cache (~/.keras/models, $KERAS_HOME) with the right md5 is used
-  without importing Keras; otherwise `keras.utils.get_file` fetches it.
+
+class Release(NamedTuple):
+  """One official Keras ImageNet weights file."""
+  backbone: str
+  include_top: bool
+  fname: str
+  url: str
+  md5: str | None  # None where Keras' source gives none (MobileNetV2): get_file checks nothing
+  folder: str      # where scripts/convert_keras_weights.py writes its conversion, in weights/
+
+
+def release(backbone: str = "vgg16", include_top: bool = False, image_size: int = 224,
+            alpha: float = 1.0) -> Release:
+  """The official Keras file `keras.applications.<backbone>(weights='imagenet')` would load.
+
+  MobileNetV2 has one file per width and input size (96, 128, 160, 192, 224); for any other
+  size Keras loads the 224 one (with a warning), and so does this.
   """
-  fname, url, md5 = VGG16_RELEASES[bool(include_top)]
+  top = bool(include_top)
+  if backbone == "vgg16":
+    fname, url, md5 = VGG16_RELEASES[top]
+    return Release(backbone, top, fname, url, md5, "vgg16" if top else "vgg16_notop")
+  if backbone == "resnet50":
+    fname = RESNET50_FILES[top]
+    return Release(backbone, top, fname, RESNET_BASE + fname, RESNET50_MD5[top],
+                   "resnet50" if top else "resnet50_notop")
+  if backbone == "mobilenet_v2":
+    rows = image_size if image_size in MOBILENET_V2_SIZES else 224
+    if float(alpha) not in MOBILENET_V2_RELEASE_ALPHAS:
+      raise WeightsError(f"config.model.alpha={alpha}: Keras releases MobileNetV2 ImageNet "
+                         f"weights for alpha in {MOBILENET_V2_RELEASE_ALPHAS} only")
+    tail = f"{float(alpha)}_{rows}" + ("" if top else "_no_top")
+    fname = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{tail}.h5"
+    return Release(backbone, top, fname, MOBILENET_V2_BASE + fname, None,
+                   f"mobilenet_v2_{float(alpha)}_{rows}" + ("" if top else "_notop"))
+  raise WeightsError(f"config.model.name={backbone!r} has no official ImageNet weights: set "
+                     "config.weights to a Keras file or converted folder, or '' (random init)")
+
+
+def release_for_config(config) -> Release:
+  """The notop release for config.model (name, alpha) at config.data.image_size."""
+  return release(config.model.name, False, config.data.image_size,
+                 config.model.get("alpha", 1.0))
+
+
+def imagenet_release(config) -> Release | None:
+  """What config.weights='imagenet' means for config.model: its notop release (None for a model
+  without one, where 'imagenet' then means VGG16's, as before)."""
+  if config.model.name not in models.IMAGENET_BACKBONES:
+    return None
+  return release_for_config(config)
+
+
+def download_vgg16(include_top: bool = False) -> str:
+  """Path of the official Keras VGG16 ImageNet file (see `download_release`)."""
+  return download_release(release("vgg16", include_top))
+
+
+def download_release(rel: Release) -> str:
+  """Path of an official Keras ImageNet file, downloading it (md5-checked) when needed.
+
+  A copy already in Keras' cache (~/.keras/models, $KERAS_HOME) with the right md5 (or, for a
+  release without one, the right name) is used without importing Keras; otherwise
+  `keras.utils.get_file` fetches it.
+  """
+  fname, url, md5 = rel.fname, rel.url, rel.md5
   for cached in _keras_cache_candidates(fname):
-    if cached.is_file() and file_md5(cached) == md5:
+    if cached.is_file() and (md5 is None or file_md5(cached) == md5):
       return str(cached)
-  top = " --include-top" if include_top else ""
-  how = (f"Offline? Fetch {fname} (md5 {md5}) from {url} on a machine with internet, then either "
-         f"convert it: python scripts/convert_keras_weights.py --input /path/to/{fname}{top}, "
-         f"or train with it directly: --config.weights=/path/to/{fname} (or with the converted "
-         "folder: --config.weights=weights/vgg16_notop).")
+  top = " --include-top" if rel.include_top else ""
+  model = "" if rel.backbone == "vgg16" else f" --model {rel.backbone}"
+  checked = f"md5 {md5}" if md5 else "Keras publishes no md5 for it"
+  how = (f"Offline? Fetch {fname} ({checked}) from {url} on a machine with internet, then either "
+         f"convert it: python scripts/convert_keras_weights.py{model} --input "
+         f"/path/to/{fname}{top}, or train with it directly: --config.weights=/path/to/{fname} "
+         f"(or with the converted folder: --config.weights=weights/{rel.folder}).")
   keras = _import_keras(f"download {fname}")
   try:
     return keras.utils.get_file(fname, url, cache_subdir="models", file_hash=md5)
   except Exception as e:  # get_file raises bare Exception on URL errors
-    raise WeightsError(f"could not download the Keras VGG16 ImageNet weights {fname} from {url} "
-                       f"({type(e).__name__}: {e}). {how}") from e
+    raise WeightsError(f"could not download the Keras {KERAS_NAMES[rel.backbone]} ImageNet weights {fname} "
+                       f"from {url} ({type(e).__name__}: {e}). {how}") from e
 
 
-def _imagenet_folder() -> pathlib.Path | None:
-  """weights/vgg16_notop when it holds a finished conversion of the official notop file."""
-  folder = WEIGHTS_DIR / "vgg16_notop"
+def _imagenet_folder(rel: Release) -> pathlib.Path | None:
+  """weights/<rel.folder> when it holds a finished conversion of that official file (its md5,
+  or its file name for a release without md5)."""
+  folder = WEIGHTS_DIR / rel.folder
   try:
     manifest = read_manifest(folder)
   except WeightsError:
     return None
-  return folder if manifest.get("source_md5") == VGG16_RELEASES[False][2] else None
+  if rel.md5 is not None:
+    return folder if manifest.get("source_md5") == rel.md5 else None
+  return folder if os.path.basename(str(manifest.get("source", ""))) == rel.fname else None
 
 
 def _unknown_spec(spec) -> WeightsError:
   return WeightsError(
-      f"config.weights={spec!r}: no such file or folder. Use 'imagenet' (the Keras VGG16 "
-      "release, downloaded once), a folder written by scripts/convert_keras_weights.py (e.g. "
-      "weights/vgg16_notop), a Keras .h5 / .weights.h5 / .keras file, or '' to keep the random "
-      "initialisation.")
+      f"config.weights={spec!r}: no such file or folder. Use 'imagenet' (the Keras "
+      "release of config.model.name, downloaded once), a folder written by "
+      "scripts/convert_keras_weights.py (e.g. weights/vgg16_notop), a Keras .h5 / .weights.h5 / "
+      ".keras file, or '' to keep the random initialisation.")
 
 
-def check_spec(spec: str) -> str:
+def check_spec(spec: str, rel: Release | None = None) -> str:
   """Resolve config.weights in seconds, before any training work; returns its source ('' for
-  none). Raises WeightsError for a missing path, a file that is no Keras weights file, an
+  none). 'imagenet' means `rel` (`release_for_config(config)`; default: VGG16 without top).
+  Raises WeightsError for a missing path, a file that is no Keras weights file, an
   unfinished converted folder, or an 'imagenet' download that fails. Shapes are checked at
   load time, against the model."""
   spec = str(spec or "").strip()
   if not spec:
     return ""
   if spec == "imagenet":
-    folder = _imagenet_folder()
-    return str(folder) if folder is not None else download_vgg16(include_top=False)
+    rel = rel or release()
+    folder = _imagenet_folder(rel)
+    return str(folder) if folder is not None else download_release(rel)
   path = pathlib.Path(spec).expanduser()
   if path.is_dir():
     manifest = read_manifest(path)
@@ -645,16 +809,18 @@ def _sniff_keras_file(path) -> str:
   return _read_keras_file(path)[1]  # raises the 'not a Keras weights file' error
 
 
-def weights_for_spec(spec: str) -> tuple[Weights, str]:
-  """config.weights -> ({keras layer: arrays}, description of the source); ({}, '') for ''."""
+def weights_for_spec(spec: str, rel: Release | None = None) -> tuple[Weights, str]:
+  """config.weights -> ({keras layer: arrays}, description of the source); ({}, '') for ''.
+  'imagenet' means `rel` (default: VGG16 without top)."""
   spec = str(spec or "").strip()
   if not spec:
     return {}, ""
   if spec == "imagenet":
-    folder = _imagenet_folder()
+    rel = rel or release()
+    folder = _imagenet_folder(rel)
     if folder is not None:
       return converted_as_keras(folder), str(folder)
-    path = download_vgg16(include_top=False)
+    path = download_release(rel)
     return read_keras_weights(path), path
   path = pathlib.Path(spec).expanduser()
   if path.is_dir():
@@ -665,22 +831,37 @@ def weights_for_spec(spec: str) -> tuple[Weights, str]:
 
 
 def load_for_model(spec: str, params: Mapping, layer_map: LayerMap, *,
-                   optional: Iterable[str] | None = None, ignore: Iterable[str] = ()) -> dict:
+                   optional: Iterable[str] | None = None, ignore: Iterable[str] = (),
+                   rel: Release | None = None) -> dict:
   """Fill `params` (a model's initialised params) with the weights named by config.weights.
 
-  spec: 'imagenet', a converted folder, a Keras file, or '' (params returned unchanged).
-  Mapped layers are replaced after their names and shapes are checked; everything else (e.g. a
-  head absent from the file) stays as initialised. `optional` defaults to the head layers.
+  spec: 'imagenet' (the release `rel`, default VGG16 notop), a converted folder, a Keras file,
+  or '' (params returned unchanged). Mapped layers are replaced after their names and shapes are
+  checked; everything else (e.g. a head absent from the file) stays as initialised. `optional`
+  defaults to the head layers. For a model with BatchNorm use `load_variables_for_model`.
   """
   spec = str(spec or "").strip()
   if not spec:
     return params
-  weights, source = weights_for_spec(spec)
+  return load_variables_for_model(spec, {"params": params}, layer_map, optional=optional,
+                                  ignore=ignore, rel=rel)["params"]
+
+
+def load_variables_for_model(spec: str, variables: Mapping, layer_map: LayerMap, *,
+                             optional: Iterable[str] | None = None, ignore: Iterable[str] = (),
+                             rel: Release | None = None) -> dict:
+  """`load_for_model` for a variables tree {'params', 'batch_stats'}: a Keras BatchNorm's gamma
+  and beta fill params, its moving mean and variance batch_stats."""
+  spec = str(spec or "").strip()
+  if not spec:
+    return variables
+  weights, source = weights_for_spec(spec, rel)
   if optional is None:
     optional = default_optional(layer_map)
-  loaded, _ = match_weights(weights, shapes_of(params), layer_map, source=source,
+  variables = {k: v for k, v in variables.items() if k in COLLECTIONS}
+  loaded, _ = match_weights(weights, shapes_of(variables), layer_map, source=source,
                             optional=optional, ignore=ignore)
-  flat = _flatten(params)
+  flat = traverse_util.flatten_dict(variables)
   for path, value in loaded.items():
     flat[path] = jnp.asarray(value)
-  return _nest(flat)
+  return traverse_util.unflatten_dict(flat)

@@ -5,6 +5,9 @@
   python scripts/convert_keras_weights.py
   # from a local copy (offline machines), with the 1000-class top:
   python scripts/convert_keras_weights.py --input vgg16_weights_tf_dim_ordering_tf_kernels.h5 --include-top
+  # ResNet50 / MobileNetV2 (BatchNorm statistics go to batch_stats; 160x160 MobileNetV2 release):
+  python scripts/convert_keras_weights.py --model resnet50
+  python scripts/convert_keras_weights.py --model mobilenet_v2 --image-size 160
   # a cats-vs-dogs model saved by the Keras tutorial:
   python scripts/convert_keras_weights.py --model cnn --input catsdogs.weights.h5
 
@@ -21,12 +24,13 @@ import os
 import pathlib
 import sys
 import time
-from rpsflax import errors
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-DEFAULT_OUTPUT = {("vgg16", False): "vgg16_notop", ("vgg16", True): "vgg16", ("cnn", False): "catsdogs_cnn"}
+from rpsflax import errors  # noqa: E402  (after the path: this checkout's rpsflax)
+
+BACKBONES = ("vgg16", "resnet50", "mobilenet_v2")  # the ImageNet releases (rpsflax.weights.release)
 
 
 def parse_args(argv=None):
@@ -43,22 +47,29 @@ def parse_args(argv=None):
       epilog=__doc__.split("\n\n")[1],
       formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--input", metavar="FILE", default="",
-                 help="Keras file to convert. Omit to download the official Keras VGG16 ImageNet "
-                      "release through keras.utils.get_file (md5-checked; cached in ~/.keras).")
+                 help="Keras file to convert. Omit to download the official Keras ImageNet "
+                      "release of --model through keras.utils.get_file (md5-checked where Keras "
+                      "publishes one; cached in ~/.keras).")
   p.add_argument("--output", metavar="DIR", default="",
                  help="folder to write (default: weights/vgg16_notop, weights/vgg16 with "
-                      "--include-top, weights/catsdogs_cnn for --model cnn). An existing "
-                      "conversion there is replaced.")
+                      "--include-top, weights/resnet50_notop, weights/mobilenet_v2_1.0_224_notop, "
+                      "weights/catsdogs_cnn for --model cnn). An existing conversion there is "
+                      "replaced.")
   p.add_argument("--include-top", action="store_true",
-                 help="VGG16 only: also convert fc1, fc2 and the 1000-class predictions layer "
-                      "(the file must have them). Without it a file's top layers are ignored.")
-  p.add_argument("--model", choices=("vgg16", "cnn"), default="vgg16",
-                 help="vgg16: the standalone VGG16 (Flax paths block1_conv1/...). cnn: the "
+                 help="ImageNet backbones: also convert the top (VGG16's fc1, fc2; the "
+                      "1000-class predictions layer; the file must have them). Without it a "
+                      "file's top layers are ignored.")
+  p.add_argument("--model", choices=BACKBONES + ("cnn",), default="vgg16",
+                 help="vgg16, resnet50, mobilenet_v2: the standalone Keras application (Flax "
+                      "paths are Keras layer names: block1_conv1/..., conv1_bn/...). cnn: the "
                       "cats-vs-dogs model of configs/catsdogs.py (conv2d..conv2d_3 -> backbone, "
                       "dense/dense_1 -> head/hidden_0, head/predictions when present).")
+  p.add_argument("--alpha", type=float, default=1.0,
+                 help="mobilenet_v2 only: width multiplier (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)")
   p.add_argument("--image-size", type=int, default=0,
-                 help="cnn only: input size the dense layer was built for (default: the "
-                      "config's data.image_size, 150)")
+                 help="cnn: input size the dense layer was built for (default: the config's "
+                      "data.image_size, 150). mobilenet_v2: which release to download (96, 128, "
+                      "160, 192 or 224; default 224)")
   return p.parse_args(argv)
 
 
@@ -76,18 +87,25 @@ def main(argv=None) -> int:
   from rpsflax import weights as W
 
   if args.model == "cnn" and args.include_top:
-    return user_error("--include-top is for --model vgg16; a cnn file's dense layers are always "
-                      "converted")
+    return user_error("--include-top is for the ImageNet backbones; a cnn file's dense layers "
+                      "are always converted")
   if args.model == "cnn" and not args.input:
     return user_error("--model cnn needs --input FILE: there is no official release of this model")
-  output = pathlib.Path(args.output or REPO / "weights" / DEFAULT_OUTPUT[args.model, args.include_top])
 
   t0 = time.time()
   try:
-    source = args.input or W.download_vgg16(include_top=args.include_top)
-    if args.model == "vgg16":
-      shapes, layer_map, ignore = W.vgg16_target(args.include_top)
-      optional, desc = (), f"VGG16(include_top={args.include_top})"
+    if args.model == "cnn":
+      output = pathlib.Path(args.output or REPO / "weights" / "catsdogs_cnn")
+      source = args.input
+    else:
+      rel = W.release(args.model, args.include_top, args.image_size or 224, args.alpha)
+      output = pathlib.Path(args.output or REPO / "weights" / rel.folder)
+      source = args.input or W.download_release(rel)
+    if args.model in BACKBONES:
+      shapes, layer_map, ignore = W.backbone_target(args.model, args.include_top, args.alpha)
+      alpha = f", alpha={args.alpha}" if args.model == "mobilenet_v2" else ""
+      optional = ()
+      desc = f"{W.KERAS_NAMES[args.model]}(include_top={args.include_top}{alpha})"
     else:
       from rpsflax import config_base
       config = config_base.load_sibling(str(REPO / "configs" / "catsdogs.py"), "catsdogs").get_config()

@@ -205,3 +205,97 @@ def rel_error(got, want) -> tuple[float, float, float]:
   assert got.shape == want.shape, (got.shape, want.shape)
   err, scale = float(np.max(np.abs(got - want))), float(np.max(np.abs(want)))
   return err, scale, err / max(scale, 1e-30)
+
+
+# ---------------------------------------------------------------------------------------------
+# The BatchNorm backbones (ResNet50, MobileNetV2).
+
+def seeded_bn_backbone(name: str, include_top: bool, size: int, seed: int = 0, alpha: float = 1.0):
+  """keras.applications.ResNet50 / MobileNetV2 (weights=None) with seeded weights that keep
+  every activation O(1) through the network, so relative errors mean something at every stage.
+
+  Kernels are He-normal (a depthwise kernel's fan-in is its 3x3 window), conv biases N(0, 0.1),
+  BN gamma U(0.5, 1.5) and beta N(0, 0.2). The moving statistics are calibrated: one forward in
+  training mode with momentum 0 on a seeded batch of synthetic images sets every BN layer's
+  moving mean and variance to the batch statistics of its input, which are then perturbed
+  (mean + N(0, 0.1) std, variance x U(0.7, 1.4)) so inference differs from training mode.
+  """
+  k = keras()
+  k.utils.set_random_seed(seed)
+  if name == "resnet50":
+    model = k.applications.ResNet50(weights=None, include_top=include_top,
+                                    input_shape=(size, size, 3))
+    prep = k.applications.resnet50.preprocess_input
+  else:
+    model = k.applications.MobileNetV2(weights=None, include_top=include_top, alpha=alpha,
+                                       input_shape=(size, size, 3))
+    prep = k.applications.mobilenet_v2.preprocess_input
+  rng = np.random.default_rng(seed)
+  bns = []
+  for layer in _leaf_layers(model):
+    ws = layer.get_weights()
+    if not ws:
+      continue
+    if isinstance(layer, k.layers.BatchNormalization):
+      gamma = rng.uniform(0.5, 1.5, ws[0].shape).astype(np.float32)
+      beta = (rng.standard_normal(ws[1].shape) * 0.2).astype(np.float32)
+      layer.set_weights([gamma, beta, ws[2], ws[3]])
+      bns.append(layer)
+      continue
+    kernel, *rest = ws
+    depthwise = isinstance(layer, k.layers.DepthwiseConv2D)
+    fan_in = int(np.prod(kernel.shape[:2])) if depthwise else int(np.prod(kernel.shape[:-1]))
+    scale = 0.2 if layer.name == "predictions" else 1.0  # logits O(1): softmax not one-hot
+    new = [(rng.standard_normal(kernel.shape) * np.sqrt(2.0 / fan_in) * scale).astype(np.float32)]
+    new += [(rng.standard_normal(w.shape) * 0.1).astype(np.float32) for w in rest]
+    layer.set_weights(new)
+  calib = np.stack([synthetic_image(size, seed=100 + i) for i in range(4)]).astype(np.float32)
+  momenta = [bn.momentum for bn in bns]
+  for bn in bns:
+    bn.momentum = 0.0
+  model(prep(calib), training=True)
+  for bn, m in zip(bns, momenta):
+    bn.momentum = m
+    gamma, beta, mean, var = bn.get_weights()
+    std = np.sqrt(var + 1e-3)
+    mean = (mean + rng.standard_normal(mean.shape) * 0.1 * std).astype(np.float32)
+    var = (var * rng.uniform(0.7, 1.4, var.shape)).astype(np.float32)
+    bn.set_weights([gamma, beta, mean, var])
+  return model
+
+
+def keras2_layers(model, renames: dict | None = None) -> list:
+  """[(layer name, [arrays], [weight names])] of every layer, the input layer included, as
+  Keras 2 (which wrote the ResNet50 and MobileNetV2 release files) lists a functional model.
+  Weight names are Keras 2's '<layer>/<variable>:0' (kernel, bias, depthwise_kernel, gamma, beta,
+  moving_mean, moving_variance). `renames` gives a layer another name (keras-applications named
+  the top 'probs' in ResNet50 and 'Logits' in MobileNetV2)."""
+  k = keras()
+  renames = renames or {}
+  out = []
+  for layer in model.layers:
+    name = "input_1" if isinstance(layer, k.layers.InputLayer) else renames.get(layer.name,
+                                                                                 layer.name)
+    # trainable then non-trainable weights: the order Keras' legacy loader assigns them in
+    weights = list(layer.trainable_weights) + list(layer.non_trainable_weights)
+    depthwise = isinstance(layer, k.layers.DepthwiseConv2D)  # Keras 2: 'depthwise_kernel'
+    wnames = [f"{name}/{'depthwise_kernel' if depthwise and w.name == 'kernel' else w.name}:0"
+              for w in weights]
+    out.append((name, [np.asarray(w.numpy()) for w in weights], wnames))
+  return out
+
+
+def write_keras2_release(path, layers, keras_version: str = "2.2.4") -> str:
+  """Write keras2_layers(...) in the legacy HDF5 weights layout of a Keras 2 release file: root
+  attrs `layer_names`, `backend`, `keras_version`; per layer a group with attr `weight_names`
+  and the datasets under those names ('conv1_conv/kernel:0' nests a group conv1_conv)."""
+  with h5py.File(path, "w") as f:
+    f.attrs["layer_names"] = np.array([name.encode("utf8") for name, _, _ in layers])
+    f.attrs["backend"] = b"tensorflow"
+    f.attrs["keras_version"] = keras_version.encode("utf8")
+    for name, arrays, wnames in layers:
+      g = f.create_group(name)
+      g.attrs["weight_names"] = np.array([n.encode("utf8") for n in wnames]) if wnames else []
+      for n, w in zip(wnames, arrays):
+        g.create_dataset(n, data=w)
+  return str(path)

@@ -65,3 +65,37 @@ def test_get_preprocessor_names():
   assert get_preprocessor("rescale") is rescale
   with pytest.raises(ValueError, match="config.preprocess"):
     get_preprocessor("caffe")
+
+
+@pytest.mark.parametrize("kind", ["uint8", "float32", "float64"])
+@pytest.mark.parametrize("backbone", ["resnet50", "mobilenet_v2"])
+def test_backbone_preprocess_matches_keras(images, kind, backbone):
+  """resnet50 ('caffe' mode) and mobilenet_v2 ('tf' mode) against Keras' own preprocess_input."""
+  keras_fn = getattr(kr.keras().applications, backbone).preprocess_input
+  x = images[kind]
+  want = np.asarray(keras_fn(x.copy()), np.float64)
+  got = np.asarray(get_preprocessor(backbone)(x))
+  assert got.dtype == np.float32 and got.shape == x.shape
+  err = np.abs(got - want).max()
+  print(f"{backbone} {kind}: max |err| {err:.2e}")
+  assert err <= (0 if kind != "float64" else ULP_256)
+
+
+def test_mobilenet_v2_preprocess_every_pixel_value_bit_exact():
+  """All 256 uint8 values: a division by 127.5, not a multiply by its reciprocal, as Keras."""
+  every = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=-1)
+  want = kr.keras().applications.mobilenet_v2.preprocess_input(every.copy())
+  got = np.asarray(get_preprocessor("mobilenet_v2")(every))
+  np.testing.assert_array_equal(got, want)
+  assert got.min() == -1.0 and got.max() == 1.0
+  # A multiply by float32(1/127.5) rounds differently for some values: this test tells them apart.
+  assert not np.array_equal(every.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1), want)
+
+
+def test_mobilenet_v2_preprocess_bit_exact_inside_jit():
+  """Inside a jit-compiled step (where XLA would fold a constant divisor) it stays exact."""
+  import jax
+  every = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=-1)
+  want = kr.keras().applications.mobilenet_v2.preprocess_input(every.copy())
+  got = jax.jit(lambda x: get_preprocessor("mobilenet_v2")(x) * 2.0)(every)
+  np.testing.assert_array_equal(np.asarray(got), want * np.float32(2))

@@ -1,5 +1,9 @@
 """Layers shared by the backbones, written for what XLA compiles well on every backend."""
 
+from typing import Any
+
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 
@@ -20,3 +24,84 @@ def max_pool_2x2(x):
   h2, w2 = h // 2, w // 2
   x = x[:, :2 * h2, :2 * w2, :].reshape(n, h2, 2, w2, 2, c)
   return jnp.max(x, axis=(2, 4))
+
+
+class BatchNorm(nn.Module):
+  """keras.layers.BatchNormalization over the last axis, with Flax's variable names.
+
+  Parameters `scale` (Keras gamma) and `bias` (beta) in 'params'; `mean` and `var` (Keras'
+  moving_mean, moving_variance) in 'batch_stats', as `flax.linen.BatchNorm` names them.
+  Arithmetic as Keras' TensorFlow backend does it (tf.nn.batch_normalization):
+  inv = rsqrt(var + eps) * gamma; y = x * inv + (beta - mean * inv), in float32 for float16 and
+  bfloat16 inputs (Keras upcasts BN inputs to at least float32), then cast to `dtype`.
+
+  `use_running_average=True` is Keras' inference mode: the moving statistics normalise and are
+  never updated. False is Keras' training mode: batch moments (mean, then the mean squared
+  difference from it, as tf.nn.moments) normalise, and the moving statistics move by
+  `momentum` (moving = moving * momentum + batch * (1 - momentum)), except during init.
+  Under jit with a batch-sharded input the batch moments are over the global batch.
+  """
+
+  momentum: float = 0.99
+  epsilon: float = 1e-3
+  dtype: Any = jnp.float32
+  sow_output: bool = False  # sow the output as 'intermediates'/<this layer>/output
+
+  @nn.compact
+  def __call__(self, x, *, use_running_average: bool = True):
+    features = x.shape[-1]
+    gamma = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+    beta = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+    moving_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+    moving_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+    x = jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32))  # as Keras: at least float32
+    if use_running_average:
+      mean, var = moving_mean.value.astype(x.dtype), moving_var.value.astype(x.dtype)
+    else:
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(x, axes)
+      var = jnp.mean(jnp.square(x - jax.lax.stop_gradient(mean)), axes)
+      if not self.is_initializing():
+        m = self.momentum
+        moving_mean.value = moving_mean.value * m + jax.lax.stop_gradient(mean) * (1.0 - m)
+        moving_var.value = moving_var.value * m + jax.lax.stop_gradient(var) * (1.0 - m)
+    inv = jax.lax.rsqrt(var + self.epsilon) * gamma.astype(x.dtype)
+    y = (x * inv + (beta.astype(x.dtype) - mean * inv)).astype(self.dtype)
+    if self.sow_output:
+      self.sow("intermediates", "output", y)
+    return y
+
+
+class DepthwiseConv3x3(nn.Module):
+  """keras.layers.DepthwiseConv2D(3, strides, depth_multiplier=1, use_bias=False), NHWC.
+
+  The kernel is Flax's grouped-conv layout, (3, 3, 1, C) under the name 'kernel', as
+  `nn.Conv(C, (3, 3), feature_group_count=C)` would hold it, so converted weights do not depend
+  on how it is computed. It is computed as nine shifted multiply-adds, which XLA fuses into one
+  loop: on XLA:CPU a grouped convolution with one channel per group runs about 40x slower than
+  TensorFlow's depthwise kernel, this about as fast. `padding`: 'SAME' (stride 1) or 'VALID'
+  (on an input Keras' correct_pad already padded).
+  """
+
+  features: int
+  strides: int = 1
+  padding: str = "SAME"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, 1, self.features),
+                        jnp.float32)
+    x = jnp.asarray(x, self.dtype)
+    k = kernel.astype(self.dtype)[:, :, 0, :]
+    if self.padding == "SAME":
+      x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    s = self.strides
+    h = (x.shape[1] - 3) // s + 1
+    w = (x.shape[2] - 3) // s + 1
+    out = None
+    for i in range(3):
+      for j in range(3):
+        tap = x[:, i:i + s * (h - 1) + 1:s, j:j + s * (w - 1) + 1:s, :] * k[i, j]
+        out = tap if out is None else out + tap
+    return out
