@@ -21,6 +21,7 @@ multi-host writes); restore places arrays with the shardings of the target you p
 """
 
 import contextlib
+import dataclasses
 import datetime
 import os
 import pathlib
@@ -230,6 +231,7 @@ class Checkpoints:
     path = mngr.directory / str(step)
     abstract = jax.tree.map(
         lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else abstract_like(x), target)
+    abstract, rebuild = _older_layout(path / "state", abstract)
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
@@ -241,12 +243,12 @@ class Checkpoints:
             f"changed?): {_first_line(e)}\nUse a fresh --workdir, or the config it was trained "
             "with (its config.json).") from e
       raise _Damaged(f"cannot be read ({_first_line(e)})") from e
-    meta = dict(restored.meta)
+    state, meta = rebuild(restored.state), dict(restored.meta)
     digest = meta.pop(DIGEST_KEY, None)
-    if digest is not None and digest != state_digest(restored.state):
+    if digest is not None and digest != state_digest(state):
       raise _Damaged("its arrays do not match the checksum saved with them (bit rot, or a copy "
                      "that changed them)")
-    return restored.state, meta
+    return state, meta
 
   def restore_meta(self, *, which: str = LATEST, step: Optional[int] = None) -> Optional[dict]:
     """The JSON metadata alone (epoch, class names, history), without reading arrays."""
@@ -275,6 +277,28 @@ class Checkpoints:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def _older_layout(path: pathlib.Path, abstract):
+  """(restore target, rebuild) for a checkpoint written before a state field existed.
+
+  A TrainState field that holds no arrays for this model (`batch_stats` of a model without
+  BatchNorm, added 2026-12) is missing from checkpoints written before it: restore the fields
+  on disk, then put the empty one back, so an older run resumes instead of failing.
+  """
+  if not dataclasses.is_dataclass(abstract):
+    return abstract, lambda state: state
+  try:
+    saved = ocp.StandardCheckpointHandler().metadata(path).tree
+  except Exception:  # noqa: BLE001 (unreadable metadata: the restore itself says why)
+    return abstract, lambda state: state
+  fields = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract)}
+  absent = {k: v for k, v in fields.items()
+            if isinstance(saved, dict) and k not in saved and not jax.tree.leaves(v)}
+  if not absent:
+    return abstract, lambda state: state
+  on_disk = {k: v for k, v in fields.items() if k not in absent}
+  return on_disk, lambda state: type(abstract)(**state, **absent)
 
 
 def _shapes(tree) -> list:

@@ -119,3 +119,25 @@ def test_mismatched_target_is_a_clear_error(tmp_path):
                                                           "b": jnp.zeros(2)}})
   with pytest.raises(errors.CheckpointError, match="does not fit this config"):
     checkpoint.restore_latest(tmp_path, wrong)
+
+
+def test_a_checkpoint_from_before_batch_stats_still_restores(tmp_path):
+  """Runs saved before TrainState had `batch_stats` (2026-12) resume: the field holds nothing
+  for a model without BatchNorm, and is put back empty."""
+  import flax
+
+  @flax.struct.dataclass
+  class TrainStateBefore:  # the TrainState this project saved until then
+    step: jax.Array
+    params: dict
+    opt_state: dict
+
+  state = _state(3)
+  old = TrainStateBefore(step=state.step, params=state.params, opt_state=state.opt_state)
+  with checkpoint.Checkpoints(tmp_path) as ckpts:
+    assert ckpts.save(old, {"epoch": 1, "step": 3})
+    ckpts.wait()
+  restored, meta = checkpoint.restore_latest(tmp_path, _state(0))
+  assert isinstance(restored, steps.TrainState) and restored.batch_stats == {}
+  _assert_same(restored, state)
+  assert meta == {"epoch": 1, "step": 3}
