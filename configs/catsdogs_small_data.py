@@ -7,8 +7,8 @@ for the same convnet with augmentation and dropout after 100 epochs at batch 32.
 keeps the model (so a tutorial .h5 still converts) and changes only how it is trained.
 
 Measured here (2-core CPU, loaded): seeded 1,600 / 400 split of ../shared/data/catsdogs_filtered,
-40 epochs in 32 min: final validation accuracy 0.800, mean of the last five epochs 0.816, best
-0.833 (README, Results).
+50 epochs in 39 min: final validation accuracy 0.815, mean of the last five epochs 0.820, best
+0.848 (after 40 epochs: 0.800, 0.816, 0.833; README, Results).
 
   python -m rpsflax.main --config=configs/catsdogs_small_data.py --workdir=runs/catsdogs_small \
       --config.data.dir=../shared/data/catsdogs_filtered
@@ -55,5 +55,7 @@ def get_config():
   # Dropout 0.5 before Dense(512), as the tutorial: the Flatten -> Dense(512) layer holds 3.2M of
   # the model's 3.5M parameters and is where 1,600 images overfit.
   c.head.dropout = 0.5
-  c.num_epochs = 40
+  # 50 epochs = 2,500 steps: the validation accuracy passed 0.80 at epoch 17 and was still
+  # creeping up at 40 (last five 0.816) and 50 (0.820) with the training accuracy at 0.88.
+  c.num_epochs = 50
   return c
