@@ -257,7 +257,22 @@ def _kill_in_write(name: str, n: int) -> None:
   builtins.open = io.open = open_
 
 
+def report_peak_memory(path: str) -> None:
+  """At exit, write this process' own peak resident memory (VmHWM, bytes) to `path`. Not
+  ru_maxrss from wait4: Linux carries that over from the forking parent (a pytest worker that
+  may hold gigabytes) across exec; VmHWM belongs to the new program's memory alone."""
+  import atexit
+
+  def write():
+    for line in open("/proc/self/status"):
+      if line.startswith("VmHWM:"):
+        pathlib.Path(path).write_text(str(int(line.split()[1]) * 1024))
+  atexit.register(write)
+
+
 def main() -> None:
+  if os.environ.get("RPSFLAX_PEAK_FILE"):
+    report_peak_memory(os.environ["RPSFLAX_PEAK_FILE"])
   for hook in filter(None, HOOK.split(",")):
     kind, _, arg = hook.partition(":")
     if kind == "step":

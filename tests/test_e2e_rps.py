@@ -148,8 +148,9 @@ def test_train_resume_evaluate_predict(tmp_path, rps_dir, weights_file):
   assert "not retraining" in proc.stderr
   after = {p: p.stat().st_mtime_ns for p in w.rglob("*") if p.is_file()}
   changed = sorted(str(p.relative_to(w)) for p in after if before.get(p) != after[p])
-  # config.json and data_report.json describe the latest invocation; nothing a run produced moves.
-  assert set(changed) <= {"config.json", "data_report.json"}, changed
+  # config.json and data_report.json describe the latest invocation, .lock names its process
+  # (rpsflax.workdir_lock); nothing a run produced moves.
+  assert set(changed) <= {"config.json", "data_report.json", ".lock"}, changed
   assert set(before) == set(after)
 
   # 3. Every output of a run.

@@ -47,11 +47,12 @@ def run_hooked(hook: str, args) -> subprocess.CompletedProcess:
 
 def run_measured(hook: str, args, folder: pathlib.Path) -> tuple[int, str, int]:
   """(exit status, stderr, peak resident memory in bytes) of the hooked command; the peak is
-  that child's own, from os.wait4."""
-  err_path = folder / "stderr.txt"
+  that program's own (VmHWM at exit, see reliability_hooks.report_peak_memory)."""
+  err_path, peak_path = folder / "stderr.txt", folder / "peak_bytes.txt"
   with open(os.devnull, "w") as devnull, open(err_path, "w") as err:
     proc = subprocess.Popen([sys.executable, str(rel.HOOKS), *map(str, args)], cwd=REPO,
-                            env=rel._env(RPSFLAX_HOOK=hook), stdout=devnull, stderr=err)
+                            env=rel._env(RPSFLAX_HOOK=hook, RPSFLAX_PEAK_FILE=str(peak_path)),
+                            stdout=devnull, stderr=err)
     deadline = time.time() + TIMEOUT
     while True:
       pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -62,7 +63,7 @@ def run_measured(hook: str, args, folder: pathlib.Path) -> tuple[int, str, int]:
         pytest.fail("the command did not end")
       time.sleep(0.1)
   proc.returncode = os.waitstatus_to_exitcode(status)
-  return proc.returncode, err_path.read_text(), usage.ru_maxrss * 1024  # Linux: KiB
+  return proc.returncode, err_path.read_text(), int(peak_path.read_text())
 
 
 def hashes(workdir, skip=()) -> dict:
