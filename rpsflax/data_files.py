@@ -24,6 +24,8 @@ from typing import Optional, Sequence
 from absl import logging
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
+
 from rpsflax import atomic
 from rpsflax.errors import DataError
 
@@ -261,7 +263,6 @@ def scan_images(paths: Sequence[str], *, num_threads: Optional[int] = None,
                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
                 ) -> tuple[dict[str, ImageInfo], list[tuple[str, str]]]:
   """Check every file in a thread pool: ({path: info} of readable ones, [(path, reason)])."""
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   paths = list(paths)
   if progress is None:
     progress = len(paths) >= 2000

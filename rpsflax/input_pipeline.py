@@ -28,11 +28,13 @@ import queue
 import threading
 from typing import Iterator, Optional, Sequence
 
-from absl import logging
+import jax
 import numpy as np
+from absl import logging
 from PIL import Image
+from tqdm import tqdm
 
-from rpsflax import data_files, pil_decode
+from rpsflax import config_base, data_files, pil_decode
 from rpsflax.errors import DataError
 
 try:  # the default decoder; JAX-only machines (no TensorFlow) decode with PIL
@@ -188,7 +190,6 @@ def _decode_files(paths: np.ndarray, codes: np.ndarray, size, method, num_parall
                   out: np.ndarray, desc: str = "decoding",
                   max_pixels: int = data_files.DEFAULT_MAX_IMAGE_PIXELS) -> list[tuple[int, str]]:
   """Decode paths[i] into out[i] in parallel; returns [(i, reason)] of files no decoder read."""
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   n = len(paths)
   if n == 0:
     return []
@@ -437,7 +438,6 @@ class Datasets:
 
 def _process(process_index, process_count) -> tuple[int, int]:
   if process_index is None or process_count is None:
-    import jax  # pylint: disable=import-outside-toplevel
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
@@ -562,7 +562,7 @@ def _import_tfds(name: str):
   why = f"TensorFlow does not import ({TF_MISSING})" if tf is None else None
   if why is None:
     try:
-      import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+      import tensorflow_datasets as tfds  # noqa: PLC0415  (optional; seconds to import)
       return tfds
     except Exception as e:  # pylint: disable=broad-except
       why = f"tensorflow_datasets does not import ({type(e).__name__}: {e})"
@@ -635,7 +635,7 @@ def _tfds_datasets(config, workdir, *, write: bool, common: dict, check_head: bo
 
 def _read_tfds_split(builder, split, size, method, num_parallel_calls):
   """Decode a whole TFDS split once: (uint8 [n,H,W,3] by example index, labels, failed idx)."""
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds  # noqa: PLC0415  (optional; seconds to import)
   ds = builder.as_dataset(split=split, shuffle_files=False,
                           decoders={"image": tfds.decode.SkipDecoding()})
 
@@ -692,7 +692,6 @@ def folder_datasets(data_dir, image_size=224, batch_size=32, *, cache: bool = Tr
 
   Time `ds.prepare()` (decode-once cache) and `ds.train_batches(epoch)` separately.
   """
-  from rpsflax import config_base  # pylint: disable=import-outside-toplevel
   c = config_base.get_config()
   c.seed, c.batch_size, c.eval_batch_size = seed, batch_size, batch_size
   c.data.dir, c.data.image_size, c.data.cache = os.fspath(data_dir), image_size, cache

@@ -20,6 +20,7 @@ from typing import Iterator
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from rpsflax import data_files
 from rpsflax.errors import DataError
@@ -89,7 +90,6 @@ def decode_files(paths: np.ndarray, size, method: str, num_parallel_calls: int, 
                  desc: str = "decoding", progress_min: int = 2000,
                  max_pixels: int = data_files.DEFAULT_MAX_IMAGE_PIXELS) -> list[tuple[int, str]]:
   """Decode paths[i] into out[i] in a thread pool; returns [(i, reason)] of unreadable files."""
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   failed = []
   with concurrent.futures.ThreadPoolExecutor(num_threads(num_parallel_calls)) as pool:
     results = pool.map(lambda p: _try_load(str(p), size, method, max_pixels), paths)

@@ -33,10 +33,13 @@ from typing import Iterable, NamedTuple
 import h5py
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from rpsflax import models
+from rpsflax.models import build_model, keras_layer_map
 from rpsflax.errors import WeightsError
 
 
@@ -149,7 +152,6 @@ def _attr_list(group, name) -> list[str]:
 
 def _dataset(ds) -> np.ndarray:
   if ds.attrs.get("dtype") in ("bfloat16", b"bfloat16"):  # how Keras 3 marks bf16 arrays
-    import ml_dtypes
     return np.array(ds, dtype=ml_dtypes.bfloat16)
   return np.asarray(ds[()])
 
@@ -261,7 +263,7 @@ def _read_keras_zip(path) -> Weights:
 
 def _import_keras(why: str):
   try:
-    import keras
+    import keras  # noqa: PLC0415  (Keras and TensorFlow load only to read a .keras file)
   except ImportError as e:
     raise WeightsError(f"Keras (TensorFlow) is needed to {why} but is not installed: "
                        "pip install tensorflow, or convert the file on a machine that has it "
@@ -448,7 +450,6 @@ def model_target(config, image_size: int | None = None):
 
   shapes: the params tree, or the variables tree {'params', 'batch_stats'} of a model with
   BatchNorm."""
-  from rpsflax.models import build_model, keras_layer_map
   size = image_size or config.data.image_size
   shapes = _init_shapes(build_model(config), size)
   layer_map = keras_layer_map(config)
@@ -520,7 +521,6 @@ def save_converted(directory, variables: Mapping, manifest: Mapping) -> pathlib.
   The manifest is the completion marker: an existing one is removed first, so a conversion that
   dies half-way leaves a folder `load_converted` refuses rather than a stale-looking one.
   """
-  import orbax.checkpoint as ocp
   directory = pathlib.Path(directory).expanduser().resolve()
   if directory.is_dir():
     # Only ever replace a (possibly unfinished) conversion, never someone's other files.
@@ -555,7 +555,6 @@ def save_converted(directory, variables: Mapping, manifest: Mapping) -> pathlib.
 
 def _checkpointer():
   """A synchronous Orbax checkpointer: a weights folder is written once, nothing to overlap."""
-  import orbax.checkpoint as ocp
   return ocp.Checkpointer(ocp.StandardCheckpointHandler())
 
 
@@ -596,7 +595,6 @@ def load_converted(directory) -> dict:
 
 
 def _load_converted(directory) -> tuple[dict, dict]:
-  import orbax.checkpoint as ocp
   directory = pathlib.Path(directory).expanduser()
   manifest = read_manifest(directory)
   redo = (f"; convert again: python scripts/convert_keras_weights.py --input "

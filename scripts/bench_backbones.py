@@ -33,12 +33,13 @@ from rpsflax.preprocess import get_preprocessor  # noqa: E402
 
 
 def bench(name: str, size: int, batch: int, budget: float) -> dict:
-  import keras_reference as kr  # seeded Keras models and the release-layout writer
-  import tensorflow as tf
+  # Inside: TensorFlow and the tests' Keras helpers load only once flags have parsed.
+  import keras_reference as kr  # noqa: PLC0415  (seeded Keras models, release-layout writer)
+  import tensorflow as tf  # noqa: PLC0415
 
   model = kr.seeded_bn_backbone(name, False, size)
   path = kr.write_weights_h5(model, f"/tmp/bench_{name}_{os.getpid()}.weights.h5")
-  from rpsflax import weights as W
+  from rpsflax import weights as W  # noqa: PLC0415
   variables = W.load_keras_backbone(path, name)
   os.unlink(path)
   images = np.stack([kr.synthetic_image(size, seed=i) for i in range(batch)])

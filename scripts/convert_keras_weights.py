@@ -84,7 +84,8 @@ def user_error(message: str) -> int:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  from rpsflax import weights as W
+  # After the flags parse: --help and bad arguments answer without loading JAX.
+  from rpsflax import weights as W  # noqa: PLC0415
 
   if args.model == "cnn" and args.include_top:
     return user_error("--include-top is for the ImageNet backbones; a cnn file's dense layers "
@@ -107,7 +108,7 @@ def main(argv=None) -> int:
       optional = ()
       desc = f"{W.KERAS_NAMES[args.model]}(include_top={args.include_top}{alpha})"
     else:
-      from rpsflax import config_base
+      from rpsflax import config_base  # noqa: PLC0415
       config = config_base.load_sibling(str(REPO / "configs" / "catsdogs.py"), "catsdogs").get_config()
       shapes, layer_map, optional = W.model_target(config, args.image_size or None)
       ignore, desc = (), "build_model(configs/catsdogs.py)"
