@@ -113,8 +113,10 @@ def compare(got, want, names, labels, tag) -> float:
   return worst
 
 
+# Every file route without top; with top only the release (legacy) layout: the other loaders are
+# the same code for the top's two extra arrays, and each case costs ~10 s of the suite.
 CASES = [(n, top, r) for n in STAGES for top in (False, True) for r in ROUTES
-         if not (top and r == "converted")]
+         if not top or r == "legacy"]
 
 
 @pytest.mark.parametrize("name,include_top,route", CASES)
