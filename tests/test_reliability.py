@@ -151,13 +151,13 @@ def restore(workdir, which="latest", step=None):
   return jax.device_get(state), meta
 
 
-def assert_same_run(workdir, straight_workdir) -> None:
+def assert_same_run(workdir, straight_workdir, epochs: int = 2) -> None:
   """Final TrainState (params, optimizer state, step) bit-identical; same history and eval."""
   import jax
 
   mine, meta = restore(workdir)
   ref, ref_meta = restore(straight_workdir)
-  assert meta["step"] == ref_meta["step"] == 2 * STEPS_PER_EPOCH
+  assert meta["step"] == ref_meta["step"] == epochs * STEPS_PER_EPOCH
   leaves, ref_leaves = jax.tree.leaves(mine), jax.tree.leaves(ref)
   assert len(leaves) == len(ref_leaves) > 0
   for a, b in zip(leaves, ref_leaves):
@@ -165,6 +165,7 @@ def assert_same_run(workdir, straight_workdir) -> None:
   no_seconds = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]
   history = json.loads((workdir / "history.json").read_text())
   ref_history = json.loads((straight_workdir / "history.json").read_text())
+  assert len(history) == epochs
   assert no_seconds(history) == no_seconds(ref_history) == no_seconds(meta["history"])
   ev, ref_ev = (json.loads((w / "eval.json").read_text()) for w in (workdir, straight_workdir))
   assert (ev["accuracy"], ev["loss"]) == (ref_ev["accuracy"], ref_ev["loss"])

@@ -615,27 +615,7 @@ def test_soak_sigkill_at_five_random_moments_then_identical_to_an_unbroken_run(r
     proc = rel.expect_ok(rel.run_main(workdir, runs.data_dir, *extra))
     rel.expect_ok(straight.result(timeout=15 * 60))
   assert rel.steps_on_disk(workdir)[-1] == SOAK_EPOCHS * STEPS, killed
-  assert_same_run(workdir, tmp / "straight", SOAK_EPOCHS)
-
-
-def assert_same_run(workdir, straight_workdir, epochs: int) -> None:
-  """rel.assert_same_run for a run of `epochs` epochs."""
-  mine, meta = rel.restore(workdir)
-  ref, ref_meta = rel.restore(straight_workdir)
-  assert meta["step"] == ref_meta["step"] == epochs * STEPS
-  import jax
-
-  leaves, ref_leaves = jax.tree.leaves(mine), jax.tree.leaves(ref)
-  assert len(leaves) == len(ref_leaves) > 0
-  for a, b in zip(leaves, ref_leaves):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  no_seconds = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]
-  history = json.loads((workdir / "history.json").read_text())
-  ref_history = json.loads((straight_workdir / "history.json").read_text())
-  assert len(history) == epochs
-  assert no_seconds(history) == no_seconds(ref_history) == no_seconds(meta["history"])
-  ev, ref_ev = (json.loads((w / "eval.json").read_text()) for w in (workdir, straight_workdir))
-  assert (ev["accuracy"], ev["loss"]) == (ref_ev["accuracy"], ref_ev["loss"])
+  rel.assert_same_run(workdir, tmp / "straight", SOAK_EPOCHS)
 
 
 def test_soak_moments_are_seeded_and_cover_every_kind():
