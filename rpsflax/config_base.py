@@ -37,6 +37,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Weights: 'imagenet' (download the Keras release), a converted folder (weights/<name>/),
   # a Keras .h5/.weights.h5/.keras file (converted on the fly), or '' for random init.
   c.weights = "imagenet"
+  # Warm start: '' or the --workdir of a finished run of the same model (backbone and head). Its
+  # best checkpoint's parameters and BatchNorm statistics replace the weights above when this run
+  # starts fresh (a resumed run uses its own checkpoint); optimizer state and epochs start anew.
+  # Fine-tuning from a trained head, as the Keras blog does: configs/catsdogs_vgg16_finetune.py.
+  c.init_from = ""
   c.preprocess = "vgg16"            # 'vgg16' (Keras caffe mode) | 'rescale' (1/255) | 'none'
 
   # Data: a local folder (DIR/train/<class>/..., or flat Kaggle-style names), else TFDS.

@@ -4,6 +4,8 @@ for evaluation) and its model as a probabilities function (`load_for_inference`,
 import pathlib
 from typing import Optional
 
+from absl import logging
+from flax import traverse_util
 from jax.sharding import Mesh
 
 from rpsflax import checkpoint as ckpt_lib
@@ -46,3 +48,44 @@ def load_for_inference(workdir, config=None, which: str = ckpt_lib.BEST):
   state, meta = restore_state(config, workdir, which, model=model)
   return (config, model, state.params, list(meta.class_names),
           steps.make_predict_fn(config, model, state.batch_stats))
+
+
+def check_init_from(config) -> None:
+  """ConfigError unless config.init_from is '' or a workdir holding a checkpoint (seconds, before
+  any data is read)."""
+  src = config.get("init_from", "")
+  if src and not (ckpt_lib.has_checkpoint(src, ckpt_lib.BEST)
+                  or ckpt_lib.has_checkpoint(src, ckpt_lib.LATEST)):
+    raise errors.ConfigError(
+        f"config.init_from={src!r}: no checkpoint in {pathlib.Path(src) / 'checkpoints'}. Give "
+        "the --workdir of a trained run of the same model, or set --config.init_from=''")
+
+
+def warm_start_variables(config, variables: dict, mesh: Mesh) -> dict:
+  """`variables` ({'params', 'batch_stats'} of this run) replaced by those of config.init_from's
+  best checkpoint. The source run's config.json builds its state (its optimizer and trainable
+  set may differ); its parameter tree must be this run's, leaf for leaf and shape for shape."""
+  src = config.init_from
+  src_config = report.read_config(src)
+  state, meta = restore_state(src_config, src, ckpt_lib.BEST, mesh)
+  found = {"params": state.params, "batch_stats": state.batch_stats or {}}
+  want = {k: variables.get(k) or {} for k in found}
+  mismatch = [f"{'/'.join(str(p) for p in path)}: {a} there, {b} here"
+              for path, a, b in _shape_differences(found, want)]
+  if mismatch:
+    raise errors.ConfigError(
+        f"config.init_from={src!r} holds another model ({src_config.model.name} with head "
+        f"{src_config.head.to_dict()}): {len(mismatch)} parameters differ ({'; '.join(mismatch[:3])}"
+        f"{'; ...' if len(mismatch) > 3 else ''}). Use a run of this config's model and head.")
+  logging.info("init_from: parameters of %s (%s checkpoint, epoch %s)", src, meta.checkpoint,
+               meta.epoch)
+  return found
+
+
+def _shape_differences(a, b):
+  fa, fb = (traverse_util.flatten_dict(t) for t in (a, b))
+  for path in sorted(set(fa) | set(fb), key=str):
+    sa = tuple(fa[path].shape) if path in fa else "missing"
+    sb = tuple(fb[path].shape) if path in fb else "missing"
+    if sa != sb:
+      yield path, sa, sb

@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from rpsflax import checkpoint as ckpt_lib
 from rpsflax import (config_check, data_files, errors, evaluation, features, input_pipeline,
-                     interrupts, models, report, sharding, steps, weights, workdir_lock)
+                     interrupts, models, report, restore, sharding, steps, weights,
+                     workdir_lock)
 from rpsflax.errors import NonFiniteError
 from rpsflax.run_meta import RunMeta
 
@@ -41,6 +42,7 @@ def preflight(config, mesh) -> None:
   the command once."""
   features.check_config(config)  # cached features need a frozen backbone (no-op when disabled)
   sharding.check_batch_sizes(config, mesh)
+  restore.check_init_from(config)  # a warm start's source run exists
   listing_error = None
   if config.data.dir:  # a listing only (no decoding): missing, empty or mismatched folders fail here
     try:
@@ -57,13 +59,17 @@ def preflight(config, mesh) -> None:
     raise listing_error
 
 
-def initial_state(config, model, init_rng, repl) -> steps.TrainState:
-  """A fresh TrainState: random parameters, then the configured weights over them."""
+def initial_state(config, model, init_rng, mesh) -> steps.TrainState:
+  """A fresh TrainState: random parameters, then the configured weights (or config.init_from's
+  trained ones) over them."""
   v = weights.load_variables_for_model(config.weights, steps.init_variables(config, model, init_rng),
                                        models.keras_layer_map(config),
                                        rel=weights.imagenet_release(config))
+  if config.init_from:  # a trained run's backbone and head instead (a warm start)
+    v = restore.warm_start_variables(config, v, mesh)
   return jax.device_put(steps.create_train_state(config, model, params=v["params"],
-                                                 batch_stats=v.get("batch_stats")), repl)
+                                                 batch_stats=v.get("batch_stats")),
+                        sharding.replicated(mesh))
 
 
 def train_and_evaluate(config, workdir) -> dict:
@@ -102,7 +108,7 @@ def run(config, workdir: pathlib.Path, mesh) -> dict:
     # A damaged newest checkpoint is set aside (renamed, never deleted) for the one before it.
     restored = ckpts.restore_for_resume(steps.abstract_train_state(config, model, repl))
     if restored is None:
-      state, meta = initial_state(config, model, init_rng, repl), RunMeta()
+      state, meta = initial_state(config, model, init_rng, mesh), RunMeta()
     else:
       state, meta = restored[0], RunMeta.from_json(restored[1])
       if meta.steps_per_epoch not in (None, steps_per_epoch):

@@ -457,3 +457,30 @@ def test_evaluate_restores_best_and_reads_a_folder(straight_run):
   assert sum(out["confusion_matrix"][1]) == 3  # every example counted in the 'rock' row
   # A data set folder (train/ inside): every labelled image under it, once.
   assert evaluation.evaluate_checkpoint(config, workdir, data_dir=str(data))["num_examples"] == 24
+
+
+def test_init_from_starts_from_a_trained_runs_best_parameters(straight_run, tmp_path):
+  """A warm start (the Keras blog's fine-tuning from a trained head): the trained run's best
+  parameters, whatever its optimizer; another model is refused naming config.init_from."""
+  from rpsflax import checkpoint, errors, restore
+
+  root, data, _ = straight_run
+  source = root / "straight"
+  config = _tiny_config(data, 1)
+  config.init_from = str(source)
+  config.trainable = ("head/.*",)   # another trainable set: another optimizer state than the source's
+  config.optim.name = "sgd"
+  model = models.build_model(config)
+  state = jax.device_get(train.initial_state(config, model, jax.random.PRNGKey(1),
+                                             sharding.make_mesh()))
+  best, _ = checkpoint.restore_best(source, steps.abstract_train_state(_tiny_config(data, 2), model))
+  _assert_states_equal(state.params, jax.device_get(best.params))
+  assert int(state.step) == 0
+
+  config.head.hidden = (8,)
+  with pytest.raises(errors.ConfigError, match=r"config.init_from=.*parameters differ"):
+    train.initial_state(config, models.build_model(config), jax.random.PRNGKey(1),
+                        sharding.make_mesh())
+  config.init_from = str(tmp_path / "never_trained")
+  with pytest.raises(errors.ConfigError, match=r"config.init_from=.*no checkpoint"):
+    restore.check_init_from(config)
