@@ -85,6 +85,7 @@ def train_and_evaluate(config, workdir) -> dict:
   sharding.initialize_distributed(config)
   mesh = sharding.make_mesh()
   preflight(config, mesh)
+  check_starting_point(config, workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   with workdir_lock.hold(workdir, enabled=sharding.is_chief()):
     return run(config, workdir, mesh)
@@ -329,6 +330,27 @@ class _Sized:
 
   def __iter__(self):
     return iter(self._iterable)
+
+
+# What a fresh run starts from; a resumed run reads its checkpoint instead and never these.
+STARTING_POINT_KEYS = ("weights", "init_from")
+
+
+def check_starting_point(config, workdir: pathlib.Path) -> None:
+  """CheckpointError when `workdir` holds a checkpoint of a run started from other weights (or
+  another config.init_from): resuming would silently ignore the new value and record it as if
+  used. Same value, or a workdir without a checkpoint: nothing to say."""
+  path = workdir / report.CONFIG_FILE
+  if not (path.exists() and ckpt_lib.has_checkpoint(workdir, ckpt_lib.LATEST)):
+    return
+  saved = report.read_json(path)
+  changed = [f"config.{k}={config.get(k, '')!r} (it was started with {saved.get(k, '')!r})"
+             for k in STARTING_POINT_KEYS if str(saved.get(k, "")) != str(config.get(k, ""))]
+  if changed:
+    raise errors.CheckpointError(
+        f"{workdir} holds a run that resumes from its checkpoint, so {'; '.join(changed)} would "
+        "never be read. Pass the value it was started with, or a fresh --workdir to start from "
+        "the new one.")
 
 
 def save_config(config, workdir: pathlib.Path) -> None:

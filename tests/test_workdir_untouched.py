@@ -108,8 +108,10 @@ def setup(tmp_path_factory):
       "missing_data_folder": (root / "no-such-folder", [],
                               [f"data folder {root / 'no-such-folder'} does not exist",
                                "--config.data.dir"]),
-      "damaged_converted_weights": (data, [f"--config.weights={damaged_converted_folder(root)}"],
-                                    ["incomplete or damaged", "convert again"]),
+      # A resumed run never reads config.weights: new weights on a trained workdir are refused
+      # (before, the run resumed and config.json recorded weights it never used).
+      "other_weights_on_resume": (data, [f"--config.weights={damaged_converted_folder(root)}"],
+                                  ["config.weights=", "it was started with", "fresh --workdir"]),
   }
   with futures.ThreadPoolExecutor(2) as pool:
     jobs = [pool.submit(finished, root, data), pool.submit(half_way, root, data)]
@@ -146,17 +148,11 @@ def outcomes(setup):
 # workdir is opened: both. (Time: each command is ~10 s of imports on a loaded CPU.)
 PAIRS = [("finished", n) for n in ("weights_not_hdf5", "class_all_unreadable",
                                    "wrong_config_value", "missing_data_folder",
-                                   "damaged_converted_weights")] + [
+                                   "other_weights_on_resume")] + [
     ("half_way", "class_all_unreadable")]
-KNOWN_GAP = pytest.mark.xfail(strict=True, reason=(
-    "a resumed run never loads config.weights, so a damaged converted folder is not refused: the "
-    "command resumes (exit 0) and config.json records the new weights; preflight checks only the "
-    "manifest and the checkpoint folder's presence"))
 
 
-@pytest.mark.parametrize("kind, name", [
-    pytest.param(k, n, marks=KNOWN_GAP) if n == "damaged_converted_weights" else (k, n)
-    for k, n in PAIRS])
+@pytest.mark.parametrize("kind, name", PAIRS)
 def test_a_failure_leaves_every_saved_file_byte_for_byte(setup, outcomes, kind, name):
   before, after, proc = outcomes[kind, name]
   assert proc.returncode == 2, rel.describe(proc.returncode, proc.stderr)
