@@ -84,6 +84,7 @@ def _latest(root, name):
   return jax.device_get(state)
 
 
+@pytest.mark.slow  # ~40 s of CPU for the fixture's two tiny MobileNetV2 runs
 def test_head_trained_on_cached_features_matches_the_uncached_frozen_run(runs):
   root, results, initial = runs
   assert (root / "cached" / "features" / features.MANIFEST).is_file()
@@ -108,6 +109,7 @@ def test_head_trained_on_cached_features_matches_the_uncached_frozen_run(runs):
   assert results["cached"]["accuracy"] == results["uncached"]["accuracy"]
 
 
+@pytest.mark.slow  # the same runs
 def test_cache_key_covers_the_moving_statistics(runs):
   root, _, initial = runs
   config = _config(root / "data", True)
