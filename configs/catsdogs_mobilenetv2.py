@@ -8,6 +8,9 @@ logits), Adam at 1e-4, batch 32, 10 epochs. Augmentation: RandomFlip('horizontal
 RandomRotation(0.2), that is +-0.2 of a turn (72 degrees) with reflected fill; here as
 ImageDataGenerator's rotation_range=72 with fill 'reflect' (the same range; Keras' two layers
 draw and interpolate differently). Fine-tuning from layer 100: configs/catsdogs_mobilenetv2_finetune.py.
+The frozen base may also run once per view with --config.cached_features.enabled=True and
+--config.cached_features.augmented_views=K (K augmented copies per image instead of fresh
+augmentation every epoch: not the tutorial's recipe, much less backbone work).
 
   python scripts/convert_keras_weights.py --model mobilenet_v2 --image-size 160   # once, online
   python -m rpsflax.main --config=configs/catsdogs_mobilenetv2.py \

@@ -3,7 +3,9 @@
 ResNet50 is a quarter of VGG16's cost (3.9 against 15.3 GMAC per 224x224 image, see
 scripts/backbone_macs.py) and better on ImageNet (Keras' table: 0.749 against 0.713 top-1). Its
 BatchNorm layers stay in inference mode (config.model.bn_trainable=False, Keras' fine-tuning
-guide), so the frozen backbone computes the same function every step.
+guide), so the frozen backbone computes the same function every step, and
+--config.cached_features.enabled=True (with --config.cached_features.augmented_views=K) runs it
+once per view instead, as configs/rps_cached.py does for VGG16.
 
   python scripts/convert_keras_weights.py --model resnet50      # once, online (md5-checked)
   python -m rpsflax.main --config=configs/rps_resnet50.py --workdir=runs/rps_resnet50 \

@@ -5,13 +5,19 @@ A frozen backbone computes the same function every epoch, so `configs/rps_cached
     `config.cached_features.augmented_views` (K) more times on augmented copies (views 1..K;
     view k of image i is a pure function of (config.seed, k, i), whatever the batching);
   - stores them in WORKDIR/features (or config.cached_features.dir) as `<split>.npy`
-    (float32 [views, n, ...]) with `manifest.json`, keyed by the backbone weights, the split files
-    (paths, labels, sizes, mtimes), the image size and everything else the features depend on.
+    (float32 [views, n, ...]) with `manifest.json`, keyed by the backbone weights (and BatchNorm
+    moving statistics), the split files (paths, labels, sizes, mtimes), the image size and
+    everything else the features depend on.
     A resumed run reuses a matching cache; anything else is recomputed (the log says why);
   - trains the head on them for every epoch, in the very order of the uncached run; each epoch
     draws one of the K+1 views per image (seeded by (config.seed, epoch)).
 The state holds the full model (backbone weights untouched + trained head), so checkpoints,
 `rpsflax.predict` and `--mode=evaluate` use the full model on images, unchanged.
+
+BatchNorm backbones (ResNet50, MobileNetV2) run in inference mode with the state's moving
+statistics (`state.batch_stats`), as the uncached train step runs a frozen one: their BN layers
+must not run in training mode (config.model.bn_trainable with BN layers trained), which would
+move the statistics every step.
 
 With global max/avg pooling the head's first op reduces the feature map, so the cache stores the
 pooled vector as a [1, 1, C] map (the head's pooling of a 1x1 map is the identity): 2 KB per
@@ -55,22 +61,27 @@ def pools_features(config) -> bool:
 def check_config(config, model=None) -> None:
   """ConfigError naming the key unless the cached-feature settings can work (no-op when disabled).
 
-  The backbone must be frozen: features computed once would be stale after any backbone update.
+  The backbone must be frozen: features computed once would be stale after any backbone update,
+  be it a trained weight or a BatchNorm layer in training mode moving its statistics.
   """
   if not enabled(config):
     return
   cf = config.cached_features
   problems = []
-  if config.model.name in models.BATCHNORM_BACKBONES:  # the cache holds params only (issue 15)
-    problems.append(f"config.cached_features.enabled=True is not available yet for "
-                    f"config.model.name={config.model.name!r} (BatchNorm statistics are not in "
-                    "the cache key): set --config.cached_features.enabled=False")
   if cf.augmented_views < 0:
     problems.append(f"config.cached_features.augmented_views={cf.augmented_views}: "
                     "must be 0 or more")
   if cf.augmented_views > 0 and not config.augment.enabled:
     problems.append(f"config.cached_features.augmented_views={cf.augmented_views} needs "
                     "config.augment.enabled=True (augmented views of what?); set it to 0")
+  bn_training = models.bn_training_layers(config)
+  if bn_training:
+    problems.append(
+        f"config.cached_features.enabled=True needs the backbone's BatchNorm layers in inference "
+        f"mode, but config.model.bn_trainable=True runs {len(bn_training)} of them in training "
+        f"mode ({', '.join(bn_training[:3])}{', ...' if len(bn_training) > 3 else ''}), updating "
+        "their moving statistics every step: set --config.model.bn_trainable=False, or "
+        "--config.cached_features.enabled=False")
   labels = traverse_util.flatten_dict(optim.param_labels(
       steps.abstract_params(config, models.build_model(config) if model is None else model),
       config))
@@ -90,7 +101,11 @@ def check_config(config, model=None) -> None:
 # Computing features
 
 def make_feature_fn(config, model, *, augmented: bool):
-  """features(params, images uint8 [B,H,W,3], view_key, index int32 [B]) -> float32 features.
+  """features(params, batch_stats, images uint8 [B,H,W,3], view_key, index int32 [B]) -> float32
+  features.
+
+  The backbone runs in inference mode: BatchNorm layers normalise with `batch_stats` (the
+  state's moving statistics; {} for models without BN), as a frozen BN backbone in the steps.
 
   Augmented: image b gets the augmentation drawn from fold_in(view_key, index[b]) alone
   (vmapped), so a view of an example does not depend on the batch it was computed in. Pooled
@@ -99,14 +114,14 @@ def make_feature_fn(config, model, *, augmented: bool):
   config = config.copy_and_resolve_references()
   pooled = pools_features(config)
 
-  def fn(params, images, view_key, index):
+  def fn(params, batch_stats, images, view_key, index):
     if augmented:
       def one(i, image):
         key = jax.random.fold_in(view_key, i)
         return augment.augment_batch(key, image[None], config.augment)[0]
       images = jax.vmap(one)(index, images)
     x = steps.prepare_images(config, images)  # (the step's exact preprocessing)
-    f = model.apply({"params": params}, x, method="features")
+    f = model.apply(steps.model_variables(params, batch_stats), x, method="features")
     if pooled:
       reduce = jnp.max if config.head.pooling == "max" else jnp.mean
       f = reduce(f, axis=(1, 2), keepdims=True)
@@ -119,9 +134,9 @@ def feature_shape(config, model=None) -> tuple[int, ...]:
   """Shape of one image's cached features."""
   model = models.build_model(config) if model is None else model
   size = config.data.image_size
-  params = steps.abstract_params(config, model)
-  out = jax.eval_shape(make_feature_fn(config, model, augmented=False), params,
-                       jax.ShapeDtypeStruct((1, size, size, 3), jnp.uint8),
+  v = jax.eval_shape(lambda rng: steps.init_variables(config, model, rng), jax.random.PRNGKey(0))
+  out = jax.eval_shape(make_feature_fn(config, model, augmented=False), v["params"],
+                       v["batch_stats"], jax.ShapeDtypeStruct((1, size, size, 3), jnp.uint8),
                        jax.ShapeDtypeStruct((2,), jnp.uint32),
                        jax.ShapeDtypeStruct((1,), jnp.int32))
   return tuple(out.shape[1:])
@@ -144,9 +159,10 @@ def _host(x) -> np.ndarray:
 
 
 def compute_split(config, datasets, split: str, params, mesh, views: int, model=None,
-                  fns=None) -> np.ndarray:
+                  fns=None, batch_stats=None) -> np.ndarray:
   """float32 [views, n, ...]: view 0 clean, views 1.. augmented (train only). `fns`: the
-  `feature_fns` to reuse across splits (compiled once)."""
+  `feature_fns` to reuse across splits (compiled once). `batch_stats`: the state's BatchNorm
+  statistics (needed for BN backbones; None for models without BN)."""
   model = models.build_model(config) if model is None else model
   n = datasets.num_examples[split]
   fns = feature_fns(config, model, mesh) if fns is None else fns
@@ -156,6 +172,7 @@ def compute_split(config, datasets, split: str, params, mesh, views: int, model=
   repl = sharding.replicated(mesh)
   base = jax.random.fold_in(jax.random.PRNGKey(config.seed), _AUG_TAG)
   view_keys = [jax.device_put(np.asarray(jax.random.fold_in(base, v)), repl) for v in range(views)]
+  stats = batch_stats or {}
   pending = collections.deque()
 
   def drain(limit):
@@ -169,7 +186,7 @@ def compute_split(config, datasets, split: str, params, mesh, views: int, model=
   for b, batch in enumerate(batches):
     idx = jax.device_put(np.maximum(rows[b], 0).astype(np.int32), repl)
     for v in range(views):
-      f = fns[v > 0](params, batch["image"], view_keys[v], idx)
+      f = fns[v > 0](params, stats, batch["image"], view_keys[v], idx)
       pending.append((b, v, f))
     drain(2 * views)  # keep a few batches in flight: the host copies overlap the device work
   drain(0)
@@ -177,26 +194,29 @@ def compute_split(config, datasets, split: str, params, mesh, views: int, model=
 
 
 def feature_fns(config, model, mesh):
-  """(clean, augmented) feature functions, jit-compiled for `mesh` (batch sharded, rest
-  replicated)."""
+  """(clean, augmented) feature functions of (params, batch_stats, images, view_key, index),
+  jit-compiled for `mesh` (images sharded on the batch, the rest replicated)."""
   repl, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
   return tuple(jax.jit(make_feature_fn(config, model, augmented=a),
-                       in_shardings=(repl, data, repl, repl), out_shardings=repl)
+                       in_shardings=(repl, repl, data, repl, repl), out_shardings=repl)
                for a in (False, True))
 
 
 # ---------------------------------------------------------------------------------------------
 # The cache on disk
 
-def weights_fingerprint(params) -> str:
-  """sha256 of the backbone's parameters (paths, dtypes, shapes, bytes)."""
+def weights_fingerprint(params, batch_stats=None) -> str:
+  """sha256 of the backbone's parameters and BatchNorm moving statistics (paths, dtypes, shapes,
+  bytes). Without batch_stats (models without BN) it is the parameters' digest alone, as before
+  BN backbones could be cached, so existing caches stay valid."""
   h = hashlib.sha256()
-  flat = traverse_util.flatten_dict(params.get("backbone", {}) if hasattr(params, "get") else {})
-  for path in sorted(flat):
-    x = flat[path]
-    a = _host(x) if isinstance(x, jax.Array) else np.asarray(x)
-    h.update(f"{optim.path_str(path)}:{a.dtype}:{a.shape};".encode())
-    h.update(np.ascontiguousarray(a).tobytes())
+  for prefix, tree in (("", params), ("batch_stats/", batch_stats)):
+    flat = traverse_util.flatten_dict(tree.get("backbone", {}) if hasattr(tree, "get") else {})
+    for path in sorted(flat):
+      x = flat[path]
+      a = _host(x) if isinstance(x, jax.Array) else np.asarray(x)
+      h.update(f"{prefix}{optim.path_str(path)}:{a.dtype}:{a.shape};".encode())
+      h.update(np.ascontiguousarray(a).tobytes())
   return h.hexdigest()
 
 
@@ -213,15 +233,16 @@ def data_fingerprint(datasets, split: str) -> str:
   return h.hexdigest()
 
 
-def cache_key_fields(config, datasets, params) -> dict:
-  """Everything the cached features depend on (the manifest's key)."""
+def cache_key_fields(config, datasets, params, batch_stats=None) -> dict:
+  """Everything the cached features depend on (the manifest's key); `batch_stats`: the state's
+  BatchNorm statistics (a checkpoint with other ones computes other features)."""
   k = int(config.cached_features.augmented_views)
   fields = {
       "version": FORMAT_VERSION,
       "model": config.model.name, "dtype": config.model.dtype, "preprocess": config.preprocess,
       "image_size": int(config.data.image_size), "resize_method": config.data.resize_method,
       "pooled": config.head.pooling if pools_features(config) else "none",
-      "weights": config.weights, "weights_sha256": weights_fingerprint(params),
+      "weights": config.weights, "weights_sha256": weights_fingerprint(params, batch_stats),
       "augmented_views": k, "seed": int(config.seed),
       "augment": config.augment.to_dict() if k else None,
       "data": {s: data_fingerprint(datasets, s) for s, n in sorted(datasets.num_examples.items())
@@ -285,9 +306,11 @@ def save_cache(directory, fields: dict, arrays: dict, seconds: float) -> pathlib
   return directory
 
 
-def build_or_load(config, workdir, datasets, params, mesh, model=None) -> tuple[dict, dict]:
-  """({split: [views, n, ...] float32}, info) from the cache, computed now when it does not fit."""
-  fields = cache_key_fields(config, datasets, params)
+def build_or_load(config, workdir, datasets, params, mesh, model=None,
+                  batch_stats=None) -> tuple[dict, dict]:
+  """({split: [views, n, ...] float32}, info) from the cache, computed now when it does not fit.
+  `batch_stats`: the state's BatchNorm statistics (None for models without BN)."""
+  fields = cache_key_fields(config, datasets, params, batch_stats)
   directory = cache_dir(config, workdir)
   multi = jax.process_count() > 1
   arrays, why = (None, "multi-process run: computed in memory") if multi else load_cache(
@@ -304,7 +327,8 @@ def build_or_load(config, workdir, datasets, params, mesh, model=None) -> tuple[
   for split, n in sorted(datasets.num_examples.items()):
     if n:
       v = views if split == "train" else 1
-      arrays[split] = compute_split(config, datasets, split, params, mesh, v, model, fns)
+      arrays[split] = compute_split(config, datasets, split, params, mesh, v, model, fns,
+                                    batch_stats)
       images += v * n
   seconds = time.time() - t0
   if sharding.is_chief():
@@ -369,7 +393,8 @@ def prepare(config, workdir, datasets, state, mesh, model) -> tuple["FeatureData
   if config.augment.enabled and not config.cached_features.augmented_views:
     logging.info("cached features: config.cached_features.augmented_views=0, so the head trains "
                  "on un-augmented features only (config.augment is not applied)")
-  arrays, info = build_or_load(config, workdir, datasets, state.params, mesh, model)
+  arrays, info = build_or_load(config, workdir, datasets, state.params, mesh, model,
+                               state.batch_stats)
   n = datasets.num_examples.get("train", 0)
   epochs = int(config.num_epochs)
   if not info["reused"] and info.get("images"):
