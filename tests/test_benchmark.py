@@ -173,9 +173,12 @@ def test_keras_peer_of_a_bn_backbone_is_frozen_as_ours(recipe):
   assert set(spec["backbone"]) <= {layer.name for layer in base.layers}
   flax_model = models.build_model(config)
   batch = inputs.synthetic_batch(config, 2)
-  ours = jax.eval_shape(jax_figures.forward_fn(config, flax_model),
-                        inputs.model_variables(config, flax_model), batch["image"])
+  variables = inputs.model_variables(config, flax_model)
+  ours = jax.eval_shape(jax_figures.forward_fn(config, flax_model), variables, batch["image"])
   assert tuple(base.output_shape[1:]) == ours.shape[1:]
+  size = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
+  assert base.count_params() == size(variables["params"]["backbone"]) + size(  # alpha too
+      variables["batch_stats"])
   before = [w.numpy().copy() for w in base.weights]
   assert len(model.trainable_weights) == 2 * (len(config.head.hidden) + 1)  # kernels, biases
   y = batch["label"].astype(np.float32 if config.head.num_classes == 1 else np.int32)
