@@ -1,5 +1,6 @@
-"""The Keras models this project ports, defined once: Keras' own VGG16, the cats-vs-dogs
-tutorial's convnet, and either of them under a head and optimizer read from a config.
+"""The Keras models this project ports, defined once: Keras' own VGG16, ResNet50 and
+MobileNetV2, the cats-vs-dogs tutorial's convnet, and any of them under a head and optimizer
+read from a config.
 
 The parity tests (tests/keras_reference.py) hold the Flax models against `vgg16` and
 `tutorial_cnn`; the benchmark's Keras worker times `classifier(spec)`. The numbers below are the
@@ -50,8 +51,20 @@ def _keras():
 
 def vgg16(image_size: int = 224, include_top: bool = False):
   """keras.applications.VGG16(weights=None): Keras' own layers and names (block1_conv1, ...)."""
-  return _keras().applications.VGG16(weights=None, include_top=include_top,
-                                     input_shape=(image_size, image_size, 3))
+  return application("vgg16", image_size, include_top=include_top)
+
+
+def application(name: str, image_size: int, *, include_top: bool = False, alpha: float = 1.0):
+  """keras.applications' VGG16, ResNet50 or MobileNetV2 (config.model.name), weights=None."""
+  apps = _keras().applications
+  shape = (image_size, image_size, 3)
+  if name == "vgg16":
+    return apps.VGG16(weights=None, include_top=include_top, input_shape=shape)
+  if name == "resnet50":
+    return apps.ResNet50(weights=None, include_top=include_top, input_shape=shape)
+  if name == "mobilenet_v2":
+    return apps.MobileNetV2(weights=None, include_top=include_top, alpha=alpha, input_shape=shape)
+  raise ValueError(f"no Keras application {name!r}: use vgg16, resnet50 or mobilenet_v2")
 
 
 def cnn_layers(conv_names=CNN_CONV_NAMES) -> list:
@@ -99,13 +112,15 @@ def classifier(spec: dict):
   """(compiled model, backbone) as the tutorials build them, from a config's Keras spec
   (rpsflax.benchmark.keras_peer.keras_spec): backbone, head, trainable flags, optimizer, loss.
   A fully frozen backbone is `base.trainable = False` and called with training=False, the
-  transfer-learning tutorial's way; otherwise each layer keeps its own flag."""
+  transfer-learning tutorial's way; otherwise each layer keeps its own flag, and the backbone
+  is still called with training=False unless spec['bn_trainable'] (BatchNorm in inference mode,
+  as Keras' fine-tuning guide keeps it; VGG16 and the CNN have no layer it changes)."""
   k = _keras()
   size = spec["image_size"]
-  if spec["model"] == "vgg16":
-    base = vgg16(size, include_top=False)
-  else:
+  if spec["model"] == "cnn":
     base = k.Sequential([k.Input((size, size, 3)), *cnn_layers(spec["backbone"])], name="cnn")
+  else:
+    base = application(spec["model"], size, alpha=spec.get("alpha", 1.0))
   flags = [spec["trainable"][n] for n in spec["backbone"]]
   if not any(flags):
     base.trainable = False
@@ -113,7 +128,8 @@ def classifier(spec: dict):
     for name, flag in zip(spec["backbone"], flags):
       base.get_layer(name).trainable = flag
   inputs = k.Input((size, size, 3))
-  x = base(inputs, training=False) if not any(flags) else base(inputs)
+  bn_training = any(flags) and spec.get("bn_trainable", False)
+  x = base(inputs) if bn_training else base(inputs, training=False)
   for layer in head_layers(spec["head"]):
     x = layer(x)
   model = k.Model(inputs, x)

@@ -9,7 +9,9 @@ preprocessed batch: ours as one jit-compiled apply, Keras as `model(x, training=
 tf.function (what predict runs). Timed round by round, interleaved (rpsflax.benchmark.timing.interleaved),
 so a shared machine's load drift hits both; the ratio is the median of the per-round ratios.
 In one process: TensorFlow's and XLA's thread pools idle while the other runs.
-A frozen-backbone train step costs this forward plus the head (no backbone gradient).
+A frozen-backbone train step costs this forward plus the head (no backbone gradient); that step
+beside Keras' train_on_batch: `python -m rpsflax.benchmark --config=configs/rps_resnet50.py
+--compare-keras` (or configs/catsdogs_mobilenetv2.py), see BENCHMARKS.md.
 """
 
 import argparse

@@ -1,9 +1,10 @@
 """Keras reference models and weight files for the parity and converter tests.
 
-Everything here builds what Keras itself would: `keras.applications.VGG16(weights=None)` and the
-cats-vs-dogs tutorial's Sequential model (both defined once, in rpsflax/keras_models.py, which
-the benchmark's Keras worker uses too), with seeded weights, written in the file layouts our
-converter reads (the legacy release HDF5 layout, Keras 3 `.weights.h5`, `.keras`).
+Everything here builds what Keras itself would: `keras.applications.VGG16(weights=None)` (and
+ResNet50, MobileNetV2) and the cats-vs-dogs tutorial's Sequential model (all defined once, in
+rpsflax/keras_models.py, which the benchmark's Keras worker uses too), with seeded weights,
+written in the file layouts our converter reads (the legacy release HDF5 layout, Keras 3
+`.weights.h5`, `.keras`).
 
 Weights are re-drawn He-normal (plus small random biases) so activations stay O(1) relative to the
 input through every layer; errors divided by the activation scale then mean something.
@@ -222,14 +223,8 @@ def seeded_bn_backbone(name: str, include_top: bool, size: int, seed: int = 0, a
   """
   k = keras()
   k.utils.set_random_seed(seed)
-  if name == "resnet50":
-    model = k.applications.ResNet50(weights=None, include_top=include_top,
-                                    input_shape=(size, size, 3))
-    prep = k.applications.resnet50.preprocess_input
-  else:
-    model = k.applications.MobileNetV2(weights=None, include_top=include_top, alpha=alpha,
-                                       input_shape=(size, size, 3))
-    prep = k.applications.mobilenet_v2.preprocess_input
+  model = keras_models.application(name, size, include_top=include_top, alpha=alpha)
+  prep = lambda x: keras_models.PREPROCESS[name](k, x)  # resnet50 / mobilenet_v2 preprocess_input
   rng = np.random.default_rng(seed)
   bns = []
   for layer in _leaf_layers(model):

@@ -14,11 +14,13 @@ figures are timed round-robin (run r of every figure, then run r+1), each run af
 call (unless a call takes over 5 s), so that load drifting on a shared machine, or switching
 between programs, hits every figure alike; ratios between figures are medians of per-round ratios.
 Inputs are device-resident synthetic uint8 batches (values do not change the work), parameters are
-random (`--weights` loads real ones; speed does not depend on them).
+random (`--weights` loads real ones; speed does not depend on them). Any recipe runs, the
+BatchNorm backbones too (configs/rps_resnet50.py, configs/catsdogs_mobilenetv2.py): their random
+BN statistics are the identity, and the forward runs BN in inference mode as their frozen step.
 
 - train_images_per_sec: the full jit train step (on-device augmentation, preprocessing, forward,
   backward of the trainable part, optimizer update; frozen VGG16 + head for rps, the CNN for
-  catsdogs), state donated.
+  catsdogs, a frozen ResNet50 / MobileNetV2 + head for their recipes), state donated.
 - eval_images_per_sec: the eval step. forward_images_per_sec: preprocessing + backbone alone.
 - finetune_images_per_sec: the train step with everything trainable; the ratios
   frozen_step_over_forward and finetune_step_over_forward (time per image relative to the

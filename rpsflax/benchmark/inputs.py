@@ -1,7 +1,7 @@
 """What the benchmark measures: the config (overrides applied), parameters, synthetic batches.
 
-Inputs are synthetic uint8 batches (values do not change the work), parameters random unless
-`weights` is given (speed does not depend on them).
+Inputs are synthetic uint8 batches (values do not change the work), parameters (and BatchNorm
+statistics) random unless `weights` is given (speed does not depend on them).
 """
 
 import jax
@@ -34,28 +34,41 @@ def finetune_config(config):
   return c
 
 
-def random_params(config, model, seed: int = 0) -> dict:
-  """He-normal kernels, zero biases, from the model's shapes in NumPy (no init compile)."""
+def random_variables(config, model, seed: int = 0) -> dict:
+  """{'params', 'batch_stats'} from the model's shapes in NumPy (no init compile): He-normal
+  kernels, zero biases, BatchNorm as the identity (scale and moving variance 1, moving mean 0).
+  'batch_stats' is {} for a model without BatchNorm."""
   size = config.data.image_size
-  shapes = jax.eval_shape(lambda r, x: model.init(r, x, train=False)["params"],
-                          jax.random.PRNGKey(0),
+  shapes = jax.eval_shape(lambda r, x: model.init(r, x, train=False), jax.random.PRNGKey(0),
                           jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
   rng = np.random.RandomState(seed)
+  constant = {"bias": 0.0, "mean": 0.0, "scale": 1.0, "var": 1.0}
 
   def init(path, s):
-    if path[-1].key == "bias":
-      return np.zeros(s.shape, np.float32)
+    name = path[-1].key
+    if name in constant:
+      return np.full(s.shape, constant[name], np.float32)
     std = np.sqrt(2.0 / np.prod(s.shape[:-1]))
     return (rng.standard_normal(s.shape) * std).astype(np.float32)
-  return jax.tree_util.tree_map_with_path(init, shapes)
+  v = jax.tree_util.tree_map_with_path(init, dict(shapes))
+  return {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
 
 
-def model_params(config, model):
-  """config.weights loaded into the model's parameters, or random ones when it is ''."""
+def random_params(config, model, seed: int = 0) -> dict:
+  """The 'params' of `random_variables`."""
+  return random_variables(config, model, seed)["params"]
+
+
+def model_variables(config, model) -> dict:
+  """{'params', 'batch_stats'}: config.weights loaded over random ones, or the random ones when
+  it is ''."""
+  variables = random_variables(config, model)
   if not config.weights:
-    return random_params(config, model)
-  return weights_lib.load_for_model(config.weights, random_params(config, model),
-                                    models.keras_layer_map(config))
+    return variables
+  loaded = weights_lib.load_variables_for_model(config.weights, variables,
+                                                models.keras_layer_map(config),
+                                                rel=weights_lib.imagenet_release(config))
+  return {"params": loaded["params"], "batch_stats": loaded.get("batch_stats", {})}
 
 
 def synthetic_batch(config, batch_size: int, seed: int = 0) -> dict:

@@ -31,13 +31,17 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
   host = inputs.synthetic_batch(config, b)
   batch = sharding.shard_batch(host, mesh)
   rng = jax.device_put(jax.random.PRNGKey(0), repl)
-  host_params = inputs.model_params(config, model)  # each state gets its own device copy (donated)
-  params = jax.device_put(host_params, repl)
+  # Each state gets its own device copy (donated). batch_stats: {} without BatchNorm.
+  host_vars = inputs.model_variables(config, model)
+  variables = jax.device_put(step_fns.model_variables(host_vars["params"],
+                                                      host_vars["batch_stats"]), repl)
   out, compile_s, runners = {}, {}, {}
 
   def step_runner(name, cfg, jitted, batch_in):
     """A donating train step as a runner: its state is threaded through the calls."""
-    state = jax.device_put(step_fns.create_train_state(cfg, model, params=host_params), repl)
+    state = jax.device_put(step_fns.create_train_state(cfg, model, params=host_vars["params"],
+                                                       batch_stats=host_vars["batch_stats"]),
+                           repl)
     compiled, compile_s[name] = _compile(jitted, state, batch_in, rng)
     holder = {"state": state}
 
@@ -61,15 +65,15 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
   out["train_step_host_transfers"] = problems
   out["train_step_flops"] = _flops(c_train)
 
-  state = step_fns.TrainState(step=None, params=params, opt_state=None)
+  state = step_fns.TrainState(step=None, params=variables["params"], opt_state=None,
+                              batch_stats=variables.get("batch_stats", {}))
   ev, compile_s["eval"] = _compile(step_fns.jit_eval_step(config, model, mesh), state, batch)
   runners["eval"] = (lambda: ev(state, batch)["count"], b)
 
-  fwd_fn = lambda p, x: model.apply({"params": p}, step_fns.prepare_images(config, x),
-                                    method="features")
-  fwd, compile_s["forward"] = _compile(jax.jit(fwd_fn, in_shardings=(repl, data),
-                                               out_shardings=data), params, batch["image"])
-  runners["forward"] = (lambda: fwd(params, batch["image"]), b)
+  fwd, compile_s["forward"] = _compile(jax.jit(forward_fn(config, model),
+                                               in_shardings=(repl, data), out_shardings=data),
+                                       variables, batch["image"])
+  runners["forward"] = (lambda: fwd(variables, batch["image"]), b)
   out["forward_flops"] = _flops(fwd)
 
   if config.augment.enabled:
@@ -84,7 +88,8 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
     c_ft, _ = step_runner("finetune", ft, step_fns.jit_train_step(ft, model, mesh), batch)
     out["finetune_step_flops"] = _flops(c_ft)
 
-  if cached and _cacheable(config):
+  out["cached_features_unavailable"] = _not_cacheable(config) if cached else "not asked for"
+  if out["cached_features_unavailable"] is None:
     cfg = _cached(config)
     fb = {**host, "image": np.zeros((b,) + features.feature_shape(cfg, model), np.float32)}
     step_runner("cached_head", cfg, step_fns.compile_steps(cfg, model, mesh, on_features=True).train,
@@ -112,6 +117,12 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
   return out
 
 
+def forward_fn(config, model) -> Callable:
+  """forward(variables, uint8 images) -> backbone features: preprocessing and the backbone, with
+  BatchNorm in inference mode (moving statistics), as the frozen train step runs it."""
+  return lambda v, x: model.apply(v, step_fns.prepare_images(config, x), method="features")
+
+
 def _flops(compiled) -> Optional[float]:
   try:
     cost = compiled.cost_analysis()
@@ -137,13 +148,13 @@ def host_ops(compiled) -> list[str]:
   return sorted({op for op in _HOST_OPS if op in text})
 
 
-def _cacheable(config) -> bool:
-  """Whether cached features apply (the backbone is frozen)."""
+def _not_cacheable(config) -> Optional[str]:
+  """Why cached features do not apply to `config` (e.g. it trains the backbone), or None."""
   try:
     features.check_config(_cached(config))
-    return True
-  except errors.ConfigError:
-    return False
+    return None
+  except errors.ConfigError as e:
+    return str(e)
 
 
 def _cached(config):
@@ -184,14 +195,16 @@ def bench_scaling(config, *, steps: int, repeats: int, warmup: int,
                   min_seconds: float = timing.MIN_SECONDS) -> list[dict]:
   """Train images/s over 1, 2, 4, ..., N local devices, config.batch_size per device."""
   model = models.build_model(config)
-  params = inputs.model_params(config, model)
+  host_vars = inputs.model_variables(config, model)
   rows = []
   for n in sharding.device_counts_to_try():
     mesh = sharding.make_mesh(jax.local_devices()[:n])
     c = config.copy_and_resolve_references()
     c.batch_size = c.eval_batch_size = int(config.batch_size) * n
     repl = sharding.replicated(mesh)
-    state = jax.device_put(step_fns.create_train_state(c, model, params=params), repl)
+    state = jax.device_put(step_fns.create_train_state(c, model, params=host_vars["params"],
+                                                       batch_stats=host_vars["batch_stats"]),
+                           repl)
     batch = sharding.shard_batch(inputs.synthetic_batch(c, c.batch_size), mesh)
     rng = jax.device_put(jax.random.PRNGKey(0), repl)
     compiled, _ = _compile(step_fns.jit_train_step(c, model, mesh), state, batch, rng)

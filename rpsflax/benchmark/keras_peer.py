@@ -22,9 +22,11 @@ KERAS_BACKENDS = ("tensorflow", "jax")  # the tutorials' Keras, and the peer a J
 
 def keras_spec(config) -> dict:
   """What the Keras worker needs (rpsflax.keras_models.classifier): the model, which layers
-  train, the optimizer, as JSON."""
-  if config.model.name == "vgg16":
-    backbone = models.vgg16_layer_names(include_top=False)
+  train (a layer trains if any of its weights does; patterns are matched on kernel/bias paths),
+  whether BatchNorm runs in training mode, the optimizer, as JSON."""
+  alpha = float(config.model.get("alpha", 1.0))
+  if config.model.name in models.IMAGENET_BACKBONES:
+    backbone = models.backbone_layer_names(config.model.name, False, alpha)
   else:
     backbone = models.cnn_conv_names()
   head = [f"hidden_{i}" for i in range(len(config.head.hidden))] + ["predictions"]
@@ -34,7 +36,8 @@ def keras_spec(config) -> dict:
   trainable = {}
   for (part, layer, _), label in labels.items():
     trainable[layer] = trainable.get(layer, False) or label != optim.FROZEN
-  return {"model": config.model.name, "dtype": config.model.dtype,
+  return {"model": config.model.name, "dtype": config.model.dtype, "alpha": alpha,
+          "bn_trainable": bool(config.model.get("bn_trainable", False)),
           "image_size": int(config.data.image_size), "preprocess": config.preprocess,
           "head": config.head.to_dict(), "optim": config.optim.to_dict(),
           "lr_groups": [list(g) for g in config.lr_groups], "backbone": backbone,

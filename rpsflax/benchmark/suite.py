@@ -139,8 +139,9 @@ def run(config, *, batch_size: int = 0, image_size: int = 0, dtype: str = "", st
   result["cached_features_speedup_estimate"] = jax_figures.cached_speedup_estimate(
       cfg, result["forward_images_per_sec"], result["train_images_per_sec"],
       result["cached_head_images_per_sec"])
+  unavailable = result.pop("cached_features_unavailable", None)
   if result["cached_head_images_per_sec"] is None:
-    skipped["cached_features"] = "the config trains the backbone: nothing to cache"
+    skipped["cached_features"] = unavailable or "not measured"
   if result["augment_images_per_sec"] is None:
     skipped["augment"] = "config.augment.enabled is False"
   if not finetune:
