@@ -32,5 +32,7 @@ def get_config():
   # --config.init_from='' to start from a random head instead (the frozen run is then not needed).
   c.init_from = "runs/catsdogs_vgg16"
   c.augment.enabled = True                 # the backbone runs every step anyway: augmentation is free here
-  c.num_epochs = 20
+  # 10 epochs from the trained head: measured 0.978 (last five 0.980) against the frozen run's
+  # 0.958 on the same split; every epoch was >= 0.973 (README Results). ~200 s per epoch here.
+  c.num_epochs = 10
   return c
