@@ -45,6 +45,15 @@ def write_json(path, obj) -> pathlib.Path:
   return atomic.write_text(path, json.dumps(_plain(obj), indent=2) + "\n")
 
 
+def print_json(obj, out=None) -> None:
+  """Print `obj` as indented JSON (the scripts' one output) and, given a path `out`, write it there
+  too (atomically)."""
+  text = json.dumps(obj, indent=1)
+  if out:
+    atomic.write_text(out, text + "\n")
+  print(text)
+
+
 def config_to_dict(config) -> dict:
   return config.to_dict() if hasattr(config, "to_dict") else dict(config)
 

@@ -13,10 +13,11 @@ one JSON object: seconds per epoch, total wall time, accuracy curves.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
+
+from rpsflax import report
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -82,11 +83,7 @@ def main(argv=None) -> int:
          "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
          "best_val_accuracy": max(history.history["val_accuracy"]),
          "keras_version": keras.__version__, "backend": keras.backend.backend()}
-  text = json.dumps(out, indent=1)
-  if args.out:
-    with open(args.out, "w") as f:
-      f.write(text + "\n")
-  print(text)
+  report.print_json(out, args.out)
   return 0
 
 

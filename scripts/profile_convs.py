@@ -11,7 +11,6 @@ The layers run with the same XLA flags as the project (`import rpsflax` sets the
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -21,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rpsflax import config_base
+from rpsflax import config_base, report
 from rpsflax.benchmark import jax_figures
 from rpsflax.models.cnn import CNN_FILTERS, cnn_conv_names
 from rpsflax.models.layers import max_pool_2x2
@@ -96,11 +95,7 @@ def main(argv=None) -> int:
             "forward_gflops_per_sec": round(sum(r["gflop"] for r in rows) / total * 1e3, 1),
             "peak_gflops_per_sec": round(jax_figures.peak_gflops(), 1),
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
-  text = json.dumps(result, indent=1)
-  if args.out:
-    with open(args.out, "w") as f:
-      f.write(text + "\n")
-  print(text)
+  report.print_json(result, args.out)
   return 0
 
 
