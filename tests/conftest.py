@@ -14,6 +14,18 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # gradient's scale against a float64 gradient, while plain TF kernels and our fp32 port were
 # within 2e-6 and 7e-7 of it: the reference must be the accurate side of the comparison.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# One XLA compilation cache for the whole session, shared by the xdist workers and the CLI
+# subprocesses the tests start (they inherit the environment): the same tiny models' steps are
+# compiled in dozens of processes, and on a 2-core CPU compiling is most of a tiny run's time.
+# A fresh folder per session (removed by the process that made it), so every run starts cold.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit
+  import shutil
+  import tempfile
+
+  _CACHE = tempfile.mkdtemp(prefix="rpsflax-tests-xla-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 import pytest  # noqa: E402
 
