@@ -54,6 +54,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.val_fraction = 0.2         # seeded split of train when there is no validation folder
   c.data.holdout = 0                # examples drawn (seeded) before anything else, for a final test
   c.data.cache = True               # keep decoded, resized images in memory
+  # Keep the decoded images (or cached features) on the devices and run each epoch there as a few
+  # jitted calls (rpsflax/resident.py): 'auto' where they fit a budget of the device memory,
+  # 'on' whatever the budget, 'off' to feed batches from the host. Needs config.data.cache.
+  c.data.device_cache = "auto"
   c.data.max_image_pixels = 89_478_485  # width x height an image may declare (its header is read
                                         # first; larger ones are skipped undecoded). PIL's default
   c.data.num_parallel_calls = -1    # tf.data.AUTOTUNE

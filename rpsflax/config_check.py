@@ -93,6 +93,8 @@ def check_config(config) -> None:
   _check_choice(problems, "config.augment.fill_mode", c.augment.fill_mode, augment.FILL_MODES)
   _check_choice(problems, "config.data.resize_method", c.data.resize_method,
                 tuple(data_files.RESIZE_METHODS))
+  _check_choice(problems, "config.data.device_cache",  # (absent from older workdirs' configs)
+                c.data.get("device_cache", "auto"), data_files.DEVICE_CACHE_MODES)
 
   for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps"):
     if c[key] < 1:

@@ -34,6 +34,8 @@ from rpsflax.errors import DataError
 RESIZE_METHODS = {"nearest": "nearest", "bilinear": "bilinear", "bicubic": "bicubic",
                   "lanczos": "lanczos3", "lanczos3": "lanczos3", "lanczos5": "lanczos5",
                   "area": "area", "mitchellcubic": "mitchellcubic", "gaussian": "gaussian"}
+# config.data.device_cache: whether the decoded data lives on the devices (rpsflax/resident.py).
+DEVICE_CACHE_MODES = ("auto", "on", "off")
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif"})
 VALIDATION_DIRS = ("validation", "valid", "val")

@@ -353,8 +353,11 @@ def view_choice(seed: int, epoch: int, n: int, views: int) -> np.ndarray:
 class FeatureDatasets:
   """A `Datasets` whose batches carry cached features under 'image' (the steps' batch key).
 
-  Sizes, class names, order and padding are those of the wrapped image `Datasets`.
+  Sizes, class names, order and padding are those of the wrapped image `Datasets`; the features
+  are in memory (or memory-mapped) whatever config.data.cache says.
   """
+
+  cache = True
 
   def __init__(self, datasets, arrays: dict, seed: int):
     self._ds, self._arrays, self._seed = datasets, arrays, seed
@@ -362,27 +365,38 @@ class FeatureDatasets:
   def __getattr__(self, name):  # class_names, num_examples, steps_per_epoch, ...
     return getattr(self._ds, name)
 
-  def train_batches(self, epoch: int) -> Iterator[dict]:
+  def train_rows(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, views): the uncached run's [steps, batch] example indices of `epoch` (-1 =
+    padding), and the view each row reads (`view_choice`, 0 for padding)."""
     a = self._arrays["train"]
     view = view_choice(self._seed, epoch, a.shape[1], a.shape[0])
-    idx = data_files.batch_index_matrix(self._ds.train_order(epoch), self._ds.batch_size,
-                                        self._ds.process_index, self._ds.process_count)
-    return self._batches("train", idx, view)
+    idx, _ = self._ds.train_rows(epoch)
+    return idx, np.where(idx >= 0, view[np.maximum(idx, 0)], 0)
 
-  def eval_batches(self, split: str = "validation") -> Iterator[dict]:
+  def eval_rows(self, split: str) -> tuple[np.ndarray, np.ndarray]:
     if split not in self._arrays:
       raise errors.DataError(f"no cached features for split {split!r}")
-    n = self._arrays[split].shape[1]
-    idx = data_files.batch_index_matrix(np.arange(n), self._ds.eval_batch_size,
-                                        self._ds.process_index, self._ds.process_count)
-    return self._batches(split, idx, np.zeros(n, np.int64))
+    return self._ds.eval_rows(split)
 
-  def _batches(self, split, idx, view) -> Iterator[dict]:
+  def split_array_spec(self, split: str) -> tuple[tuple[int, ...], np.dtype]:
+    return tuple(self._arrays[split].shape), np.dtype(np.float32)
+
+  def split_array(self, split: str) -> np.ndarray:
+    """float32 [views, n, ...]: the cached features of `split` (read from the file now)."""
+    return np.asarray(self._arrays[split], np.float32)
+
+  def train_batches(self, epoch: int) -> Iterator[dict]:
+    return self._batches("train", *self.train_rows(epoch))
+
+  def eval_batches(self, split: str = "validation") -> Iterator[dict]:
+    return self._batches(split, *self.eval_rows(split))
+
+  def _batches(self, split, idx, views) -> Iterator[dict]:
     a, labels = self._arrays[split], self._ds.split_labels(split)
-    for row in idx:
+    for row, view in zip(idx, views):
       ok = row >= 0
       take = np.where(ok, row, 0)
-      feats = np.asarray(a[view[take], take], np.float32)  # mmap -> memory, this batch only
+      feats = np.asarray(a[view, take], np.float32)  # mmap -> memory, this batch only
       feats[~ok] = 0
       yield {"image": feats, "label": np.where(ok, labels[take], 0).astype(np.int32), "mask": ok}
 

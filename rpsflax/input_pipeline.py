@@ -319,18 +319,38 @@ class Datasets:
     """Global example order of `epoch`: a pure function of (config.seed, epoch)."""
     return data_files.epoch_order(self.seed, epoch, len(self._get("train").paths))
 
-  def train_batches(self, epoch: int) -> Iterator[dict]:
-    """This process's slice of every global batch of epoch `epoch` (shuffled, padded)."""
+  def train_rows(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, views) of epoch `epoch`: this process' [steps, batch] example indices (-1 =
+    padding) and the view of `split_array` each one reads (0: images have one)."""
     idx = data_files.batch_index_matrix(self.train_order(epoch), self.batch_size,
                                         self.process_index, self.process_count)
-    return self._batches("train", idx)
+    return idx, np.zeros_like(idx)
 
-  def eval_batches(self, split: str = "validation") -> Iterator[dict]:
-    """Every example of `split` exactly once, in file order, padded and masked."""
+  def eval_rows(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, views) of `split`: every example once, in file order (see `train_rows`)."""
     idx = data_files.batch_index_matrix(np.arange(len(self._get(split).paths)),
                                         self.eval_batch_size, self.process_index,
                                         self.process_count)
-    return self._batches(split, idx)
+    return idx, np.zeros_like(idx)
+
+  def train_batches(self, epoch: int) -> Iterator[dict]:
+    """This process's slice of every global batch of epoch `epoch` (shuffled, padded)."""
+    return self._batches("train", self.train_rows(epoch)[0])
+
+  def eval_batches(self, split: str = "validation") -> Iterator[dict]:
+    """Every example of `split` exactly once, in file order, padded and masked."""
+    return self._batches(split, self.eval_rows(split)[0])
+
+  def split_array_spec(self, split: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape [views, n, H, W, 3] and dtype of `split_array`, without decoding anything."""
+    return (1, len(self._get(split).paths), *self.image_size, 3), np.dtype(np.uint8)
+
+  def split_array(self, split: str) -> np.ndarray:
+    """uint8 [1, n, H, W, 3]: every image of `split` (decoded now if not yet), the batches'
+    source (a view of the cache, not a copy)."""
+    s = self._get(split)
+    self._ensure_decoded(split, np.arange(len(s.paths)))
+    return s.images[None]
 
   def prepare(self, splits: Optional[Sequence[str]] = None):
     """Decode the caches now (else done on first use): training splits, or `splits`."""

@@ -91,7 +91,7 @@ def main(argv):
   start = time.time()
   # JAX, TensorFlow and the training code load only now: a mistake in the flags is reported
   # in a second. (Nothing touches a device before train/evaluate start jax.distributed.)
-  from rpsflax import evaluation, train  # noqa: PLC0415
+  from rpsflax import evaluation, timing, train  # noqa: PLC0415
 
   with cli.exit_on_errors(workdir):
     if FLAGS.mode == "train":
@@ -100,7 +100,8 @@ def main(argv):
       if FLAGS.data_dir or FLAGS["split"].present:
         raise RunError("--split and --data_dir belong to --mode=evaluate; to train on a folder use "
                        "--config.data.dir=FOLDER")
-      metrics = train.train_and_evaluate(FLAGS.config, workdir)
+      metrics = train.train_and_evaluate(FLAGS.config, workdir,
+                                         started=timing.process_start_time())
     else:
       metrics = evaluation.evaluate(FLAGS.config, workdir, FLAGS.split, FLAGS.data_dir)
   logging.info("%s done in %.0fs: %s", FLAGS.mode, time.time() - start, summary(metrics))

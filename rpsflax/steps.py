@@ -248,6 +248,19 @@ def combine_metrics(acc, new):
 
 accumulate = jax.jit(combine_metrics)
 
+def zero_metrics(config, *, train: bool) -> dict:
+  """The identity of `combine_metrics` for the train (or eval) step's metrics: zero sums, and
+  "no non-finite step" for first_nonfinite_step. Loops that sum on device start from it."""
+  out = {"loss_sum": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.int32),
+         "count": jnp.zeros((), jnp.int32)}
+  if train:
+    out.update(nonfinite=jnp.zeros((), jnp.int32),
+               first_nonfinite_step=jnp.full((), _NO_STEP, jnp.int32))
+  else:
+    c = num_outputs(config)
+    out["confusion"] = jnp.zeros((c, c), jnp.int32)
+  return out
+
 def summarize(sums: dict) -> dict:
   """Host-side means from metric sums: loss, accuracy, num_examples."""
   count = int(sums["count"])

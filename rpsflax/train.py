@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from rpsflax import checkpoint as ckpt_lib
 from rpsflax import (config_check, data_files, errors, evaluation, features, input_pipeline,
-                     interrupts, models, report, restore, sharding, steps, weights,
-                     workdir_lock)
+                     interrupts, models, report, resident, restore, sharding, steps, timing,
+                     weights, workdir_lock)
 from rpsflax.errors import NonFiniteError
 from rpsflax.run_meta import RunMeta
 
@@ -72,31 +72,40 @@ def initial_state(config, model, init_rng, mesh) -> steps.TrainState:
                         sharding.replicated(mesh))
 
 
-def train_and_evaluate(config, workdir) -> dict:
+def train_and_evaluate(config, workdir, *, started: Optional[float] = None) -> dict:
   """Train `config` in `workdir` (resuming from its latest checkpoint), then evaluate.
 
   Returns the final evaluation (eval.json's fields: split, accuracy, loss, num_examples,
-  per_class_accuracy, plus confusion_matrix, class_names, epoch). A run that already finished
-  is not retrained: its eval.json is returned (or recomputed from the checkpoint if missing).
-  One training run per workdir: a second one stops at once naming the first (`workdir_lock`).
+  per_class_accuracy, plus confusion_matrix, class_names, epoch, timing). A run that already
+  finished is not retrained: its eval.json is returned (or recomputed from the checkpoint if
+  missing). One training run per workdir: a second one stops at once naming the first
+  (`workdir_lock`). `started`: when the process began (the CLI passes it), so the run's time
+  breakdown (`timing`) includes start-up and imports.
   """
-  workdir = pathlib.Path(workdir)
-  config_check.check_config(config)  # keys and values, before jax.distributed reads them
-  sharding.initialize_distributed(config)
-  mesh = sharding.make_mesh()
-  preflight(config, mesh)
-  check_starting_point(config, workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  with workdir_lock.hold(workdir, enabled=sharding.is_chief()):
-    return run(config, workdir, mesh)
+  timer = timing.RunTimer(started)
+  with timer.active():
+    workdir = pathlib.Path(workdir)
+    with timer.phase("checks"):
+      config_check.check_config(config)  # keys and values, before jax.distributed reads them
+    with timer.phase("startup"):  # the device backend starts here
+      sharding.initialize_distributed(config)
+      mesh = sharding.make_mesh()
+    with timer.phase("checks"):
+      preflight(config, mesh)
+      check_starting_point(config, workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    with workdir_lock.hold(workdir, enabled=sharding.is_chief()):
+      return run(config, workdir, mesh, timer)
 
 
-def run(config, workdir: pathlib.Path, mesh) -> dict:
+def run(config, workdir: pathlib.Path, mesh, timer: Optional[timing.RunTimer] = None) -> dict:
   """The run itself, checked and holding the workdir's lock (`train_and_evaluate`)."""
-  datasets = input_pipeline.create_datasets(config, workdir)  # checks the class count vs head
-  class_names = list(datasets.class_names)
-  if sharding.is_chief():  # once the data has been read: a run that fails on it keeps the old one
-    save_config(config, workdir)
+  timer = timing.RunTimer() if timer is None else timer
+  with timer.phase("data"):
+    datasets = input_pipeline.create_datasets(config, workdir)  # checks the class count vs head
+    class_names = list(datasets.class_names)
+    if sharding.is_chief():  # once the data has been read: a run that fails on it keeps the old one
+      save_config(config, workdir)
   steps_per_epoch = int(datasets.steps_per_epoch)
   total_steps = steps_per_epoch * int(config.num_epochs)
 
@@ -106,18 +115,19 @@ def run(config, workdir: pathlib.Path, mesh) -> dict:
   ckpts = ckpt_lib.Checkpoints(workdir)
   writer = None
   try:
-    # A damaged newest checkpoint is set aside (renamed, never deleted) for the one before it.
-    restored = ckpts.restore_for_resume(steps.abstract_train_state(config, model, repl))
-    if restored is None:
-      state, meta = initial_state(config, model, init_rng, mesh), RunMeta()
-    else:
-      state, meta = restored[0], RunMeta.from_json(restored[1])
-      if meta.steps_per_epoch not in (None, steps_per_epoch):
-        raise errors.CheckpointError(
-            f"the data changed since {ckpts.directory} was written: {meta.steps_per_epoch} steps "
-            f"per epoch then, {steps_per_epoch} now. Use a fresh --workdir, or the same data and "
-            "config.batch_size.")
-      logging.info("Resuming %s from step %d (epoch %d done).", workdir, meta.step, meta.epoch)
+    with timer.phase("weights"):
+      # A damaged newest checkpoint is set aside (renamed, never deleted) for the one before it.
+      restored = ckpts.restore_for_resume(steps.abstract_train_state(config, model, repl))
+      if restored is None:
+        state, meta = initial_state(config, model, init_rng, mesh), RunMeta()
+      else:
+        state, meta = restored[0], RunMeta.from_json(restored[1])
+        if meta.steps_per_epoch not in (None, steps_per_epoch):
+          raise errors.CheckpointError(
+              f"the data changed since {ckpts.directory} was written: {meta.steps_per_epoch} "
+              f"steps per epoch then, {steps_per_epoch} now. Use a fresh --workdir, or the same "
+              "data and config.batch_size.")
+        logging.info("Resuming %s from step %d (epoch %d done).", workdir, meta.step, meta.epoch)
     meta.steps_per_epoch, meta.class_names = steps_per_epoch, class_names
     step = meta.step
     final_split = _final_split(datasets)
@@ -129,34 +139,53 @@ def run(config, workdir: pathlib.Path, mesh) -> dict:
         return report.read_json(eval_path)
 
     if features.enabled(config):  # the head trains on cached backbone features (rpsflax.features)
-      datasets, run_steps = features.prepare(config, workdir, datasets, state, mesh, model)
+      with timer.phase("feature_cache"):
+        datasets, run_steps = features.prepare(config, workdir, datasets, state, mesh, model)
     else:
       run_steps = steps.compile_steps(config, model, mesh)
+    # The splits on the devices, epochs as a few jitted calls (rpsflax.resident), where they fit.
+    on_device = resident.load(config, datasets, mesh, model, on_features=run_steps.on_features)
+    if on_device is None and datasets.cache and not run_steps.on_features:
+      with timer.phase("decoding"):  # now, rather than inside epoch 1 and the first evaluation
+        datasets.prepare(resident.used_splits(datasets))
+
+    def evaluate(split: str) -> dict:
+      with timer.phase("evaluation"):
+        if on_device is not None:
+          return on_device.evaluate(state, split)
+        return evaluation.evaluate_batches(run_steps.eval, state, datasets.eval_batches(split),
+                                           mesh, config)
+
     writer = _tb_writer(workdir)
     last_eval = None
+    every = max(1, int(config.log_every_steps))
     with interrupts.StopRequest() as stop:
       loop = EpochLoop(config, mesh, run_steps.train, train_rng, stop, writer, ckpts.directory)
       while step < total_steps:
         epoch = step // steps_per_epoch + 1
         partial = meta.partial or {}
         t0 = time.time() - float(partial.get("seconds", 0.0))
-        batches = _Sized(datasets.train_batches(epoch - 1), steps_per_epoch)
-        state, sums, stopped = train_epoch(loop, state, batches, epoch=epoch,
-                                           start=step % steps_per_epoch,
-                                           partial=partial.get("sums"))
+        if on_device is not None:
+          feed = on_device.train_feed(epoch - 1, train_rng, every)
+        else:
+          feed = HostFeed(loop, datasets.train_batches(epoch - 1), steps_per_epoch)
+        with timer.phase("steps"):
+          state, sums, stopped = train_epoch(loop, state, feed, epoch=epoch,
+                                             start=step % steps_per_epoch,
+                                             partial=partial.get("sums"))
         step = meta.step = int(state.step)
         if stopped is not None:
           meta.partial = {"sums": _plain_sums(sums), "seconds": time.time() - t0}
-          ckpts.save(state, meta.to_json(), which=ckpt_lib.LATEST)
-          ckpts.wait()
+          with timer.phase("checkpoints"):
+            ckpts.save(state, meta.to_json(), which=ckpt_lib.LATEST)
+            ckpts.wait()
           raise interrupts.TrainingInterrupted(
               f"stopped by {signal.Signals(stop.signum).name} at step {step} (epoch {epoch}); "
               f"saved a checkpoint in {ckpts.directory}. Run the same command again to resume.",
               stop.signum)
         train = steps.summarize(sums)
         if datasets.num_examples.get("validation", 0):
-          last_eval = evaluation.evaluate_batches(
-              run_steps.eval, state, datasets.eval_batches("validation"), mesh, config)
+          last_eval = evaluate("validation")
           val_loss, val_acc = last_eval["loss"], last_eval["accuracy"]
         else:
           last_eval, val_loss, val_acc = None, None, None
@@ -170,26 +199,33 @@ def run(config, workdir: pathlib.Path, mesh) -> dict:
         if is_best:
           meta.best_val_accuracy = score
         meta.epoch, meta.val_accuracy, meta.partial = epoch, val_acc, None
-        # Best first: if the process dies between the two, the replayed epoch re-saves latest.
-        if is_best:
-          ckpts.save(state, meta.to_json(), which=ckpt_lib.BEST)
-        ckpts.save(state, meta.to_json(), which=ckpt_lib.LATEST)
-        _log_epoch(row, writer)
-        if sharding.is_chief():
-          report.write_history(workdir, meta.history)
+        with timer.phase("checkpoints"):
+          # Best first: if the process dies between the two, the replayed epoch re-saves latest.
+          if is_best:
+            ckpts.save(state, meta.to_json(), which=ckpt_lib.BEST)
+          ckpts.save(state, meta.to_json(), which=ckpt_lib.LATEST)
+        with timer.phase("reports"):
+          _log_epoch(row, writer)
+          if sharding.is_chief():
+            report.write_history(workdir, meta.history)
         if step < total_steps and stop.requested():
-          ckpts.wait()
+          with timer.phase("checkpoints"):
+            ckpts.wait()
           raise interrupts.TrainingInterrupted(
               f"stopped by {signal.Signals(stop.signum).name} after epoch {epoch}; its checkpoint "
               f"is in {ckpts.directory}. Run the same command again to resume.", stop.signum)
     if final_split == "validation" and last_eval is not None:
       result = last_eval
     else:
-      result = evaluation.evaluate_batches(run_steps.eval, state,
-                                           datasets.eval_batches(final_split), mesh, config)
+      result = evaluate(final_split)
     extra = {"epoch": len(meta.history), "step": step, "checkpoint": "latest (final parameters)"}
-    ckpts.wait()  # a failed save (disk full) stops before eval.json says the run finished
-    _write_reports(workdir, meta.history, result, class_names, final_split, extra)
+    with timer.phase("checkpoints"):
+      ckpts.wait()  # a failed save (disk full) stops before eval.json says the run finished
+    extra["timing"] = timer.summary()  # up to eval.json; the log line below adds the reports
+    with timer.phase("reports"):
+      _write_reports(workdir, meta.history, result, class_names, final_split, extra)
+    if sharding.is_chief():
+      logging.info("time: %s", timing.format_line(timer.summary()))
     return evaluation.eval_result(result, class_names, final_split, **extra)
   finally:
     if writer is not None:
@@ -221,44 +257,86 @@ class EpochLoop:
   ckpt_dir: Any = ""                    # named in the NaN/inf message
 
 
-def train_epoch(loop: EpochLoop, state, batches: Iterable[dict], *, epoch: int, start: int = 0,
+class HostFeed:
+  """One epoch's batches from the host, one jitted step per call: the path for data that is not
+  device-resident (rpsflax.resident.Feed is the other, with the same interface)."""
+
+  def __init__(self, loop: EpochLoop, batches: Iterable[dict], steps_per_epoch: int):
+    self._loop, self._batches, self.steps = loop, batches, steps_per_epoch
+    self._it = None
+
+  def chunk_ends(self, start: int) -> list[int]:
+    return list(range(start + 1, self.steps + 1))  # every step: a signal stops at the next one
+
+  def run(self, state, acc, start: int, stop: int):
+    if self._it is None:  # the first call says where the epoch resumes
+      self._it = sharding.prefetch_to_mesh(itertools.islice(iter(self._batches), start, None),
+                                           self._loop.mesh)
+    for _ in range(start, stop):
+      batch = next(self._it, None)
+      if batch is None:
+        raise ValueError(f"the training split yielded fewer than {self.steps} batches: check "
+                         "config.data.dir")
+      state, metrics = self._loop.train_step(state, batch, self._loop.rng)
+      acc = steps.accumulate(acc, metrics)
+    return state, acc
+
+
+def train_epoch(loop: EpochLoop, state, feed, *, epoch: int, start: int = 0,
                 partial: Optional[dict] = None) -> tuple:
-  """Train on the batches of one epoch (skipping the first `start`, already done before a resume).
+  """Train the steps of one epoch that `feed` runs (a `HostFeed` or a `resident.Feed`), from step
+  `start` (the ones before were done before a resume).
 
   `partial` holds the metric sums of those skipped steps (from the checkpoint), so the epoch's
-  numbers equal an uninterrupted run's. Returns (state, sums, stopped_at_batch or None).
+  numbers equal an uninterrupted run's. The feed runs the epoch in calls that end at
+  `feed.chunk_ends` (every step, or every log_every_steps on the devices); between calls the
+  progress bar moves, and at multiples of config.log_every_steps the sums are read for the NaN
+  check and TensorBoard one call late, so the next call is already running; a SIGINT/SIGTERM
+  stops at the end of a call. Returns (state, sums, stopped_at_step or None).
   """
-  total = int(getattr(batches, "steps", 0)) or None
+  total = feed.steps
+  if start >= total:
+    raise ValueError("the training split yielded no batch: check config.data.dir")
   acc = None if partial is None else jax.tree.map(jnp.asarray, _typed_sums(partial))
   log_every = max(1, int(loop.config.log_every_steps))
+  first_step = int(state.step) - start  # the global step of the epoch's step 0
   bar = tqdm(total=total, initial=start, desc=f"epoch {epoch}/{loop.config.num_epochs}", unit="step",
              disable=not sharding.is_chief(), leave=False, dynamic_ncols=True)
-  last_logged = None
+  logged = {"last": None}
+
+  def log(i, sums):
+    host = jax.device_get(sums)
+    _check_finite(host, epoch, loop.ckpt_dir)
+    s = steps.summarize(host)
+    bar.set_postfix(loss=f"{s['loss']:.4f}", accuracy=f"{s['accuracy']:.4f}")
+    if loop.writer is not None:
+      interval = _interval(host, logged["last"])
+      loop.writer.add_scalar("train/loss", interval["loss"], first_step + i)
+      loop.writer.add_scalar("train/accuracy", interval["accuracy"], first_step + i)
+    logged["last"] = host
+
+  pending = None  # (step, sums) to log once the next call is under way
   i = start
   try:
-    for i, batch in enumerate(sharding.prefetch_to_mesh(itertools.islice(iter(batches), start, None), loop.mesh),
-                              start=start + 1):
-      state, metrics = loop.train_step(state, batch, loop.rng)
-      acc = steps.accumulate(acc, metrics)
-      bar.update(1)
+    for end in feed.chunk_ends(start):
+      state, acc = feed.run(state, acc, i, end)
+      bar.update(end - i)
+      i = end
+      if pending is not None:
+        log(*pending)
+        pending = None
       if i % log_every == 0:
-        host = jax.device_get(acc)
-        _check_finite(host, epoch, loop.ckpt_dir)
-        s = steps.summarize(host)
-        bar.set_postfix(loss=f"{s['loss']:.4f}", accuracy=f"{s['accuracy']:.4f}")
-        if loop.writer is not None:
-          interval = _interval(host, last_logged)
-          loop.writer.add_scalar("train/loss", interval["loss"], int(state.step))
-          loop.writer.add_scalar("train/accuracy", interval["accuracy"], int(state.step))
-        last_logged = host
-      if (loop.stop is not None and (total is None or i < total)
+        pending = (i, acc)
+      if (loop.stop is not None and i < total
           and loop.stop.requested(sync=i % log_every == 0)):
+        if pending is not None:
+          log(*pending)
         _check_finite(jax.device_get(acc), epoch, loop.ckpt_dir)  # never checkpoint a NaN state
         return state, acc, i  # mid-epoch; at the last batch the epoch finishes normally
+    if pending is not None:
+      log(*pending)
   finally:
     bar.close()
-  if acc is None:
-    raise ValueError("the training split yielded no batch: check config.data.dir")
   host = jax.device_get(acc)
   _check_finite(host, epoch, loop.ckpt_dir)
   return state, host, None
@@ -320,16 +398,6 @@ def _log_epoch(row: dict, writer) -> None:
         writer.add_scalar(f"epoch/{key}", row[key], row["epoch"])
     writer.add_scalar("epoch/seconds", row["seconds"], row["epoch"])
     writer.flush()
-
-
-class _Sized:
-  """An iterable with a known number of steps (for the progress bar)."""
-
-  def __init__(self, iterable, steps: int):
-    self._iterable, self.steps = iterable, steps
-
-  def __iter__(self):
-    return iter(self._iterable)
 
 
 # What a fresh run starts from; a resumed run reads its checkpoint instead and never these.

@@ -65,24 +65,37 @@ def stop_requested() -> bool:
   return False
 
 
-def before_step(n: int, action) -> None:
-  """Run `action()` in the main thread just before the optimizer step that follows step n."""
+def wrap_calls(train=None, evaluate=None) -> None:
+  """Wrap every call that runs training steps (`train(call)`) or evaluation steps
+  (`evaluate(call)`), on both paths: host-fed batches (one jitted step per call,
+  steps.compile_steps) and device-resident data (rpsflax.resident: one jitted call per chunk of
+  steps). The resident path's chunks become single steps here, so that a hook acts at the very
+  step it names on either path (the steps and their bits are the same)."""
   import dataclasses
 
-  from rpsflax import steps
+  from rpsflax import resident, steps
 
-  real = steps.compile_steps
+  def wrap(compile_fn):
+    def compiled(*args, **kwargs):
+      c = compile_fn(*args, **kwargs)
+      return dataclasses.replace(c, train=train(c.train) if train else c.train,
+                                 eval=evaluate(c.eval) if evaluate else c.eval)
+    return compiled
 
-  def compile_steps(*args, **kwargs):
-    compiled = real(*args, **kwargs)
+  steps.compile_steps = wrap(steps.compile_steps)
+  resident.compile_chunks = wrap(resident.compile_chunks)
+  resident.chunk_ends = lambda start, total, every: list(range(start + 1, total + 1))
 
-    def step(state, batch, rng):
+
+def before_step(n: int, action) -> None:
+  """Run `action()` in the main thread just before the optimizer step that follows step n."""
+  def train(call):
+    def step(state, *args):
       if int(state.step) == n:
         action()
-      return compiled.train(state, batch, rng)
-    return dataclasses.replace(compiled, train=step)
-
-  steps.compile_steps = compile_steps
+      return call(state, *args)
+    return step
+  wrap_calls(train=train)
 
 
 def hook_step(n: int) -> None:
@@ -196,29 +209,15 @@ def hook_kill(arg: str) -> None:
     return _patch_finalize("*", lambda final: counter.tick() and _die())
   if event not in ("step", "eval"):
     raise SystemExit(f"reliability_hooks: kill:{event}? use step, eval, ckpt or write")
-  import dataclasses
 
-  from rpsflax import steps
-
-  real = steps.compile_steps
-
-  def compile_steps(*args, **kwargs):
-    compiled = real(*args, **kwargs)
-
-    def step(state, batch, rng):
-      out = compiled.train(state, batch, rng)
-      if event == "step" and counter.tick():
+  def die_after(call):
+    def dispatch(*args):
+      out = call(*args)
+      if counter.tick():
         _die()  # dispatched, not finished: the kill lands inside the step
       return out
-
-    def evaluate(state, batch):
-      out = compiled.eval(state, batch)
-      if event == "eval" and counter.tick():
-        _die()
-      return out
-    return dataclasses.replace(compiled, train=step, eval=evaluate)
-
-  steps.compile_steps = compile_steps
+    return dispatch
+  wrap_calls(**{"train" if event == "step" else "evaluate": die_after})
 
 
 def _kill_in_write(name: str, n: int) -> None:

@@ -401,34 +401,46 @@ def test_resume_after_one_epoch_equals_a_straight_run(straight_run, monkeypatch)
   assert train.train_and_evaluate(_tiny_config(data, 2), workdir)["accuracy"] == result["accuracy"]
 
 
-def test_signal_mid_epoch_saves_and_resumes_bit_identically(straight_run, monkeypatch):
+@pytest.mark.parametrize("device_cache, signal_at_call, stopped_at", [
+    ("off", 7, 7),  # host-fed: one call per step; the 7th step is under way, it stops after it
+    ("on", 5, 9),   # resident, chunks of log_every_steps=2 (calls 0-2, 2-4, 4-5 per epoch):
+                    # call 5 runs epoch 2's steps 8 and 9, and it stops after them
+])
+def test_signal_mid_epoch_saves_and_resumes_bit_identically(straight_run, monkeypatch,
+                                                            device_cache, signal_at_call,
+                                                            stopped_at):
+  """A SIGTERM inside epoch 2, on either path, saves the step it reached; the same command
+  resumes to the straight run's end (which ran device-resident: 'auto' on this tiny data), bit
+  for bit: so the host-fed and the resident paths train the same bits."""
   import dataclasses
   import signal
 
-  from rpsflax import interrupts
+  from rpsflax import interrupts, resident
 
   root, data, _ = straight_run
-  workdir = root / "interrupted"
+  workdir = root / f"interrupted_{device_cache}"
   config = _tiny_config(data, 2)
-  real = steps.compile_steps
+  config.data.device_cache = device_cache
+  module, name = (steps, "compile_steps") if device_cache == "off" else (resident, "compile_chunks")
+  real = getattr(module, name)
 
-  def steps_with_sigterm(*args, **kwargs):
+  def with_sigterm(*args, **kwargs):
     compiled = real(*args, **kwargs)
     calls = []
 
     def wrapped(*a):
       calls.append(1)
-      if len(calls) == 7:  # step 7 of 10: in the middle of epoch 2
+      if len(calls) == signal_at_call:
         os.kill(os.getpid(), signal.SIGTERM)
       return compiled.train(*a)
     return dataclasses.replace(compiled, train=wrapped)
 
-  monkeypatch.setattr(steps, "compile_steps", steps_with_sigterm)
-  with pytest.raises(interrupts.TrainingInterrupted, match="step 7"):
+  monkeypatch.setattr(module, name, with_sigterm)
+  with pytest.raises(interrupts.TrainingInterrupted, match=f"step {stopped_at} "):
     train.train_and_evaluate(config, workdir)
-  monkeypatch.setattr(steps, "compile_steps", real)
+  monkeypatch.setattr(module, name, real)
   _, meta = _final_state(workdir, config)
-  assert meta["step"] == 7 and meta["partial"] is not None
+  assert meta["step"] == stopped_at and meta["partial"] is not None
   train.train_and_evaluate(config, workdir)
   straight, straight_meta = _final_state(root / "straight", config)
   resumed, meta = _final_state(workdir, config)
