@@ -45,6 +45,7 @@ def run(tmp_path_factory):
   data_factory.class_folders(data / "train", {"paper": 6, "rock": 6, "scissors": 6},
                              size=(40, 40))
   config = _config(data)
+  config.data.device_cache = "on"  # the features on the device (what 'auto' picks here too)
   result = train.train_and_evaluate(config, root / "wd")
   return root, data, config, result
 
@@ -135,6 +136,29 @@ def test_resume_reuses_the_cache_and_equals_a_straight_run(run, monkeypatch):
   b, _ = restore.restore_state(config, root / "straight3", which="latest")
   for x, y in zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_host_fed_run_equals_the_device_resident_one(run, tmp_path):
+  """The fixture's run kept its features on the device (rpsflax.resident); the host-fed path on
+  the same features (config.data.device_cache='off') trains the same bits: parameters and
+  optimizer state, history, eval.json. Views drawn per epoch, dropout on."""
+  root, data, config, result = run
+  off = _config(data)
+  off.data.device_cache = "off"
+  off.cached_features.dir = str(root / "wd" / "features")  # the same cache, reused
+  out = train.train_and_evaluate(off, tmp_path / "off")
+  a, _ = restore.restore_state(config, root / "wd", which="latest")
+  b, _ = restore.restore_state(config, tmp_path / "off", which="latest")
+  for x, y in zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  no_seconds = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]
+  assert no_seconds(json.loads((tmp_path / "off" / "history.json").read_text())) == \
+      no_seconds(json.loads((root / "wd" / "history.json").read_text()))
+  drop = ("timing",)
+  ev_off, ev_on = (json.loads((w / "eval.json").read_text()) for w in (tmp_path / "off", root / "wd"))
+  assert {k: v for k, v in ev_off.items() if k not in drop} == \
+      {k: v for k, v in ev_on.items() if k not in drop}
+  assert out["loss"] == result["loss"]
 
 
 def test_cache_is_invalid_when_what_it_depends_on_changes(run, tmp_path):
