@@ -70,7 +70,9 @@ def run_facts(workdir) -> dict:
   history = json.loads((pathlib.Path(workdir) / "history.json").read_text())
   rows = history if isinstance(history, list) else history.get("history", history)
   strip = lambda row: {k: v for k, v in row.items() if "second" not in k and "time" not in k}
-  return {"eval": json.loads((pathlib.Path(workdir) / "eval.json").read_text()),
+  ev = json.loads((pathlib.Path(workdir) / "eval.json").read_text())
+  ev.pop("timing", None)  # where the run's time went: seconds, not results
+  return {"eval": ev,
           "history": [strip(r) for r in rows], "params": final_params(workdir)}
 
 

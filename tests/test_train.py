@@ -13,6 +13,7 @@ import pytest
 from flax import traverse_util
 
 from rpsflax import config_base, evaluation, models, sharding, steps, train
+from rpsflax.timing import PHASES
 
 IMAGE = 32
 CNN_IMAGE = 48  # the smallest the cats-vs-dogs convnet takes is 46
@@ -369,6 +370,12 @@ def test_train_and_evaluate_writes_the_workdir(straight_run):
                              "seconds"}
   ev = json.loads((workdir / "eval.json").read_text())
   assert ev["split"] == "validation" and ev["num_examples"] == 6 == result["num_examples"]
+  # Where the time went: phases that add up to the wall time, steps and compilation among them.
+  timing = ev["timing"]
+  assert set(timing) == {"wall", *PHASES}
+  assert sum(v for k, v in timing.items() if k != "wall") == pytest.approx(timing["wall"],
+                                                                         abs=0.02)
+  assert timing["steps"] > 0 and timing["compilation"] > 0 and timing["evaluation"] > 0
   assert ev["accuracy"] == pytest.approx(history[-1]["val_accuracy"])
   assert sum(map(sum, result["confusion_matrix"])) == 6
   assert set(ev["per_class_accuracy"]) == {"paper", "rock", "scissors"}
