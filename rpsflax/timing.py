@@ -50,10 +50,20 @@ def _on_span(event: str, start: float, end: float, **_) -> None:
       timer.compile_spans.append((start, end))
 
 
+def _on_duration(event: str, duration: float, **_) -> None:
+  end = time.time()
+  _on_span(event, end - duration, end)
+
+
 def _listen() -> None:
+  """Hear JAX's compile events (spans where this JAX reports them, else durations ending now)."""
   global _listening
   if not _listening:
-    monitoring.register_event_time_span_listener(_on_span)
+    span = getattr(monitoring, "register_event_time_span_listener", None)
+    if span is not None:
+      span(_on_span)
+    else:
+      monitoring.register_event_duration_secs_listener(_on_duration)
     _listening = True
 
 
