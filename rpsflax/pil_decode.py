@@ -39,17 +39,28 @@ def num_threads(num_parallel_calls: int) -> int:
   return min(32, os.cpu_count() or 1)
 
 
-def rgb(data: bytes, max_pixels: int = data_files.DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
-  """Encoded bytes -> uint8 [h, w, 3], as tf.io / Keras' load_img decode them. The header's
+def rgb_image(data: bytes, max_pixels: int = data_files.DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+  """Encoded bytes -> an RGB PIL image, as tf.io / Keras' load_img decode them. The header's
   size is checked against `max_pixels` (config.data.max_image_pixels) before decoding."""
-  with Image.open(io.BytesIO(data)) as im:
-    if im.width * im.height > int(max_pixels):
-      raise ValueError(f"{im.width}x{im.height} pixels, over config.data.max_image_pixels="
-                       f"{int(max_pixels)}")
-    if im.format == "PNG" and im.mode in _SIXTEEN_BIT:  # tf.io keeps the high byte
-      grey = (np.asarray(im, np.uint32) >> 8).clip(0, 255).astype(np.uint8)
-      return np.repeat(grey[..., None], 3, axis=-1)
-    return np.asarray(im.convert("RGB"))
+  try:
+    im = Image.open(io.BytesIO(data))  # over bytes: no file to close; the header only so far
+  except Image.UnidentifiedImageError:  # its message names a BytesIO object, not the file
+    raise ValueError("not an image (PIL cannot identify the file)") from None
+  if im.width * im.height > int(max_pixels):
+    raise ValueError(f"{im.width}x{im.height} pixels, over config.data.max_image_pixels="
+                     f"{int(max_pixels)}")
+  if im.format == "PNG" and im.mode in _SIXTEEN_BIT:  # tf.io keeps the high byte
+    grey = (np.asarray(im, np.uint32) >> 8).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(np.repeat(grey[..., None], 3, axis=-1), "RGB")
+  if im.mode != "RGB":  # what load_img does
+    return im.convert("RGB")
+  im.load()  # PIL releases the GIL while it decodes
+  return im
+
+
+def rgb(data: bytes, max_pixels: int = data_files.DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+  """Encoded bytes -> uint8 [h, w, 3] (`rgb_image` as an array)."""
+  return np.asarray(rgb_image(data, max_pixels))
 
 
 def nearest_index(n_in: int, n_out: int) -> np.ndarray:
@@ -61,22 +72,38 @@ def nearest_index(n_in: int, n_out: int) -> np.ndarray:
 
 
 def resize(image: np.ndarray, size: tuple[int, int], method: str = "nearest") -> np.ndarray:
-  """uint8 [h, w, 3] -> uint8 [size[0], size[1], 3], as PIL's Image.resize(method)."""
+  """uint8 [h, w, 3] -> uint8 [size[0], size[1], 3], as PIL's Image.resize(method).
+
+  'nearest' gathers the rows and columns PIL reads (`nearest_index`, as input_pipeline's TF
+  resize does); `load` lets PIL resize instead (the same bits, tests/test_decode_scaling.py)."""
   h, w = size
   if method == "nearest":
     return image[nearest_index(image.shape[0], h)][:, nearest_index(image.shape[1], w)]
   if image.shape[:2] == (h, w):  # Keras leaves such images untouched
     return image
+  return np.asarray(resize_image(Image.fromarray(image), size, method))
+
+
+def resize_image(im: Image.Image, size: tuple[int, int], method: str = "nearest") -> Image.Image:
+  """An RGB PIL image resized to (h, w) = `size` as Keras' load_img does: PIL's own filter,
+  nothing done when the size already is `size`."""
+  h, w = size
   if method not in PIL_FILTERS:
     raise DataError(f"config.data.resize_method={method!r} needs TensorFlow (not importable "
                     f"here): use one of {sorted(PIL_FILTERS)}")
-  return np.asarray(Image.fromarray(image).resize((w, h), PIL_FILTERS[method]))
+  if im.size == (w, h):  # Keras leaves such images untouched
+    return im
+  return im.resize((w, h), PIL_FILTERS[method])
 
 
-def load(path: str, size: tuple[int, int], method: str,
+def load(path: str, size, method: str,
          max_pixels: int = data_files.DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+  """One file -> uint8 [size[0], size[1], 3]. PIL decodes, converts and resizes with the GIL
+  released; the one array made is the small resized one (a full-size np.asarray holds the GIL
+  for about as long as the decode takes)."""
   with open(path, "rb") as f:
-    return resize(rgb(f.read(), max_pixels), size, method)
+    data = f.read()
+  return np.asarray(resize_image(rgb_image(data, max_pixels), size, method))
 
 
 def _try_load(path, size, method, max_pixels):
