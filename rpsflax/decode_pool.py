@@ -69,8 +69,11 @@ def worker_main(spec_json: str) -> None:
     except Exception as e:  # pylint: disable=broad-except  (the parent reports it per file)
       payload = f"cannot decode: {e}".encode("utf-8", "replace")
       n = -len(payload)
-    out.write(_HEADER.pack(i, n) + payload)
-    out.flush()
+    try:
+      out.write(_HEADER.pack(i, n) + payload)
+      out.flush()
+    except BrokenPipeError:  # the parent stopped reading (it is closing the pool): leave
+      os._exit(0)            # without flushing the rest into the closed pipe again
 
 
 class ProcessPool:
@@ -145,19 +148,20 @@ class ProcessPool:
       view = view[k:]
 
   def close(self) -> None:
-    """Stop the workers (they exit when their stdin closes; killed after 5 s)."""
+    """Stop the workers: with their stdin closed they exit after the image in hand, and with
+    their pipe closed that image's answer cannot block them (killed after 5 s)."""
     for proc in self._procs:
-      try:
-        proc.stdin.close()
-      except OSError:
-        pass
+      for pipe in (proc.stdin, proc.stdout):
+        try:
+          pipe.close()
+        except OSError:
+          pass
     for proc in self._procs:
       try:
         proc.wait(timeout=5)
       except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-      proc.stdout.close()
     self._procs = []
 
   def __enter__(self):
