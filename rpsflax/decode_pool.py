@@ -3,30 +3,26 @@
 PIL releases the GIL while it decodes, converts and resizes, but opening a file, parsing its
 header in Python and making the array hold it, so decoding threads stop scaling after a few
 cores (about 800 images/s on 16 cores, issue 21). Here each worker is its own `python` process
-running `pil_decode.load`, the very function the threads run, so the pixels are the same bits;
-it sends each image back through its pipe straight into the caller's array.
+running `pil_image.load_image`, the very function the threads run, so the pixels are the same
+bits; it sends each image back through its pipe straight into the caller's array.
 
 Pipes, not shared memory: a default Docker container has 64 MB of /dev/shm, and a process that
 writes past a full tmpfs dies of SIGBUS; a pipe needs no such space and costs one copy per
 image. Not `multiprocessing` either: its workers import the main module again (`python -m
-rpsflax.main` imports JAX, Flax and Orbax: seconds per start); these import numpy and PIL only.
+rpsflax.main` imports JAX, Flax and Orbax: seconds per start); these import PIL only.
 
 `decode_files` is what input_pipeline calls without TensorFlow: processes where there are
 enough images and workers for them to pay (`PROCESS_MIN_IMAGES`), else PIL threads
 (`pil_decode.decode_files`); where a worker cannot start, or dies, it logs why and decodes
 what is left in threads.
 
-Protocol: the worker's argv holds the spec (size, method, max_pixels) as JSON; its stdin one
-JSON line `[i, path]` per image; its private copy of stdout one message per image, in order:
-int64 i, int64 n (little-endian), then n bytes of pixels, or -n bytes of UTF-8 reason when the
-file cannot be decoded. Its fd 1 goes to stderr, so a stray print cannot corrupt the pixels.
+The worker and its protocol: rpsflax/decode_worker.py.
 """
 
 import json
 import os
 import selectors
 import signal
-import struct
 import subprocess
 import sys
 from typing import Callable, Optional, Sequence
@@ -35,14 +31,13 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from rpsflax import data_files, pil_decode
+from rpsflax import data_files, decode_worker, pil_decode
 
-_HEADER = struct.Struct("<qq")
 PROCESS_MIN_IMAGES = 256  # fewer: threads (a worker takes ~0.1 s to start)
 _DEPTH = 4  # images queued per worker: it never waits for the next path
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
-         "from rpsflax import decode_pool; decode_pool.worker_main(sys.argv[2])")
+BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
+        "from rpsflax import decode_worker; decode_worker.main(sys.argv[2])")
 
 
 class PoolFailed(RuntimeError):
@@ -51,29 +46,7 @@ class PoolFailed(RuntimeError):
 
 def worker_command(spec: dict) -> list[str]:
   """The argv of one worker: this interpreter, this copy of rpsflax, the spec."""
-  return [sys.executable, "-c", _BOOT, PACKAGE_ROOT, json.dumps(spec)]
-
-
-def worker_main(spec_json: str) -> None:
-  """A worker's loop: decode each `[i, path]` line of stdin, answer on the saved stdout."""
-  signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us by closing stdin
-  spec = json.loads(spec_json)
-  out = os.fdopen(os.dup(1), "wb")
-  os.dup2(2, 1)
-  size, method, max_pixels = tuple(spec["size"]), spec["method"], int(spec["max_pixels"])
-  for line in sys.stdin.buffer:
-    i, path = json.loads(line)
-    try:
-      payload = pil_decode.load(path, size, method, max_pixels).tobytes()
-      n = len(payload)
-    except Exception as e:  # pylint: disable=broad-except  (the parent reports it per file)
-      payload = f"cannot decode: {e}".encode("utf-8", "replace")
-      n = -len(payload)
-    try:
-      out.write(_HEADER.pack(i, n) + payload)
-      out.flush()
-    except BrokenPipeError:  # the parent stopped reading (it is closing the pool): leave
-      os._exit(0)            # without flushing the rest into the closed pipe again
+  return [sys.executable, "-c", BOOT, PACKAGE_ROOT, json.dumps(spec)]
 
 
 class ProcessPool:
@@ -112,9 +85,9 @@ class ProcessPool:
       while answered < n:
         for key, _ in sel.select():
           proc = key.data
-          header = bytearray(_HEADER.size)
+          header = bytearray(decode_worker.HEADER.size)
           self._read_into(proc, memoryview(header))
-          i, size = _HEADER.unpack(header)
+          i, size = decode_worker.HEADER.unpack(header)
           if not (0 <= i < n and not done[i] and (size == row_bytes or size < 0)):
             raise PoolFailed(f"a decoding process answered image {i} with {size} bytes")
           if size >= 0:

@@ -35,7 +35,7 @@ from absl import logging
 from PIL import Image
 from tqdm import tqdm
 
-from rpsflax import config_base, data_files, decode_pool, pil_decode
+from rpsflax import config_base, data_files, decode_pool, pil_decode, pil_image
 from rpsflax.errors import DataError
 
 try:  # the default decoder; JAX-only machines (no TensorFlow) decode with PIL
@@ -174,9 +174,9 @@ def _check_method(method: str):
   if method not in data_files.RESIZE_METHODS:
     raise DataError(f"config.data.resize_method={method!r}: use one of "
                     f"{sorted(data_files.RESIZE_METHODS)} ('nearest' is Keras' flow_from_directory default)")
-  if tf is None and method not in pil_decode.PIL_FILTERS:
+  if tf is None and method not in pil_image.PIL_FILTERS:
     raise DataError(f"config.data.resize_method={method!r} needs TensorFlow, which does not "
-                    f"import here ({TF_MISSING}): use one of {sorted(pil_decode.PIL_FILTERS)}")
+                    f"import here ({TF_MISSING}): use one of {sorted(pil_image.PIL_FILTERS)}")
 
 
 def decoder_codes(infos: Sequence[data_files.ImageInfo]) -> np.ndarray:

@@ -15,7 +15,7 @@ from absl import logging as absl_logging
 from PIL import Image
 
 import data_factory
-from rpsflax import decode_pool, errors, pil_decode
+from rpsflax import decode_pool, errors, pil_decode, pil_image
 from rpsflax.benchmark import cli as bench_cli
 from rpsflax.benchmark import pipeline, table
 
@@ -62,14 +62,14 @@ def test_processes_and_threads_give_the_same_pixels_as_before(files, size):
 
 
 def test_pil_resize_is_the_gather_on_real_shapes():
-  """pil_decode.load lets PIL resize (with the GIL released); the gather it replaces reads the
+  """pil_image.load_image lets PIL resize (with the GIL released); the gather it replaces reads the
   same rows and columns, shown on 2-D images of the sizes real data has (500x375 JPEGs to
   150 and 224, RPS' 300x300 to 224 and 32, up-sampling too)."""
   rng = np.random.default_rng(1)
   for h, w in [(375, 500), (300, 300), (333, 499), (7, 5), (150, 150)]:
     image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     for size in [(150, 150), (224, 224), (32, 32), (480, 640), (h, w)]:
-      by_pil = np.asarray(pil_decode.resize_image(Image.fromarray(image), size, "nearest"))
+      by_pil = np.asarray(pil_image.resize_image(Image.fromarray(image), size, "nearest"))
       np.testing.assert_array_equal(by_pil, pil_decode.resize(image, size, "nearest"),
                                     err_msg=f"{(h, w)} -> {size}")
 
@@ -96,7 +96,7 @@ def test_smooth_methods_are_pils_filters(files):
   path = next(p for p in files if p.endswith(".png") and "broken" not in p)
   for method in ("bilinear", "bicubic", "area", "lanczos"):
     with Image.open(path) as im:
-      want = np.asarray(im.convert("RGB").resize((40, 24), pil_decode.PIL_FILTERS[method]))
+      want = np.asarray(im.convert("RGB").resize((40, 24), pil_image.PIL_FILTERS[method]))
     out = np.zeros((1, 24, 40, 3), np.uint8)
     assert not decode_pool.decode_files(np.asarray([path], dtype=object), (24, 40), method, 2,
                                         out, processes=method == "area")
@@ -125,12 +125,12 @@ def test_processes_that_cannot_start_leave_it_to_threads(files, monkeypatch):
 
 # A worker that answers three images, then dies as an out-of-memory kill would.
 _DIES = ("import os, sys; sys.path.insert(0, sys.argv[1]); "
-         "from rpsflax import decode_pool, pil_decode; load, n = pil_decode.load, [0]\n"
+         "from rpsflax import decode_worker, pil_image; load, n = pil_image.load_image, [0]\n"
          "def dying(*a):\n"
          "  n[0] += 1\n"
          "  if n[0] > 3: os._exit(9)\n"
          "  return load(*a)\n"
-         "pil_decode.load = dying; decode_pool.worker_main(sys.argv[2])")
+         "pil_image.load_image = dying; decode_worker.main(sys.argv[2])")
 
 
 def test_a_worker_that_dies_leaves_the_rest_to_threads(files, monkeypatch):
@@ -191,12 +191,12 @@ def test_worker_list_flag():
 
 def test_a_stray_print_in_a_worker_does_not_corrupt_the_pixels(files, monkeypatch):
   """The worker's stdout is the pixel stream's copy; its fd 1 goes to stderr."""
-  noisy = ("import sys; sys.path.insert(0, sys.argv[1]); from rpsflax import decode_pool, "
-           "pil_decode; load = pil_decode.load\n"
+  noisy = ("import sys; sys.path.insert(0, sys.argv[1]); from rpsflax import decode_worker, "
+           "pil_image; load = pil_image.load_image\n"
            "def chatty(*a):\n"
            "  print('hello from a worker' * 50, flush=True)\n"
            "  return load(*a)\n"
-           "pil_decode.load = chatty; decode_pool.worker_main(sys.argv[2])")
+           "pil_image.load_image = chatty; decode_worker.main(sys.argv[2])")
   monkeypatch.setattr(decode_pool, "worker_command", lambda spec: [
       sys.executable, "-c", noisy, decode_pool.PACKAGE_ROOT, json.dumps(spec)])
   out = np.zeros((len(files), 8, 8, 3), np.uint8)

@@ -88,7 +88,8 @@ def decode_scaling(paths: Sequence[str], image_size, resize_method: str = "neare
       return _input_pipeline().decode_files(paths, codes, size, resize_method, w, out,
                                             max_pixels=max_pixels)
     return decode_pool.decode_files(paths, size, resize_method, w, out, max_pixels=max_pixels,
-                                    processes=decoder == "pil" and w > 1, fallback=False)
+                                    processes=decoder == "pil" and w > 1, fallback=False,
+                                    progress_min=len(paths) + 1)  # no progress bar
 
   out = np.zeros((len(paths), *size, 3), np.uint8)
   seconds = {d: {w: [] for w in run} for d in wanted}
