@@ -14,9 +14,20 @@ the previous one; evaluation and prediction (`restore`) only say which one and w
 fails for lack of space (any OSError) stops the run with the path and the free space; the
 checkpoints already written are untouched.
 
+Parameters that never train (`frozen`: the paths rpsflax/optim.py labels frozen) are left out of
+each checkpoint and written once per workdir, in `checkpoints/frozen/<id>/` (rpsflax/
+frozen_store.py); the checkpoint's 'meta' names the store and the paths it left out, and a
+restore puts them back (checked against their own checksums). Checkpoints written before that
+(the whole state in each) restore as they are. Resuming with another frozen set than the
+checkpoint's is a CheckpointError; a missing or damaged store is rebuilt from the configured
+weights when they hold the same parameters (`restore_for_resume(frozen_from=...)`), else a
+FrozenStoreError names it and the fix.
+
 Saves are asynchronous (the device -> host copy happens before `save` returns, so the caller may
 donate the state to the next step right away); `wait()` blocks until files are on disk and
-`close()` is called before a run exits. Every process calls save/restore (Orbax coordinates
+`close()` is called before a run exits. The frozen store is written at the first save, or
+earlier by `write_frozen(state)` (a run calls it before its first epoch, so that the first save
+does not wait for it). Every process calls save/restore (Orbax coordinates
 multi-host writes); restore places arrays with the shardings of the target you pass.
 """
 
@@ -26,50 +37,26 @@ import datetime
 import os
 import pathlib
 import re
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from rpsflax import frozen_store
 from rpsflax.atomic import free_space
+from rpsflax.checksums import state_digest
 from rpsflax.errors import CheckpointError, WriteError
 
 LATEST = "latest"
 BEST = "best"
 DIGEST_KEY = "_digest"  # in 'meta': one checksum per state leaf, in jax.tree.leaves order
+FROZEN_KEY = "_frozen"  # in 'meta': {'store': id, 'paths': [[key, ...], ...]} left out of 'state'
 DAMAGED_TAG = ".damaged-"
 
 
 class _Damaged(Exception):
   """A checkpoint that exists but cannot be restored as written (message: why)."""
-
-
-def _leaf_digest(x):
-  """A weighted sum of the leaf's bits as uint32 words, mod 2**32: any change to one word changes
-  it (odd weights), swaps too; integer arithmetic, so the same on any device and sharding."""
-  x = jnp.ravel(x)
-  if x.dtype == jnp.bool_:
-    x = x.astype(jnp.uint8)
-  size = x.dtype.itemsize
-  if size == 8:
-    words = jnp.ravel(jax.lax.bitcast_convert_type(x, jnp.uint32))
-  else:
-    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[size]
-    words = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
-  weights = jnp.arange(words.shape[0], dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
-  return jnp.sum(words * weights, dtype=jnp.uint32)
-
-
-_digests = jax.jit(lambda leaves: [_leaf_digest(x) for x in leaves])
-
-
-def state_digest(state) -> list[int]:
-  """One checksum per leaf of `state` (arrays on any device or mesh)."""
-  out = _digests(jax.tree.leaves(state))
-  return [int(np.asarray(d.addressable_data(0))) for d in out]
 
 
 def disk_error(error: BaseException) -> Optional[str]:
@@ -113,13 +100,18 @@ class Checkpoints:
   """The latest and best checkpoints of one workdir."""
 
   def __init__(self, workdir, *, keep_latest: int = 2, async_save: bool = True,
-               read_only: bool = False):
+               read_only: bool = False, frozen: Optional[Sequence[Sequence[str]]] = None):
+    """frozen: the parameters that never train, as key paths (('backbone', 'block1_conv1',
+    'kernel'), ...: optim.frozen_paths): saves leave them out and write them once. None (or
+    empty): saves hold the whole state. Restores read either layout whatever this says."""
     root = pathlib.Path(workdir).resolve() / "checkpoints"
     self.directory = root
     self._latest = _manager(root / LATEST, keep_latest, async_save, read_only)
     self._best = _manager(root / BEST, 1, async_save, read_only)
+    self._store = frozen_store.Store(root)
+    self._frozen = [tuple(p) for p in frozen] if frozen is not None else None
     self._writing: dict = {}  # manager directory -> the step folder it was last asked to write
-    self._digest: tuple = (None, None)  # ((step, id(state)), state_digest) of the last save
+    self._saving: tuple = (None, None)  # ((step, id(state)), what to save) of the last save
 
   def _which(self, which: str) -> ocp.CheckpointManager:
     if which not in (LATEST, BEST):
@@ -140,18 +132,38 @@ class Checkpoints:
     step = int(meta["step"])
     if step in mngr.all_steps():
       return False
-    if self._digest[0] != (step, id(state)):  # best, then latest, of one state: hash once
-      self._digest = ((step, id(state)), state_digest(state))
-    meta = {**meta, DIGEST_KEY: self._digest[1]}
-    with self._disk_errors(mngr):  # the previous asynchronous save reports its error here
+    if self._saving[0] != (step, id(state)):  # best, then latest, of one state: split and hash once
+      extra, kept = {}, state
+      if self._frozen:
+        kept, frozen = _split_state(state, self._frozen)
+        extra = {FROZEN_KEY: {"store": self.write_frozen(frozen),
+                              "paths": [list(p) for p in self._frozen]}}
+      self._saving = ((step, id(state)), (kept, {**extra, DIGEST_KEY: state_digest(kept)}))
+    kept, extra = self._saving[1]
+    meta = {**meta, **extra}
+    with self._disk_errors(self._store.directory):  # on disk before a checkpoint that needs it
+      self._store.wait()
+    with self._disk_errors(mngr.directory):  # the previous asynchronous save reports here
       mngr.wait_until_finished()
     self._writing[mngr.directory] = mngr.directory / str(step)
-    with self._disk_errors(mngr):
+    with self._disk_errors(mngr.directory):
       return mngr.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+          state=ocp.args.StandardSave(kept), meta=ocp.args.JsonSave(meta)))
+
+  def write_frozen(self, state_or_frozen) -> Optional[str]:
+    """Start writing the frozen store of `state_or_frozen` (a TrainState, or the frozen
+    parameters alone), unless it is on disk; returns its id (None without frozen paths). The
+    arrays are on the host when it returns; the first save waits for the files."""
+    if not self._frozen:
+      return None
+    frozen = state_or_frozen
+    if hasattr(state_or_frozen, "params"):
+      _, frozen = _split_state(state_or_frozen, self._frozen)
+    with self._disk_errors(self._store.directory):
+      return self._store.write(frozen)
 
   @contextlib.contextmanager
-  def _disk_errors(self, mngr):
+  def _disk_errors(self, directory):
     """A write that fails for the disk's sake -> WriteError naming the step, the reason and the
     free space. An asynchronous save reports at the next save, wait or close."""
     try:
@@ -160,7 +172,7 @@ class Checkpoints:
       why = disk_error(e)
       if why is None:
         raise
-      path = self._writing.get(mngr.directory, mngr.directory)
+      path = self._writing.get(directory, directory)
       kept = ", ".join(f"{w} steps {steps_on_disk(self.directory / w)}" for w in (LATEST, BEST))
       raise WriteError(
           f"cannot write checkpoint {path}: {why} ({free_space(path)}). The checkpoints already "
@@ -187,13 +199,34 @@ class Checkpoints:
           + (", or predict from the latest one (rpsflax.predict --checkpoint=latest)."
              if which == BEST else ".")) from e
 
-  def restore_for_resume(self, target):
+  def restore_for_resume(self, target, frozen_from: Optional[Callable[[], Any]] = None):
     """(state, meta) of the newest latest checkpoint that restores, or None when there is none.
 
     A damaged one is logged (which and why), renamed aside to `<step>.damaged-<UTC time>` and the
     previous one tried. When none restores, nothing is renamed and a CheckpointError says how to
-    start fresh.
+    start fresh. A checkpoint written with other frozen parameters than this one's `frozen` is
+    a CheckpointError (config.trainable or lr_groups changed). When the frozen store it needs
+    is missing or damaged, `frozen_from()` (the run's initial state: its configured weights) is
+    asked for them: the same parameters (the same store id) rebuild the store, else the
+    FrozenStoreError stands.
     """
+    try:
+      return self._resume(target)
+    except frozen_store.FrozenStoreError as e:
+      if frozen_from is None or not self._frozen:
+        raise
+      logging.warning("%s\nRebuilding them from the configured weights.", e)
+      _, frozen = _split_state(frozen_from(), self._frozen)
+      if frozen_store.manifest(frozen)["id"] != e.store_id:
+        raise frozen_store.FrozenStoreError(
+            f"{e}\nThe configured weights hold other frozen parameters, so they cannot rebuild "
+            "them.", e.store_id) from e
+      self.write_frozen(frozen)
+      with self._disk_errors(self._store.directory):
+        self._store.wait()
+      return self._resume(target)
+
+  def _resume(self, target):
     mngr = self._latest
     steps = sorted(mngr.all_steps(), reverse=True)
     damaged = []
@@ -226,15 +259,30 @@ class Checkpoints:
                     "the one before it", path, aside.name)
 
   def _load(self, mngr, step: int, target):
-    """(state, meta) of one step; CheckpointError when it does not fit `target`, _Damaged when
-    it cannot be read as written."""
+    """(state, meta) of one step; CheckpointError when it does not fit `target` (or this run's
+    frozen set), _Damaged when it cannot be read as written, FrozenStoreError when the frozen
+    parameters it left out are missing or damaged."""
     path = mngr.directory / str(step)
     abstract = jax.tree.map(
         lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else abstract_like(x), target)
+    try:
+      meta = dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+    except Exception as e:  # noqa: BLE001 (Orbax/TensorStore raise plain Exception on bad data)
+      raise _Damaged(f"cannot be read ({_first_line(e)})") from e
+    ref = meta.pop(FROZEN_KEY, None)
+    if ref is not None:  # the frozen parameters are in the store, not here
+      paths = [tuple(p) for p in ref["paths"]]
+      self._check_frozen_set(path, paths)
+      try:
+        abstract, frozen_abstract = _split_state(abstract, paths)
+      except ValueError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit this config ({e}): use a fresh "
+                              "--workdir, or the config it was trained with (its config.json)."
+                              ) from e
     abstract, rebuild = _older_layout(path / "state", abstract)
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+          state=ocp.args.StandardRestore(abstract)))
     except Exception as e:  # noqa: BLE001 (Orbax/TensorStore raise plain Exception on bad data)
       saved = _saved_shapes(path / "state")
       if saved is not None and saved != _shapes(abstract):
@@ -243,12 +291,28 @@ class Checkpoints:
             f"changed?): {_first_line(e)}\nUse a fresh --workdir, or the config it was trained "
             "with (its config.json).") from e
       raise _Damaged(f"cannot be read ({_first_line(e)})") from e
-    state, meta = rebuild(restored.state), dict(restored.meta)
+    state = rebuild(restored.state)
     digest = meta.pop(DIGEST_KEY, None)
     if digest is not None and digest != state_digest(state):
       raise _Damaged("its arrays do not match the checksum saved with them (bit rot, or a copy "
                      "that changed them)")
+    if ref is not None:
+      state = _merge_state(state, self._store.read(ref["store"], frozen_abstract))
     return state, meta
+
+  def _check_frozen_set(self, path, paths) -> None:
+    """CheckpointError when this run freezes other parameters than the checkpoint's run did
+    (resuming would train, or freeze, what the saved optimizer state does not describe)."""
+    if self._frozen is None or set(paths) == set(self._frozen):
+      return
+    there, here = set(paths), set(self._frozen)
+    example = "/".join(sorted(there ^ here)[0])
+    raise CheckpointError(
+        f"checkpoint {path} was written by a run that froze other parameters than this config "
+        f"does ({len(there)} frozen there, {len(here)} here; {example} differs): "
+        "config.trainable or config.lr_groups changed. Resume with the config it was trained "
+        f"with (its config.json), or use a fresh --workdir (--config.init_from="
+        f"{self.directory.parent} starts from its trained parameters).")
 
   def restore_meta(self, *, which: str = LATEST, step: Optional[int] = None) -> Optional[dict]:
     """The JSON metadata alone (epoch, class names, history), without reading arrays."""
@@ -259,17 +323,22 @@ class Checkpoints:
     restored = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     meta = dict(restored.meta)
     meta.pop(DIGEST_KEY, None)
+    meta.pop(FROZEN_KEY, None)
     return meta
 
   def wait(self) -> None:
     """Block until pending asynchronous saves are on disk."""
+    with self._disk_errors(self._store.directory):
+      self._store.wait()
     for mngr in (self._latest, self._best):
-      with self._disk_errors(mngr):
+      with self._disk_errors(mngr.directory):
         mngr.wait_until_finished()
 
   def close(self) -> None:
+    with self._disk_errors(self._store.directory):
+      self._store.close()
     for mngr in (self._latest, self._best):
-      with self._disk_errors(mngr):
+      with self._disk_errors(mngr.directory):
         mngr.close()
 
   def __enter__(self):
@@ -277,6 +346,17 @@ class Checkpoints:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def _split_state(state, paths):
+  """(state without the parameters at `paths`, those parameters) of a TrainState (or its
+  abstract twin)."""
+  kept, frozen = frozen_store.split(state.params, paths)
+  return state.replace(params=kept), frozen
+
+
+def _merge_state(state, frozen):
+  return state.replace(params=frozen_store.merge(state.params, frozen))
 
 
 def _older_layout(path: pathlib.Path, abstract):

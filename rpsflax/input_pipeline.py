@@ -3,8 +3,9 @@
 The only module of the package that imports TensorFlow, and it hides every GPU from it at
 import so that JAX owns the accelerator memory. Listing, checking and splitting folders is
 TF-free (rpsflax/data_files.py); this module decodes, resizes and batches. Where TensorFlow
-does not import, folders are decoded by rpsflax/pil_decode.py (PIL in a thread pool, the same
-bits for 'nearest'), with the same cache, order, padding and masks; TFDS then needs TF.
+does not import, folders are decoded with PIL (rpsflax/decode_pool.py: worker processes, or
+threads; the same bits for 'nearest'), with the same cache, order, padding and masks; TFDS then
+needs TF.
 
 Decoding matches Keras' `load_img` (PIL `convert('RGB')`, then PIL resize): tf.io decodes
 JPEGs (accurate IDCT) and PNGs in parallel without the GIL and is bit-identical to PIL there;
@@ -34,7 +35,7 @@ from absl import logging
 from PIL import Image
 from tqdm import tqdm
 
-from rpsflax import config_base, data_files, pil_decode
+from rpsflax import config_base, data_files, decode_pool, pil_decode, pil_image
 from rpsflax.errors import DataError
 
 try:  # the default decoder; JAX-only machines (no TensorFlow) decode with PIL
@@ -64,7 +65,7 @@ def decoder_name() -> str:
   if not _decoder_logged:
     _decoder_logged = True
     if tf is None:
-      logging.info("decoding images with PIL in %d threads (rpsflax/pil_decode.py): "
+      logging.info("decoding images with PIL, %d workers (rpsflax/decode_pool.py): "
                    "TensorFlow does not import (%s)", pil_decode.num_threads(-1), TF_MISSING)
     else:
       logging.info("decoding images with tf.data (TensorFlow %s)", tf.__version__)
@@ -173,9 +174,14 @@ def _check_method(method: str):
   if method not in data_files.RESIZE_METHODS:
     raise DataError(f"config.data.resize_method={method!r}: use one of "
                     f"{sorted(data_files.RESIZE_METHODS)} ('nearest' is Keras' flow_from_directory default)")
-  if tf is None and method not in pil_decode.PIL_FILTERS:
+  if tf is None and method not in pil_image.PIL_FILTERS:
     raise DataError(f"config.data.resize_method={method!r} needs TensorFlow, which does not "
-                    f"import here ({TF_MISSING}): use one of {sorted(pil_decode.PIL_FILTERS)}")
+                    f"import here ({TF_MISSING}): use one of {sorted(pil_image.PIL_FILTERS)}")
+
+
+def decoder_codes(infos: Sequence[data_files.ImageInfo]) -> np.ndarray:
+  """The `codes` of `decode_files`: which decoder reads each image (ImageInfo.decoder)."""
+  return np.asarray([_CODES[info.decoder] for info in infos], np.int32).reshape(-1)
 
 
 def _pil_load_resize(path: str, size, method,
@@ -186,16 +192,16 @@ def _pil_load_resize(path: str, size, method,
   return resize_image(tf.constant(rgb), size, method).numpy()
 
 
-def _decode_files(paths: np.ndarray, codes: np.ndarray, size, method, num_parallel_calls,
-                  out: np.ndarray, desc: str = "decoding",
-                  max_pixels: int = data_files.DEFAULT_MAX_IMAGE_PIXELS) -> list[tuple[int, str]]:
+def decode_files(paths: np.ndarray, codes: np.ndarray, size, method, num_parallel_calls,
+                 out: np.ndarray, desc: str = "decoding",
+                 max_pixels: int = data_files.DEFAULT_MAX_IMAGE_PIXELS) -> list[tuple[int, str]]:
   """Decode paths[i] into out[i] in parallel; returns [(i, reason)] of files no decoder read."""
   n = len(paths)
   if n == 0:
     return []
   if decoder_name() == "pil":
-    return pil_decode.decode_files(paths, size, method, num_parallel_calls, out, desc,
-                                   _PROGRESS_MIN, max_pixels)
+    return decode_pool.decode_files(paths, size, method, num_parallel_calls, out, desc,
+                                    _PROGRESS_MIN, max_pixels)
   done = np.zeros(n, bool)
   ds = tf.data.Dataset.from_tensor_slices((np.arange(n), paths.astype(str), codes))
   ds = ds.map(lambda i, p, c: (i, _load_resize(p, c, size, method, max_pixels)),
@@ -389,9 +395,9 @@ class Datasets:
       if not len(rows):
         return
       tmp = np.zeros((len(rows), *s.images.shape[1:]), np.uint8)
-      failed = _decode_files(s.paths[rows], s.codes[rows], self.image_size, self.resize_method,
-                             self.num_parallel_calls, tmp, desc=f"decoding {split}",
-                             max_pixels=self.max_pixels)
+      failed = decode_files(s.paths[rows], s.codes[rows], self.image_size, self.resize_method,
+                            self.num_parallel_calls, tmp, desc=f"decoding {split}",
+                            max_pixels=self.max_pixels)
       if failed:
         i, reason = failed[0]
         raise DataError(f"{s.paths[rows[i]]}: {reason}. It was readable when the data was "
@@ -692,9 +698,8 @@ def load_images(paths: Sequence[str], image_size, resize_method: str = "nearest"
   ok = [p for p in paths if p in infos]
   size = _image_size(image_size)
   out = np.zeros((len(ok), *size, 3), np.uint8)
-  failed = _decode_files(np.asarray(ok, dtype=object),
-                         np.asarray([_CODES[infos[p].decoder] for p in ok], np.int32), size,
-                         resize_method, num_parallel_calls, out)
+  failed = decode_files(np.asarray(ok, dtype=object), decoder_codes([infos[p] for p in ok]),
+                        size, resize_method, num_parallel_calls, out)
   if failed:
     bad = {i for i, _ in failed}
     skipped += [(ok[i], r) for i, r in failed]

@@ -102,6 +102,13 @@ def param_labels(params, config):
   return traverse_util.unflatten_dict(labels)
 
 
+def frozen_paths(params, config) -> list[tuple]:
+  """Key paths of the parameters labelled frozen (never trained): what checkpoints leave out
+  and write once per workdir (rpsflax/checkpoint.py). `params` may be abstract."""
+  flat = traverse_util.flatten_dict(param_labels(params, config))
+  return [path for path, label in flat.items() if label == FROZEN]
+
+
 def learning_rates(config) -> dict[str, float]:
   """label -> learning rate for every non-frozen label."""
   rates = {TRAINABLE: float(config.optim.learning_rate)}

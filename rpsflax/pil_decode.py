@@ -1,19 +1,21 @@
-"""The TensorFlow-free decoder: PIL in a thread pool, for machines without TensorFlow.
+"""The TensorFlow-free decoder in threads, for machines without TensorFlow: whole folders
+(`decode_files`, the fallback of rpsflax/decode_pool.py's processes) and uncached batches
+(`stream`). One image is rpsflax/pil_image.py's.
 
 rpsflax/input_pipeline.py uses it when `import tensorflow` fails (JAX-only GPU or TPU images).
 It gives the same bits as the tf.data decoder for 'nearest' (Keras' flow_from_directory
 default): PIL's `convert('RGB')` as Keras' `load_img` does (what tf.io gives on JPEGs and 8-bit
 PNGs), except 16-bit grey PNGs, where it keeps the high byte as tf.io does (README, Data), and
-the nearest resize gathers the rows and columns PIL's NEAREST reads, as input_pipeline's TF
-resize does. The smooth methods use PIL's own filters: Keras-exact, and within the 1-2 levels
-of tf.image.resize that the TF path documents.
+PIL's NEAREST resize reads the rows and columns input_pipeline's TF resize gathers
+(`nearest_index`). The smooth methods use PIL's own filters: Keras-exact, and within the 1-2
+levels of tf.image.resize that the TF path documents.
 
-PIL releases the GIL while it decodes and converts, so threads decode in parallel.
+PIL releases the GIL while it decodes, converts and resizes, so threads decode in parallel,
+up to what opening files and parsing headers in Python allows (docs/decoding.md).
 """
 
 import collections
 import concurrent.futures
-import io
 import itertools
 import os
 from typing import Iterator
@@ -24,11 +26,8 @@ from tqdm import tqdm
 
 from rpsflax import data_files
 from rpsflax.errors import DataError
+from rpsflax.pil_image import load_image, resize_image, rgb_image
 
-# Keras / config names -> PIL filters ('area' is PIL's box filter, an area average).
-PIL_FILTERS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
-               "area": Image.BOX, "lanczos": Image.LANCZOS, "lanczos3": Image.LANCZOS}
-_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")  # PIL's modes for a 16-bit grey PNG
 PREFETCH_BATCHES = 2  # uncached: batches decoded ahead of the consumer
 
 
@@ -40,16 +39,8 @@ def num_threads(num_parallel_calls: int) -> int:
 
 
 def rgb(data: bytes, max_pixels: int = data_files.DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
-  """Encoded bytes -> uint8 [h, w, 3], as tf.io / Keras' load_img decode them. The header's
-  size is checked against `max_pixels` (config.data.max_image_pixels) before decoding."""
-  with Image.open(io.BytesIO(data)) as im:
-    if im.width * im.height > int(max_pixels):
-      raise ValueError(f"{im.width}x{im.height} pixels, over config.data.max_image_pixels="
-                       f"{int(max_pixels)}")
-    if im.format == "PNG" and im.mode in _SIXTEEN_BIT:  # tf.io keeps the high byte
-      grey = (np.asarray(im, np.uint32) >> 8).clip(0, 255).astype(np.uint8)
-      return np.repeat(grey[..., None], 3, axis=-1)
-    return np.asarray(im.convert("RGB"))
+  """Encoded bytes -> uint8 [h, w, 3] (`rgb_image` as an array)."""
+  return np.asarray(rgb_image(data, max_pixels))
 
 
 def nearest_index(n_in: int, n_out: int) -> np.ndarray:
@@ -61,22 +52,24 @@ def nearest_index(n_in: int, n_out: int) -> np.ndarray:
 
 
 def resize(image: np.ndarray, size: tuple[int, int], method: str = "nearest") -> np.ndarray:
-  """uint8 [h, w, 3] -> uint8 [size[0], size[1], 3], as PIL's Image.resize(method)."""
+  """uint8 [h, w, 3] -> uint8 [size[0], size[1], 3], as PIL's Image.resize(method).
+
+  'nearest' gathers the rows and columns PIL reads (`nearest_index`, as input_pipeline's TF
+  resize does); `load` lets PIL resize instead (the same bits, tests/test_decode_scaling.py)."""
   h, w = size
   if method == "nearest":
     return image[nearest_index(image.shape[0], h)][:, nearest_index(image.shape[1], w)]
   if image.shape[:2] == (h, w):  # Keras leaves such images untouched
     return image
-  if method not in PIL_FILTERS:
-    raise DataError(f"config.data.resize_method={method!r} needs TensorFlow (not importable "
-                    f"here): use one of {sorted(PIL_FILTERS)}")
-  return np.asarray(Image.fromarray(image).resize((w, h), PIL_FILTERS[method]))
+  return np.asarray(resize_image(Image.fromarray(image), size, method))
 
 
-def load(path: str, size: tuple[int, int], method: str,
+def load(path: str, size, method: str,
          max_pixels: int = data_files.DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
-  with open(path, "rb") as f:
-    return resize(rgb(f.read(), max_pixels), size, method)
+  """One file -> uint8 [size[0], size[1], 3]. PIL decodes, converts and resizes with the GIL
+  released; the one array made is the small resized one (a full-size np.asarray holds the GIL
+  for about as long as the decode takes)."""
+  return np.asarray(load_image(path, size, method, max_pixels))
 
 
 def _try_load(path, size, method, max_pixels):

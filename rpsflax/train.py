@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from rpsflax import checkpoint as ckpt_lib
 from rpsflax import (config_check, data_files, errors, evaluation, features, input_pipeline,
-                     interrupts, models, report, resident, restore, sharding, steps, timing,
-                     weights, workdir_lock)
+                     interrupts, models, optim, report, resident, restore, sharding, steps,
+                     timing, weights, workdir_lock)
 from rpsflax.errors import NonFiniteError
 from rpsflax.run_meta import RunMeta
 
@@ -104,20 +104,22 @@ def run(config, workdir: pathlib.Path, mesh, timer: Optional[timing.RunTimer] = 
   with timer.phase("data"):
     datasets = input_pipeline.create_datasets(config, workdir)  # checks the class count vs head
     class_names = list(datasets.class_names)
-    if sharding.is_chief():  # once the data has been read: a run that fails on it keeps the old one
-      save_config(config, workdir)
   steps_per_epoch = int(datasets.steps_per_epoch)
   total_steps = steps_per_epoch * int(config.num_epochs)
 
   model = models.build_model(config)
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   repl = sharding.replicated(mesh)
-  ckpts = ckpt_lib.Checkpoints(workdir)
+  abstract = steps.abstract_train_state(config, model, repl)
+  # Frozen parameters are written once per workdir, not in every checkpoint.
+  ckpts = ckpt_lib.Checkpoints(workdir, frozen=optim.frozen_paths(abstract.params, config))
   writer = None
   try:
     with timer.phase("weights"):
-      # A damaged newest checkpoint is set aside (renamed, never deleted) for the one before it.
-      restored = ckpts.restore_for_resume(steps.abstract_train_state(config, model, repl))
+      # A damaged newest checkpoint is set aside (renamed, never deleted) for the one before it;
+      # a lost frozen store is rebuilt from the configured weights when they hold the same.
+      restored = ckpts.restore_for_resume(
+          abstract, frozen_from=lambda: initial_state(config, model, init_rng, mesh))
       if restored is None:
         state, meta = initial_state(config, model, init_rng, mesh), RunMeta()
       else:
@@ -128,6 +130,8 @@ def run(config, workdir: pathlib.Path, mesh, timer: Optional[timing.RunTimer] = 
               f"steps per epoch then, {steps_per_epoch} now. Use a fresh --workdir, or the same "
               "data and config.batch_size.")
         logging.info("Resuming %s from step %d (epoch %d done).", workdir, meta.step, meta.epoch)
+    if sharding.is_chief():  # once the data and the checkpoint have been read: a run that
+      save_config(config, workdir)  # fails on either keeps the config.json it names
     meta.steps_per_epoch, meta.class_names = steps_per_epoch, class_names
     step = meta.step
     final_split = _final_split(datasets)
@@ -138,6 +142,7 @@ def run(config, workdir: pathlib.Path, mesh, timer: Optional[timing.RunTimer] = 
         logging.info("%s already finished %d epochs: not retraining.", workdir, len(meta.history))
         return report.read_json(eval_path)
 
+    ckpts.write_frozen(state)  # written during epoch 1 (once per workdir), not at its first save
     if features.enabled(config):  # the head trains on cached backbone features (rpsflax.features)
       with timer.phase("feature_cache"):
         datasets, run_steps = features.prepare(config, workdir, datasets, state, mesh, model)

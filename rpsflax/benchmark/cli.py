@@ -10,7 +10,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rpsflax import errors, models
-from rpsflax.benchmark import keras_worker, suite, table
+from rpsflax.benchmark import keras_worker, pipeline, suite, table
 from rpsflax.benchmark.timing import BUDGET_SECONDS, MAX_ROUNDS, MIN_ROUNDS, MIN_SECONDS
 
 
@@ -23,6 +23,20 @@ def normalize_argv(argv: list[str]) -> list[str]:
       a = "--" + name.replace("-", "_") + eq + value
     out.append(a)
   return out
+
+
+def decode_workers(values: list[str]) -> list[int]:
+  """--decode_workers -> worker counts ([] when not given; 'auto' -> 1, 2, 4, ... CPUs)."""
+  if values == ["auto"]:
+    return list(pipeline.worker_counts())
+  try:
+    counts = [int(v) for v in values]
+  except ValueError:
+    counts = [0]
+  if any(c < 1 for c in counts):
+    raise flags.Error(f"--decode_workers={','.join(values)}: give positive worker counts "
+                      "(1,2,4) or 'auto'")
+  return counts
 
 
 def define_flags():
@@ -42,6 +56,9 @@ def define_flags():
                     "Compute dtype ('' = the config's model.dtype); params stay float32.")
   flags.DEFINE_string("data_dir", "", "A real image folder for the input-pipeline figures.")
   flags.DEFINE_integer("pipeline_repeats", 3, "Repeats of the input-pipeline measurements.")
+  flags.DEFINE_list("decode_workers", [], "With --data_dir: images/s decoding its images with "
+                    "each of these worker counts (e.g. 1,2,4,8,16; 'auto': 1, 2, 4, ... up to "
+                    "the host's CPUs), for PIL (processes and threads) and tf.data.")
   flags.DEFINE_bool("compare_keras", False, "Also time the same model in Keras 3 on TensorFlow "
                     "and on JAX, each in a worker process (--compare-keras).")
   flags.DEFINE_bool("compare_flags", False, "Also time the JAX steps with XLA's default CPU flags "
@@ -84,9 +101,10 @@ def main(argv=None) -> int:
         config_name=FLAGS["config"].config_filename if hasattr(
             FLAGS["config"], "config_filename") else "",
         pipeline_repeats=FLAGS.pipeline_repeats, min_seconds=FLAGS.min_seconds,
+        decode_workers=decode_workers(FLAGS.decode_workers),
         budget_seconds=FLAGS.seconds,
         compare_flags_argv=argv[1:] if FLAGS.compare_flags else None, log=log)
-  except errors.ConfigError as e:
+  except (errors.UserError, flags.Error) as e:  # a bad key, folder or --decode_workers
     print(f"error: {e}", file=sys.stderr)
     return 2
   text = json.dumps(result, indent=1, default=lambda x: x.item())  # NumPy scalars -> Python

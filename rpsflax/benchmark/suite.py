@@ -6,11 +6,11 @@ import json
 import os
 import subprocess
 import sys
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import jax
 
-from rpsflax import config_check, sharding, xla_cpu
+from rpsflax import config_check, data_files, sharding, xla_cpu
 from rpsflax.benchmark import environment, inputs, jax_figures, keras_peer, pipeline, timing
 from rpsflax.benchmark.timing import BUDGET_SECONDS, MIN_ROUNDS, MIN_SECONDS
 
@@ -23,7 +23,7 @@ FIGURES = (
     "train_step_donates_state", "train_step_host_transfers", "compile_seconds",
     "peak_memory_bytes", "cached_features_speedup_estimate",
     "pipeline_images_per_sec", "decode_images_per_sec", "cached_epoch_images_per_sec",
-    "uncached_epoch_images_per_sec", "pipeline_num_images",
+    "uncached_epoch_images_per_sec", "pipeline_num_images", "decode_scaling",
     "keras_train_images_per_sec", "keras_forward_images_per_sec", "keras_frozen_step_over_forward",
     "train_speedup_vs_keras", "eval_speedup_vs_keras", "keras_jit_compile",
     "keras_jax_train_images_per_sec", "keras_jax_forward_images_per_sec",
@@ -56,7 +56,8 @@ def run(config, *, batch_size: int = 0, image_size: int = 0, dtype: str = "", st
         finetune: bool = True, scaling: bool = True, weights: str = "", config_name: str = "",
         min_seconds: float = MIN_SECONDS, budget_seconds: float = BUDGET_SECONDS,
         compare_flags_argv: Optional[list] = None,
-        pipeline_repeats: int = 3, log: Callable[[str], None] = lambda s: None) -> dict:
+        pipeline_repeats: int = 3, decode_workers: Optional[Sequence[int]] = None,
+        log: Callable[[str], None] = lambda s: None) -> dict:
   """Every figure as one dict (see the package docstring); None + a reason under 'skipped'."""
   cfg = inputs.bench_config(config, batch_size=batch_size, image_size=image_size, dtype=dtype,
                             weights=weights)
@@ -126,6 +127,15 @@ def run(config, *, batch_size: int = 0, image_size: int = 0, dtype: str = "", st
       result.update(p)
   else:
     skipped["pipeline"] = "no --data_dir (a folder of class subfolders) given"
+  if data_dir and decode_workers:  # PIL's figures need no TensorFlow, tf.data's are skipped
+    log(f"decode scaling on {data_dir}: {list(decode_workers)} workers")
+    result["decode_scaling"] = pipeline.decode_scaling(
+        data_files.list_images(data_dir), cfg.data.image_size, cfg.data.resize_method,
+        decode_workers, repeats=pipeline_repeats,
+        max_pixels=int(cfg.data.get("max_image_pixels", data_files.DEFAULT_MAX_IMAGE_PIXELS)),
+        log=log)
+  else:
+    skipped["decode_scaling"] = "not asked for (--data_dir and --decode_workers=1,2,...)"
 
   per_image = timing.ratio(result["forward_flops"], int(cfg.batch_size))
   gflops = lambda ips: None if ips is None or per_image is None else per_image * ips / 1e9

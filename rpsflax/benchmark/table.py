@@ -64,6 +64,8 @@ def format_table(r: dict) -> str:
     for s in r["scaling"]:
       lines.append(f"    {s['devices']:>3} devices: {s['train_images_per_sec']:,.1f} img/s "
                    f"({s['efficiency'] * 100:.0f}% per-device efficiency)")
+  if r.get("decode_scaling"):
+    lines += decode_scaling_lines(r["decode_scaling"])
   if r.get("compile_seconds"):
     lines.append("  compile seconds: " + ", ".join(f"{k} {v}" for k, v in
                                                    r["compile_seconds"].items()))
@@ -72,3 +74,20 @@ def format_table(r: dict) -> str:
   v = r["versions"]
   lines.append("  versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val))
   return "\n".join(lines)
+
+
+def decode_scaling_lines(ds: dict) -> list[str]:
+  """The decode-scaling figure (pipeline.decode_scaling's dict): img/s per decoder and worker
+  count, each with its speed-up over one worker and the load average it ran under."""
+  lines = [f"  decoding {ds['num_images']} images to {ds['image_size'][0]}x{ds['image_size'][1]} "
+           f"({ds['resize_method']}), img/s by workers (x vs 1 worker, 1-minute load average; "
+           f"{ds['host_cpus']} host CPUs):"]
+  for d, by_w in ds["images_per_sec"].items():
+    cells = [f"{w}: {v:,.0f} (" + (f"x{ds['speedup'][d][w]:.2f}, " if ds["speedup"] else "")
+             + f"load {ds['load_average'][d][w]:.1f})" for w, v in by_w.items()]
+    lines.append(f"    {d:<12} " + "  ".join(cells))
+  if ds["above_host_cpus"]:
+    lines.append(f"    not run (above the host's CPUs): {ds['above_host_cpus']} workers")
+  for d, why in ds["skipped"].items():
+    lines.append(f"    skipped {d}: {why}")
+  return lines
