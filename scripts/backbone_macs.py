@@ -4,13 +4,13 @@
   python scripts/backbone_macs.py            # 224x224, without and with the top
   python scripts/backbone_macs.py --size 160
 
-Counted from the shapes each nn.Conv / DepthwiseConv3x3 / nn.Dense sees in an abstract forward (nothing runs):
-output pixels x kernel window x input channels per group x output channels. BatchNorm, pooling,
-activations and adds are not counted (as Keras' and the papers' GMAC figures do not).
+Counted by rpsflax/benchmark/flops.py (what the benchmark's GFLOP/s figures use) from the shapes each
+nn.Conv / DepthwiseConv3x3 / nn.Dense sees in an abstract forward (nothing runs): output pixels x
+kernel window x input channels per group x output channels. BatchNorm, pooling, activations and
+adds are not counted (as Keras' and the papers' GMAC figures do not).
 """
 
 import argparse
-import math
 import pathlib
 import sys
 
@@ -20,8 +20,8 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from rpsflax.benchmark.flops import layer_macs  # noqa: E402
 from rpsflax.models import IMAGENET_BACKBONES, backbone_module  # noqa: E402
-from rpsflax.models.layers import DepthwiseConv3x3  # noqa: E402
 
 
 def count_macs(module, size: int) -> int:
@@ -30,14 +30,8 @@ def count_macs(module, size: int) -> int:
   def count(next_fun, args, kwargs, context):
     nonlocal total
     out = next_fun(*args, **kwargs)
-    m = context.module
-    if context.method_name == "__call__" and isinstance(m, nn.Conv):
-      cin = args[0].shape[-1] // m.feature_group_count
-      total += math.prod(out.shape[:-1]) * math.prod(m.kernel_size) * cin * out.shape[-1]
-    elif context.method_name == "__call__" and isinstance(m, DepthwiseConv3x3):
-      total += math.prod(out.shape) * 9
-    elif context.method_name == "__call__" and isinstance(m, nn.Dense):
-      total += math.prod(out.shape[:-1]) * args[0].shape[-1] * out.shape[-1]
+    if context.method_name == "__call__":
+      total += layer_macs(context.module, args, out)
     return out
 
   with nn.intercept_methods(count):

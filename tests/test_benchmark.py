@@ -17,7 +17,7 @@ import pytest
 
 import data_factory
 import keras_reference as kr
-from rpsflax import keras_models, models, optim, preprocess, sharding, steps
+from rpsflax import cpuinfo, keras_models, models, optim, preprocess, sharding, steps
 from rpsflax.benchmark import cli, inputs, jax_figures, keras_peer, suite, table, timing
 from rpsflax.models import heads
 
@@ -61,7 +61,8 @@ def folder(tmp_path_factory):
 def catsdogs_keras(folder):
   """The cats-vs-dogs CNN on 2 (fake) devices with the pipeline and the Keras comparison."""
   return _run(["--config=configs/catsdogs.py", "--image_size=48", "--batch_size=2",
-               f"--data_dir={folder}", "--compare-keras", "--compare-flags", *TINY], devices=2)
+               f"--data_dir={folder}", "--compare-keras", "--compare-flags", "--bf16_row=true",
+               *TINY], devices=2)
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +89,23 @@ def test_every_key_is_emitted_and_measured(catsdogs_keras):
                 "keras_jax_train_images_per_sec", "keras_jax_forward_images_per_sec",
                 "train_speedup_vs_keras_jax", "eval_speedup_vs_keras", "peak_gflops_per_sec",
                 "forward_gflops_per_sec", "keras_forward_gflops_per_sec",
-                "forward_fraction_of_peak", "xla_flags_train_speedup"])
+                "forward_fraction_of_peak", "xla_flags_train_speedup",
+                "train_step_gflops_per_sec", "keras_train_gflops_per_sec",
+                "train_fraction_of_peak", "xla_forward_flops", "xla_train_step_flops",
+                "train_bf16_images_per_sec", "keras_bf16_train_images_per_sec",
+                "train_speedup_vs_keras_bf16"])
   _positive(r["default_xla_flags"], ["train_images_per_sec", "forward_images_per_sec"])
+  # The bf16 row: Keras under its mixed_bfloat16 policy, paired with our bf16 step.
+  assert r["keras_bf16_details"]["keras_backend"] == "tensorflow"
+  assert "bf16_row" not in r["skipped"]
+  # The peak: every measured product named, the best of them; the host CPU and its flags.
+  p = r["peak"]
+  assert {"jax_dot_float32", "numpy_blas_float32"} <= set(p["measured"])
+  assert r["peak_gflops_per_sec"] == max(p["measured"].values()) == p["measured"][p["peak_source"]]
+  assert r["cpu"]["isa"] in cpuinfo.ISAS and r["cpu"]["model_name"]
+  assert r["xla_cpu"]["isa"] == r["cpu"]["isa"] and r["xla_cpu"]["flags"]
+  assert r["flops_source"]["forward_flops"].startswith("analytical")
+  assert r["flops_source"]["xla_forward_flops"].startswith("xla")
   assert r["keras_details"]["keras_backend"] == "tensorflow"
   assert r["keras_jax_details"]["keras_backend"] == "jax"
   assert "--xla_cpu_experimental_ynn_fusion_type" in r["xla_flags"]
@@ -120,6 +136,7 @@ def test_without_tensorflow_only_its_figures_are_skipped(rps_no_tf):
   assert r["train_step_donates_state"] is True and r["train_step_host_transfers"] == []
   assert r["frozen_flops_over_forward"] <= 1.3
   assert r["cached_features_speedup_estimate"]["speedup"] > 0
+  assert r["train_bf16_images_per_sec"] is None and "bf16_row" in r["skipped"]
 
 
 def step_flops_over_forward(config) -> tuple[float, float]:
@@ -191,7 +208,8 @@ def test_table_names_every_figure_and_the_skips(catsdogs_keras, rps_no_tf):
   text = table.format_table(catsdogs_keras)
   for words in ("train step", "backbone forward", "Keras (TF) train_on_batch",
                 "Keras (JAX) train_on_batch", "speed-up vs Keras", "forward / peak",
-                "XLA default flags",
+                "XLA default flags", "peak: numpy_blas_float32", "host CPU:",
+                "Keras (TF) mixed_bfloat16 train_on_batch",
                 "decode + resize once", "scaling", "2 devices", "versions"):
     assert words in text, words
   text = table.format_table(rps_no_tf)

@@ -24,8 +24,11 @@ BN statistics are the identity, and the forward runs BN in inference mode as the
 - eval_images_per_sec: the eval step. forward_images_per_sec: preprocessing + backbone alone.
 - finetune_images_per_sec: the train step with everything trainable; the ratios
   frozen_step_over_forward and finetune_step_over_forward (time per image relative to the
-  forward pass) show what freezing saves; *_flops_over_forward are the same ratios from XLA's
-  cost analysis (deterministic).
+  forward pass) show what freezing saves; *_flops_over_forward are the same ratios in FLOPs.
+- FLOPs (forward_flops, train_step_flops, finetune_step_flops, per batch): counted from the
+  model's conv and dense layers (flops.py: MACs x 2; a train step is the forward plus the
+  trainable part's backward), the same on every backend. XLA's own counts are beside them
+  (xla_*_flops): on GPUs they leave out the cuDNN convolutions. flops_source says which is which.
 - augment_images_per_sec: the on-device augmentation alone. cached_head_images_per_sec: the head
   train step on cached features (rpsflax.features), and cached_features_speedup_estimate for the
   config's epochs and views.
@@ -39,9 +42,16 @@ BN statistics are the identity, and the forward runs BN in inference mode as the
   keras_train_images_per_sec, keras_forward_images_per_sec, train_speedup_vs_keras. Keras gets
   the already preprocessed batch and NO augmentation; our train step augments on device, so
   the speed-up is conservative.
-- peak_gflops_per_sec: this machine's limit, a jitted 2048x2048 dot in the config's dtype;
-  forward_gflops_per_sec (XLA's flop count of the forward x its rate), forward_fraction_of_peak,
-  and keras_forward_gflops_per_sec (the same flops at Keras' forward rate).
+- the bf16 row (--bf16_row; auto: on CPUs with AVX512-BF16, with --compare-keras, for a float32
+  config): our train step in bfloat16 beside Keras' mixed_bfloat16 policy, in the same rounds ->
+  train_bf16_images_per_sec, keras_bf16_train_images_per_sec, train_speedup_vs_keras_bf16.
+- peak (peak.py): a large matrix product through JAX (n = 2048 on a CPU, 8192 on an
+  accelerator) in the config's dtype and in float32, through NumPy's BLAS (CPU), and the CPU's
+  ISA x clock x cores ceiling (not measured); peak_gflops_per_sec is the best measured one.
+  forward_gflops_per_sec and train_step_gflops_per_sec (the FLOPs above x the rate),
+  *_fraction_of_peak, and keras_forward/train_gflops_per_sec (the same FLOPs at Keras' rates).
+- cpu: the host CPU's model, ISA (avx512_bf16, avx512, avx2, ...), vector flags, cores and clock;
+  xla_cpu: the XLA:CPU flags chosen for that ISA (rpsflax/xla_cpu.py) and what they rest on.
 - Keras on JAX (with --compare-keras): the same worker with KERAS_BACKEND=jax and XLA's default
   flags -> keras_jax_*_images_per_sec, train/eval_speedup_vs_keras_jax. eval_speedup_vs_keras*
   compare our eval step (backbone + head) with Keras' backbone predict_on_batch.
@@ -56,7 +66,9 @@ The modules, one job each:
   suite.py         `run`: every figure into one dict (FIGURES), derived ratios, what was skipped
   timing.py        the round-robin harness: timed runs, rounds within a budget, paired ratios
   inputs.py        the config measured, random or loaded parameters, synthetic batches
-  jax_figures.py   the JAX steps (train/eval/forward/finetune/augment/cached head), peak, scaling
+  jax_figures.py   the JAX steps (train/eval/forward/finetune/augment/cached head/bf16), scaling
+  flops.py         FLOPs of the forward and the train step, counted from the model's layers
+  peak.py          the machine's peak: large products (JAX, NumPy's BLAS), the CPU's ceiling
   pipeline.py      the tf.data input pipeline on a real folder
   keras_peer.py    a Keras worker process seen from here: its spec, one round per call
   keras_worker.py  the worker itself (`python -m rpsflax.benchmark.keras_worker SPEC`): no JAX

@@ -1,16 +1,17 @@
 """`python -m rpsflax.benchmark`: flags, one run of the suite, the table or one JSON object.
 
 Flags may be spelled with dashes (--compare-keras) or underscores (absl's --compare_keras).
+--help lists this program's flags (exit 0); --helpfull adds every library's.
 """
 
 import json
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from rpsflax import errors, models
-from rpsflax.benchmark import keras_worker, pipeline, suite, table
+from rpsflax.benchmark import pipeline, suite, table
 from rpsflax.benchmark.timing import BUDGET_SECONDS, MAX_ROUNDS, MIN_ROUNDS, MIN_SECONDS
 
 
@@ -68,19 +69,35 @@ def define_flags():
   flags.DEFINE_string("weights", "", "config.weights to load ('' = random He-normal init).")
   flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
   flags.DEFINE_string("out", "", "Also write the JSON object to this file.")
-  flags.DEFINE_string("keras_worker", "", "Internal: run the Keras worker for this spec file.")
+  flags.DEFINE_enum("bf16_row", "auto", list(suite.BF16_ROW), "With --compare-keras on a CPU: "
+                    "also time the train step in bfloat16 beside Keras' mixed_bfloat16 policy "
+                    "(auto: where the CPU has AVX512-BF16).")
+
+
+USAGE = """Throughput of a config on this machine: jit train/eval steps, the backbone forward,
+the input pipeline, and the same model in Keras, in one run.
+
+  python -m rpsflax.benchmark --config=configs/rps.py [--compare-keras] [--json]
+
+What each figure means: `pydoc rpsflax.benchmark`, docs/performance_cpu.md and BENCHMARKS.md.
+"""
+
+
+def help_text(full: bool = False) -> str:
+  """USAGE and this program's flags (with `full`, every defined flag, absl's --helpfull)."""
+  FLAGS = flags.FLAGS  # noqa: N806
+  own = FLAGS.module_help(__name__).strip().split("\n", 1)[-1]  # less absl's module name
+  return USAGE + "\nflags:\n" + (FLAGS.get_help() if full else own)
 
 
 def main(argv=None) -> int:
   argv = normalize_argv(list(sys.argv if argv is None else argv))
-  if "--keras_worker" in argv:  # the worker (KerasPeer starts it as its own module)
-    keras_worker.main(argv[argv.index("--keras_worker") + 1])
-    return 0
-  app.define_help_flags()  # --help, --helpfull
   define_flags()
   FLAGS = flags.FLAGS  # noqa: N806
-  for flag in FLAGS.get_key_flags_for_module(__name__):  # --help lists the key flags of the
-    FLAGS.register_key_flag_for_module(sys.argv[0], flag)  # program run (absl: its argv[0])
+  help_asked = [a for a in argv[1:] if a in ("--help", "-h", "--helpshort", "-?", "--helpfull")]
+  if help_asked:
+    print(help_text(full="--helpfull" in help_asked))
+    return 0
   try:
     FLAGS(argv)
     if FLAGS.config is None:
@@ -103,7 +120,8 @@ def main(argv=None) -> int:
         pipeline_repeats=FLAGS.pipeline_repeats, min_seconds=FLAGS.min_seconds,
         decode_workers=decode_workers(FLAGS.decode_workers),
         budget_seconds=FLAGS.seconds,
-        compare_flags_argv=argv[1:] if FLAGS.compare_flags else None, log=log)
+        compare_flags_argv=argv[1:] if FLAGS.compare_flags else None,
+        bf16_row=FLAGS.bf16_row, log=log)
   except (errors.UserError, flags.Error) as e:  # a bad key, folder or --decode_workers
     print(f"error: {e}", file=sys.stderr)
     return 2

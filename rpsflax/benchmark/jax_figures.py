@@ -1,27 +1,31 @@
-"""The JAX figures: the jit steps (train, eval, forward, fine-tune, augment, cached head) timed
-round-robin with the Keras peers, XLA's facts about them (flops, donation, host round-trips),
-this machine's peak, the cached-features model, and scaling over devices."""
+"""The JAX figures: the jit steps (train, eval, forward, fine-tune, augment, cached head, and the
+bf16 train step beside Keras' mixed_bfloat16) timed round-robin with the Keras peers, their FLOPs
+(counted from the model, rpsflax/benchmark/flops.py, and XLA's count beside), XLA's facts about
+them (donation, host round-trips), the cached-features model, and scaling over devices."""
 
 import statistics
 import time
 from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from rpsflax import augment, errors, features, models, sharding
 # Aliased: bench_steps and bench_scaling take a `steps` (count) argument the module would shadow.
 from rpsflax import steps as step_fns
-from rpsflax.benchmark import inputs, timing
+from rpsflax.benchmark import flops, inputs, timing
+
+# Keras peer -> our runner its train figure is paired with (default: 'train'; eval with 'eval').
+PEER_TRAIN_RUNNER = {"keras_bf16": "train_bf16"}
 
 
 def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune: bool = True,
-                cached: bool = True, min_seconds: float = timing.MIN_SECONDS,
+                cached: bool = True, bf16_config=None, min_seconds: float = timing.MIN_SECONDS,
                 budget_seconds: float = timing.BUDGET_SECONDS, peers: Optional[dict] = None,
                 log: Callable[[str], None] = lambda s: None) -> dict:
-  """Train/eval/forward/finetune/augment/cached-head throughput of `config` on `mesh`, with the
-  Keras peers' figures timed in the same rounds.
+  """Train/eval/forward/finetune/augment/cached-head throughput of `config` on `mesh` (and the
+  train step of `bf16_config`, the same in bfloat16, when given), with the Keras peers' figures
+  timed in the same rounds.
 
   Everything is compiled and warmed up first, then timed round-robin (see timing.interleaved).
   """
@@ -37,9 +41,10 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
                                                       host_vars["batch_stats"]), repl)
   out, compile_s, runners = {}, {}, {}
 
-  def step_runner(name, cfg, jitted, batch_in):
+  def step_runner(name, cfg, jitted, batch_in, step_model=model):
     """A donating train step as a runner: its state is threaded through the calls."""
-    state = jax.device_put(step_fns.create_train_state(cfg, model, params=host_vars["params"],
+    state = jax.device_put(step_fns.create_train_state(cfg, step_model,
+                                                       params=host_vars["params"],
                                                        batch_stats=host_vars["batch_stats"]),
                            repl)
     compiled, compile_s[name] = _compile(jitted, state, batch_in, rng)
@@ -63,7 +68,8 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
     except Exception as e:  # pylint: disable=broad-except
       problems.append(f"{type(e).__name__}: {str(e)[:200]}")
   out["train_step_host_transfers"] = problems
-  out["train_step_flops"] = _flops(c_train)
+  out["train_step_flops"] = flops.train_step_flops(config, model, b)
+  out["xla_train_step_flops"] = _flops(c_train)
 
   state = step_fns.TrainState(step=None, params=variables["params"], opt_state=None,
                               batch_stats=variables.get("batch_stats", {}))
@@ -74,7 +80,8 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
                                                in_shardings=(repl, data), out_shardings=data),
                                        variables, batch["image"])
   runners["forward"] = (lambda: fwd(variables, batch["image"]), b)
-  out["forward_flops"] = _flops(fwd)
+  out["forward_flops"] = flops.forward_flops(config, model, b)
+  out["xla_forward_flops"] = _flops(fwd)
 
   if config.augment.enabled:
     aug_fn = lambda r, x: augment.augment_batch(r, x, config.augment)
@@ -82,11 +89,17 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
                                                  out_shardings=data), rng, batch["image"])
     runners["augment"] = (lambda: aug(rng, batch["image"]), b)
 
-  out["finetune_step_flops"] = None
+  out["finetune_step_flops"] = out["xla_finetune_step_flops"] = None
   if finetune:
     ft = inputs.finetune_config(config)
     c_ft, _ = step_runner("finetune", ft, step_fns.jit_train_step(ft, model, mesh), batch)
-    out["finetune_step_flops"] = _flops(c_ft)
+    out["finetune_step_flops"] = flops.train_step_flops(ft, model, b)
+    out["xla_finetune_step_flops"] = _flops(c_ft)
+
+  if bf16_config is not None:
+    m16 = models.build_model(bf16_config)
+    step_runner("train_bf16", bf16_config, step_fns.jit_train_step(bf16_config, m16, mesh), batch,
+                step_model=m16)
 
   out["cached_features_unavailable"] = _not_cacheable(config) if cached else "not asked for"
   if out["cached_features_unavailable"] is None:
@@ -99,13 +112,15 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
   rates = timing.interleaved(runners, steps=steps, repeats=repeats, warmup=warmup,
                              block=jax.block_until_ready, min_seconds=min_seconds,
                              budget_seconds=budget_seconds, peers=peers, log=log)
-  for name in ("train", "eval", "forward", "augment", "finetune", "cached_head"):
+  for name in ("train", "eval", "forward", "augment", "finetune", "cached_head", "train_bf16"):
     out[f"{name}_images_per_sec"] = statistics.median(rates[name]) if name in rates else None
   for name in peers or {}:
     for figure in ("train", "forward"):
       out[f"{name}_{figure}_images_per_sec"] = statistics.median(rates[f"{name}_{figure}"])
-    out[f"train_speedup_vs_{name}"] = timing.paired_ratio(rates["train"], rates[f"{name}_train"])
-    out[f"eval_speedup_vs_{name}"] = timing.paired_ratio(rates["eval"], rates[f"{name}_forward"])
+    ours = PEER_TRAIN_RUNNER.get(name, "train")
+    out[f"train_speedup_vs_{name}"] = timing.paired_ratio(rates[ours], rates[f"{name}_train"])
+    out[f"eval_speedup_vs_{name}"] = (None if ours != "train" else  # no bf16 eval runner
+                                      timing.paired_ratio(rates["eval"], rates[f"{name}_forward"]))
   out["frozen_step_over_forward"] = timing.paired_ratio(rates["forward"], rates["train"])
   out["finetune_step_over_forward"] = timing.paired_ratio(rates["forward"], rates.get("finetune"))
   out["frozen_flops_over_forward"] = timing.ratio(out["train_step_flops"], out["forward_flops"])
@@ -220,17 +235,3 @@ def bench_scaling(config, *, steps: int, repeats: int, warmup: int,
   for r in rows:
     r["efficiency"] = r["per_device_images_per_sec"] / rows[0]["per_device_images_per_sec"]
   return rows
-
-
-def peak_gflops(dtype: str = "float32", n: int = 2048, seconds: float = 2.0) -> float:
-  """This machine's matmul rate: a jitted n x n @ n x n dot, GFLOP/s (the best of repeated runs:
-  the attainable limit, not a typical figure)."""
-  a = jnp.ones((n, n), dtype)
-  dot = jax.jit(lambda a: a @ a)
-  jax.block_until_ready(dot(a))
-  best, t_end = float("inf"), time.perf_counter() + seconds
-  while time.perf_counter() < t_end or best == float("inf"):
-    t0 = time.perf_counter()
-    jax.block_until_ready(dot(a))
-    best = min(best, time.perf_counter() - t0)
-  return 2 * n ** 3 / best / 1e9

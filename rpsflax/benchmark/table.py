@@ -11,14 +11,28 @@ def _fmt(v, unit=""):
   return f"{v}{unit}"
 
 
+def peak_rows(p: dict) -> list:
+  """One row per peak figure: the measured products, then the ISA x clock x cores ceilings."""
+  rows = [(f"  peak: {name}", v, "GFLOP/s") for name, v in p.get("measured", {}).items()]
+  rows += [(f"  peak: {name} (not measured)", v["gflops_per_sec"], "GFLOP/s")
+           for name, v in p.get("theoretical", {}).items()]
+  return rows
+
+
 def format_table(r: dict) -> str:
   lines = [f"rpsflax benchmark: {r['config'] or r['model']} ({r['model']}, {r['dtype']}, "
            f"batch {r['batch_size']}, {r['image_size']}px) on {r['device_kind']} "
            f"[{r['backend']}, {r['device_count']} device(s), {r['host_cpus']} host CPUs]",
            f"median of {len((r.get('samples') or {}).get('train', []))} round-robin runs of >= "
            f"{r['steps']} steps and >= {r['min_seconds']}s each, after {r['warmup']} warm-up "
-           f"steps; weights {r['weights']}",
-           ""]
+           f"steps; weights {r['weights']}"]
+  cpu = r.get("cpu") or {}
+  if cpu:
+    lines.append(f"host CPU: {cpu['model_name']}, {cpu['isa']} "
+                 f"({' '.join(cpu['vector_flags']) or 'no vector flags read'}), "
+                 f"{cpu['usable_cores']:g} cores; XLA:CPU flags "
+                 f"{' '.join((r.get('xla_cpu') or {}).get('flags') or []) or 'none'}")
+  lines.append("")
   rows = [
       ("train step (frozen as configured)", r["train_images_per_sec"], "img/s"),
       ("eval step", r["eval_images_per_sec"], "img/s"),
@@ -28,8 +42,8 @@ def format_table(r: dict) -> str:
       ("head step on cached features", r["cached_head_images_per_sec"], "img/s"),
       ("train step / forward (time)", r["frozen_step_over_forward"], "x"),
       ("fine-tune step / forward (time)", r["finetune_step_over_forward"], "x"),
-      ("train step / forward (XLA flops)", r["frozen_flops_over_forward"], "x"),
-      ("fine-tune / forward (XLA flops)", r["finetune_flops_over_forward"], "x"),
+      ("train step / forward (model FLOPs)", r["frozen_flops_over_forward"], "x"),
+      ("fine-tune / forward (model FLOPs)", r["finetune_flops_over_forward"], "x"),
       ("train step donates its state", r["train_step_donates_state"], ""),
       ("host round-trips in the train step", r["train_step_host_transfers"] or "none", ""),
       ("decode + resize once", r["decode_images_per_sec"], "img/s"),
@@ -44,10 +58,19 @@ def format_table(r: dict) -> str:
       ("eval speed-up vs Keras (TF) predict", r["eval_speedup_vs_keras"], "x"),
       ("train speed-up vs Keras (JAX)", r["train_speedup_vs_keras_jax"], "x"),
       ("eval speed-up vs Keras (JAX) predict", r["eval_speedup_vs_keras_jax"], "x"),
-      ("machine peak (large dot)", r["peak_gflops_per_sec"], "GFLOP/s"),
-      ("forward achieved", r["forward_gflops_per_sec"], "GFLOP/s"),
+      ("bf16 train step", r["train_bf16_images_per_sec"], "img/s"),
+      ("Keras (TF) mixed_bfloat16 train_on_batch", r["keras_bf16_train_images_per_sec"],
+       "img/s"),
+      ("bf16 train speed-up vs Keras (TF) bf16", r["train_speedup_vs_keras_bf16"], "x"),
+      *peak_rows(r.get("peak") or {}),
+      (f"machine peak (best measured: {(r.get('peak') or {}).get('peak_source', 'n/a')})",
+       r["peak_gflops_per_sec"], "GFLOP/s"),
+      ("forward achieved (model FLOPs)", r["forward_gflops_per_sec"], "GFLOP/s"),
       ("forward / peak", r["forward_fraction_of_peak"], ""),
+      ("train step achieved (model FLOPs)", r["train_step_gflops_per_sec"], "GFLOP/s"),
+      ("train step / peak", r["train_fraction_of_peak"], ""),
       ("Keras (TF) forward achieved", r["keras_forward_gflops_per_sec"], "GFLOP/s"),
+      ("Keras (TF) train step achieved", r["keras_train_gflops_per_sec"], "GFLOP/s"),
       ("train step, XLA default flags", (r["default_xla_flags"] or {}).get(
           "train_images_per_sec"), "img/s"),
       ("train speed-up from rpsflax XLA flags", r["xla_flags_train_speedup"], "x"),
