@@ -18,8 +18,8 @@ scripts/device_references.npz. Stages:
   bench_*    python -m rpsflax.benchmark for rps and catsdogs at their sizes, fp32 and bf16, with
              achieved TFLOP/s and the fraction of the chip's dense bf16 peak
   pipeline   host decode + batching rates of the folder the rps runs use (PIL without TF)
-  overhead   share of a training step's wall time spent outside the jitted call (rps recipe,
-             uncached and cached features)
+  overhead   an epoch of the rps recipe (uncached and cached features) as the run trains it on
+             device-resident data, host-fed, and as one jitted call: the share inside jit
   rps        the 20-epoch recipe from 2,520 PNGs (+372 validation), wall time from command start
              to eval.json: cold and warm compilation cache x uncached and cached features
   catsdogs_big  the 30-epoch recipe at the tutorial's scale: 18,000 train / 6,000 validation
@@ -306,23 +306,23 @@ def refs_config(name: str, image_size: int):
 
 
 def stage_overhead(args, work) -> dict:
-  """Per epoch of the rps recipe: the training loop as train.train_epoch runs it (host batches
-  -> sharding.prefetch_to_mesh -> jitted step, metrics summed on device, one device_get) vs the
-  same number of jitted steps on one device-resident batch. The difference is the time the
-  device would wait for the host: decode/gather, host->device copies, Python per step."""
+  """Per epoch of the rps recipe, uncached and on cached features: the epoch as the run trains it
+  (rpsflax.train.train_epoch over a device-resident `resident.Feed`: chunks of log_every_steps,
+  the progress bar, the sums read one call late) and as the host-fed path trains it
+  (`train.HostFeed`: host batches, one jitted step each), against the same steps in ONE jitted
+  call on the resident data (the device's own time). `inside_jit_fraction` = that one call's
+  time / the resident epoch's wall time: the share of an epoch spent in jitted code."""
   import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
 
-  from rpsflax import features, input_pipeline, models, sharding  # noqa: PLC0415
+  from rpsflax import features, input_pipeline, models, resident, sharding, train  # noqa: PLC0415
   from rpsflax import steps as step_fns  # noqa: PLC0415  (`steps` is a count below)
   from rpsflax.benchmark import inputs  # noqa: PLC0415
 
   s = sizes(args)
-  add = jax.jit(lambda a, m: jax.tree.map(jnp.add, a, m))
   out = {}
   for variant in ("uncached_features", "cached_features"):
     c = refs_config("rps_cached" if variant == "cached_features" else "rps", s["rps_image_size"])
-    c.weights, c.data.dir = "", str(work / "rps")
+    c.weights, c.data.dir, c.data.device_cache = "", str(work / "rps"), "on"
     wd = work / f"overhead_{variant}"
     shutil.rmtree(wd, ignore_errors=True)
     mesh = sharding.make_mesh()
@@ -333,53 +333,54 @@ def stage_overhead(args, work) -> dict:
     model = models.build_model(c)
     state = jax.device_put(step_fns.create_train_state(c, model, params=inputs.random_params(
         c, model)), sharding.replicated(mesh))
+    t0 = time.perf_counter()
     if variant == "cached_features":
-      t0 = time.perf_counter()
       ds, compiled = features.prepare(c, wd, ds, state, mesh, model)
-      step = compiled.train
-      prep_s = time.perf_counter() - t0
     else:
-      step, prep_s = step_fns.jit_train_step(c, model, mesh), 0.0
+      compiled = step_fns.compile_steps(c, model, mesh)
+    prep_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    on_device = resident.load(c, ds, mesh, model, on_features=compiled.on_features)
+    load_s = time.perf_counter() - t0
     rng = jax.random.PRNGKey(0)
+    loop = train.EpochLoop(c, mesh, compiled.train, rng)
+    every = max(1, int(c.log_every_steps))
+    steps = ds.steps_per_epoch
 
-    def epoch_loop(state, e):
-      acc = None
-      for batch in sharding.prefetch_to_mesh(ds.train_batches(e), mesh):
-        state, m = step(state, batch, rng)
-        acc = m if acc is None else add(acc, m)
-      jax.device_get(acc)
+    def resident_epoch(state, e):
+      state, _, _ = train.train_epoch(loop, state, on_device.train_feed(e, rng, every), epoch=e + 1)
       return state
 
-    steps = ds.steps_per_epoch
-    state = epoch_loop(state, 0)  # compiles
-    loop, device, host = [], [], []
+    def host_epoch(state, e):
+      feed = train.HostFeed(loop, ds.train_batches(e), steps)
+      state, _, _ = train.train_epoch(loop, state, feed, epoch=e + 1)
+      return state
+
+    def one_call(state, e):
+      state, sums = on_device.train_feed(e, rng, steps).run(state, None, 0, steps)
+      jax.block_until_ready(sums)
+      return state
+
+    for f in (resident_epoch, host_epoch, one_call):  # compiles, and warms every path
+      state = f(state, 0)
+    samples = {"resident_epoch": [], "host_fed_epoch": [], "one_jitted_call": []}
     for e in range(1, 1 + s["overhead_epochs"]):
-      t0 = time.perf_counter()
-      state = epoch_loop(state, e)
-      loop.append(time.perf_counter() - t0)
-      batch = sharding.shard_batch(next(iter(ds.train_batches(e))), mesh)
-      jax.block_until_ready(batch)
-      t0 = time.perf_counter()
-      acc = None
-      for _ in range(steps):
-        state, m = step(state, batch, rng)
-        acc = m if acc is None else add(acc, m)
-      jax.device_get(acc)
-      device.append(time.perf_counter() - t0)
-      t0 = time.perf_counter()
-      for b in sharding.prefetch_to_mesh(ds.train_batches(e), mesh):
-        jax.block_until_ready(b)
-      host.append(time.perf_counter() - t0)
-    lo, dev, ho = min(loop), min(device), min(host)
+      for name, f in (("resident_epoch", resident_epoch), ("host_fed_epoch", host_epoch),
+                      ("one_jitted_call", one_call)):
+        t0 = time.perf_counter()
+        state = f(state, e)
+        samples[name].append(time.perf_counter() - t0)
+    res, host, dev = (min(samples[k]) for k in ("resident_epoch", "host_fed_epoch",
+                                                "one_jitted_call"))
     out[variant] = {
         "steps_per_epoch": steps, "batch_size": int(c.batch_size),
-        "image_size": int(c.data.image_size), "epoch_loop_seconds": lo,
-        "jitted_steps_seconds": dev, "host_batches_seconds": ho,
-        "outside_jit_fraction": max(0.0, (lo - dev) / lo),
-        "outside_jit_ms_per_step": max(0.0, (lo - dev) / steps * 1e3),
-        "host_batches_ms_per_step": ho / steps * 1e3,
+        "image_size": int(c.data.image_size), "log_every_steps": every,
+        "resident_epoch_seconds": res, "host_fed_epoch_seconds": host,
+        "one_jitted_call_seconds": dev, "inside_jit_fraction": min(1.0, dev / res),
+        "host_fed_inside_jit_fraction": min(1.0, dev / host),
+        "resident_speedup_over_host_fed": host / res,
         "decode_once_seconds": decode_s, "feature_cache_seconds": prep_s,
-        "load_average": os.getloadavg(), "samples": {"loop": loop, "device": device, "host": host}}
+        "to_device_seconds": load_s, "load_average": os.getloadavg(), "samples": samples}
   return out
 
 
@@ -516,18 +517,54 @@ def headline(name: str, r: dict) -> dict:
     return {"train_images_per_sec": r["train_images_per_sec"],
             "forward_images_per_sec": r["forward_images_per_sec"], **r["achieved"]}
   if name == "overhead":
-    return {k: v["outside_jit_fraction"] for k, v in r.items() if isinstance(v, dict)}
+    return {k: {f: v[f] for f in ("inside_jit_fraction", "resident_epoch_seconds",
+                                  "host_fed_epoch_seconds")}
+            for k, v in r.items() if isinstance(v, dict)}
   if name == "rps":
     return {k: v.get("wall_seconds_to_eval_json", "failed") for k, v in r.items()
             if isinstance(v, dict)}
   if name == "catsdogs":
     return {"wall_seconds_to_eval_json": r["wall_seconds_to_eval_json"]}
+  if name == "decode":
+    return {"images_per_sec": r.get("images_per_sec"), "host_cpus": r.get("host_cpus")}
   if name == "catsdogs_big":
     return {k: r[k].get("wall_seconds_to_eval_json", "failed") for k in ("cold", "warm")}
   if name == "pipeline":
     return {k: r[k] for k in ("decode_images_per_sec", "cached_epoch_images_per_sec",
                               "uncached_epoch_images_per_sec", "decoder")}
   return {k: r.get(k) for k in ("backend", "device_kind", "cpu_run", "decoder")}
+
+
+# Issue 21's targets on one H200 (warm compilation cache unless named cold): (stage, path to the
+# figure in its JSON, bound, 'max' = at most / 'min' = at least).
+TARGETS = {
+    "rps_uncached_warm_seconds": ("rps", ("uncached_warm", "wall_seconds_to_eval_json"), 8, "max"),
+    "rps_uncached_cold_seconds": ("rps", ("uncached_cold", "wall_seconds_to_eval_json"), 20, "max"),
+    "rps_cached_warm_seconds": ("rps", ("cached_warm", "wall_seconds_to_eval_json"), 5, "max"),
+    "catsdogs_tutorial_scale_warm_seconds": ("catsdogs_big", ("warm", "wall_seconds_to_eval_json"),
+                                             25, "max"),
+    "decode_pil_images_per_sec_16_workers": ("decode", ("images_per_sec", "pil", "16"), 4000,
+                                             "min"),
+    "cached_head_epoch_inside_jit_fraction": ("overhead", ("cached_features",
+                                                           "inside_jit_fraction"), 0.9, "min"),
+}
+
+
+def targets(out: pathlib.Path) -> dict:
+  """Each target's figure from the stage JSONs, its bound and whether it is met (None: not run)."""
+  result = {}
+  for name, (stage, path, bound, kind) in TARGETS.items():
+    value = None
+    try:
+      value = json.loads((out / f"{stage}.json").read_text())
+      for key in path:
+        value = value[key]
+    except (OSError, KeyError, TypeError, ValueError):
+      value = None
+    ok = None if not isinstance(value, (int, float)) else (
+        value <= bound if kind == "max" else value >= bound)
+    result[name] = {"value": value, "bound": bound, "kind": kind, "met": ok}
+  return result
 
 
 def drive(args) -> int:
@@ -589,7 +626,9 @@ def drive(args) -> int:
     print(f"[device_check] {name}: {status} in {wall:.1f}s "
           f"{json.dumps(entry.get('headline', ''))[:400]}", flush=True)
   summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
+  summary["targets"] = targets(out)
   (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+  print(f"[device_check] targets: {json.dumps(summary['targets'])}", flush=True)
   print(f"[device_check] done in {summary['wall_seconds']:.0f}s, {failed} stage(s) failed; "
         f"{out / 'summary.json'}", flush=True)
   return 1 if failed else 0
