@@ -13,6 +13,9 @@ signal a run at an exact point (no sleeps, no races):
                                  are written in the temporary folder, which is not yet renamed
   RPSFLAX_HOOK=enospc:latest/10  the save of checkpoints/latest/10 fails with OSError ENOSPC as
                                  Orbax commits it (its files written, the folder not renamed)
+  RPSFLAX_HOOK=fill:7:PATH:KIB  before the 8th step, once no checkpoint is being written, fill
+                                 the filesystem of PATH with the file PATH until KIB KiB are
+                                 left: a real full disk (the kernel's ENOSPC) from then on
   RPSFLAX_HOOK=after_scan:vanish:PATH  delete PATH once the readability scan is done (before decoding)
   RPSFLAX_HOOK=after_scan:bomb:PATH    replace PATH by a 13000x13000 PNG bomb at that moment
   RPSFLAX_HOOK=kill:EVENT:N      SIGKILL the process at the Nth EVENT (counted from 1):
@@ -160,6 +163,26 @@ def hook_enospc(which_step: str) -> None:
   _patch_finalize(which_step, full)
 
 
+def _saving(checkpoints: pathlib.Path) -> bool:
+  return any(p.name.endswith("-tmp") for p in checkpoints.glob("*/*"))
+
+
+def hook_fill(arg: str) -> None:
+  """Leave `kib` KiB free on the filesystem of `path` before the step after step n, once the
+  checkpoints already started are on disk (they are saved in the background)."""
+  n, path, kib = arg.split(":")
+  workdir = pathlib.Path(next(a for a in sys.argv if a.startswith("--workdir=")).split("=", 1)[1])
+
+  def fill():
+    deadline = time.time() + PARK_SECONDS
+    while _saving(workdir / "checkpoints") and time.time() < deadline:
+      time.sleep(0.02)
+    st = os.statvfs(path if os.path.isdir(path) else os.path.dirname(path))
+    with open(path, "wb") as f:
+      f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - int(kib) * 1024))
+  before_step(int(n), fill)
+
+
 def hook_after_scan(arg: str) -> None:
   """Delete a file, or turn it into a decompression bomb, after the scan found it readable."""
   from rpsflax import data_files
@@ -284,6 +307,8 @@ def main() -> None:
       hook_commit(arg)
     elif kind == "enospc":
       hook_enospc(arg)
+    elif kind == "fill":
+      hook_fill(arg)
     elif kind == "after_scan":
       hook_after_scan(arg)
     elif kind == "kill":
