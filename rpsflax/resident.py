@@ -156,11 +156,18 @@ def bytes_needed(datasets, splits, devices: int) -> tuple[int, int]:
   return total // devices, total
 
 
-def decide(config, datasets, mesh: Mesh) -> tuple[bool, str]:
+def decide(config, datasets, mesh: Mesh, *, on_features: bool = False) -> tuple[bool, str]:
   """(use it, why): config.data.device_cache against what the run and its devices allow."""
   mode = config.data.device_cache
   if mode == "off":
     return False, "config.data.device_cache='off'"
+  # 'auto' on a CPU keeps images on the host: they are in its memory already, and XLA:CPU ran
+  # the cats-vs-dogs CNN's step inside a loop body far slower than jitted alone (measured in
+  # docs/performance_gpu.md). Cached features (head steps only) gain there: no host work a step.
+  cpu = all(d.platform == "cpu" for d in mesh.devices.flat)
+  if mode == "auto" and cpu and not on_features:
+    return False, ("config.data.device_cache='auto' feeds images from the host on a CPU "
+                   "(they are in its memory already); 'on' forces device-resident epochs")
   why_not = None
   if not datasets.cache:
     why_not = "config.data.cache=False (nothing is decoded up front)"
@@ -283,7 +290,7 @@ class Feed:
 def load(config, datasets, mesh: Mesh, model, *, on_features: bool) -> Optional[Resident]:
   """The run's splits on the devices when config.data.device_cache allows it, else None (the
   host feeds the batches; the log says why)."""
-  use, why = decide(config, datasets, mesh)
+  use, why = decide(config, datasets, mesh, on_features=on_features)
   if not use:
     logging.info("host-fed batches: %s", why)
     return None

@@ -8,6 +8,7 @@ augmentation and dropout, against the straight resident run) and tests/test_cach
 modes, and 4 devices against 1 (a subprocess with 4 CPU devices).
 """
 
+import functools
 import os
 import pathlib
 import subprocess
@@ -52,22 +53,28 @@ def _config(mode):
 
 def test_modes_and_the_budget(monkeypatch):
   mesh = sharding.make_mesh()
+  # Images on a CPU: 'auto' feeds them from the host (they are in its memory already); 'on'
+  # still makes them resident. Cached features follow the budget (below).
   use, why = resident.decide(_config("auto"), _Data(), mesh)
+  assert not use and "feeds images from the host on a CPU" in why
+  assert resident.decide(_config("on"), _Data(), mesh)[0]
+  decide = functools.partial(resident.decide, on_features=True)
+  use, why = decide(_config("auto"), _Data(), mesh)
   assert use and "within the budget" in why
-  assert resident.decide(_config("off"), _Data(), mesh) == (False, "config.data.device_cache='off'")
+  assert decide(_config("off"), _Data(), mesh) == (False, "config.data.device_cache='off'")
   # Nothing decoded up front: 'auto' feeds from the host, 'on' says why it cannot.
-  use, why = resident.decide(_config("auto"), _Data(cache=False), mesh)
+  use, why = decide(_config("auto"), _Data(cache=False), mesh)
   assert not use and "config.data.cache=False" in why
   with pytest.raises(errors.ConfigError, match=r"config.data.device_cache='on'.*config.data.cache"):
-    resident.decide(_config("on"), _Data(cache=False), mesh)
+    decide(_config("on"), _Data(cache=False), mesh)
   # Over the budget: 'auto' says how much and what the budget is; 'on' goes ahead.
   need = (18 + 6) * 48 * 48 * 3
   monkeypatch.setattr(resident, "budget", lambda mesh: (need - 1, False, "a tiny budget"))
-  use, why = resident.decide(_config("auto"), _Data(), mesh)
+  use, why = decide(_config("auto"), _Data(), mesh)
   assert not use and "over the budget (a tiny budget)" in why and "'on' forces it" in why
-  assert resident.decide(_config("on"), _Data(), mesh)[0]
+  assert decide(_config("on"), _Data(), mesh)[0]
   monkeypatch.setattr(resident, "budget", lambda mesh: (need, False, "just enough"))
-  assert resident.decide(_config("auto"), _Data(), mesh)[0]
+  assert decide(_config("auto"), _Data(), mesh)[0]
 
 
 def test_the_budget_is_device_memory_where_devices_report_it(monkeypatch):
@@ -136,6 +143,7 @@ def test_four_devices_train_and_evaluate_as_one_and_gather_the_host_batches_bit_
       c.batch_size, c.eval_batch_size, c.log_every_steps = 4, 6, 2  # eval: 6 rows, 8 on 4 devices
       c.cached_features.augmented_views = 2
       c.head.dropout = 0.5
+      c.data.device_cache = "on"  # images too ('auto' feeds images from the host on a CPU)
       mesh4, mesh1 = sharding.make_mesh(), sharding.make_mesh(jax.devices()[:1])
       assert mesh4.devices.size == 4
       ds = input_pipeline.create_datasets(c, None)

@@ -417,8 +417,8 @@ def test_signal_mid_epoch_saves_and_resumes_bit_identically(straight_run, monkey
                                                             device_cache, signal_at_call,
                                                             stopped_at):
   """A SIGTERM inside epoch 2, on either path, saves the step it reached; the same command
-  resumes to the straight run's end (which ran device-resident: 'auto' on this tiny data), bit
-  for bit: so the host-fed and the resident paths train the same bits."""
+  resumes to the straight run's end (which ran host-fed: 'auto' keeps images on the host on a
+  CPU), bit for bit: so the host-fed and the resident paths train the same bits."""
   import dataclasses
   import signal
 
