@@ -244,5 +244,6 @@ def test_keras_models_know_every_allowed_value():
   (what keras_layer_map converts by)."""
   assert set(keras_models.POOLINGS) == set(heads.POOLINGS)
   assert set(keras_models.OPTIMIZERS) == set(optim.OPTIMIZERS)
-  assert set(keras_models.PREPROCESS) == set(preprocess.PREPROCESSORS)
+  assert set(keras_models.PREPROCESS) == set(preprocess.MODES)
+  assert set(preprocess.PREPROCESS_MODES.values()) <= set(preprocess.MODES)
   assert keras_models.CNN_CONV_NAMES == tuple(models.cnn_conv_names())
