@@ -121,3 +121,30 @@ def test_model_and_step_code_never_import_tensorflow():
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                        check=True).stdout.strip()
   assert out == "[]"
+
+
+# Where a backbone's name may be written: its registry entry (rpsflax/models/) and preprocess.py,
+# whose config.preprocess names are the backbones'. config_base.py holds the defaults (which
+# backbone a run uses when the recipe does not say); every other module asks the registry.
+NAMES_ALLOWED_IN = ("rpsflax/models/", "rpsflax/preprocess.py", "rpsflax/config_base.py")
+
+
+def _backbone_name_literals(names) -> list[str]:
+  found = []
+  for path in sorted(PACKAGE.rglob("*.py")):
+    rel = path.relative_to(REPO).as_posix()
+    if rel.startswith(NAMES_ALLOWED_IN):
+      continue
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Constant) and node.value in names:
+        found.append(f"{rel}:{node.lineno}: {node.value!r}")
+  return found
+
+
+def test_backbone_names_live_in_the_registry():
+  """Adding a backbone is its model file plus one registry line: no other module tests a
+  backbone's name (it reads `models.get_spec(name)` instead)."""
+  from rpsflax import models
+
+  assert "vgg16" in models.BACKBONES  # the names searched for are the registry's
+  assert _backbone_name_literals(set(models.BACKBONES)) == []
