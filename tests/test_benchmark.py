@@ -145,7 +145,7 @@ def step_flops_over_forward(config) -> tuple[float, float]:
   as the benchmark makes them."""
   model = models.build_model(config)
   mesh = sharding.make_mesh(jax.devices()[:1])
-  v = inputs.model_variables(config, model)
+  v = inputs.bench_variables(config, model)
   batch = inputs.synthetic_batch(config, 4)
   rng = jax.random.PRNGKey(0)
 
@@ -190,7 +190,7 @@ def test_keras_peer_of_a_bn_backbone_is_frozen_as_ours(recipe):
   assert set(spec["backbone"]) <= {layer.name for layer in base.layers}
   flax_model = models.build_model(config)
   batch = inputs.synthetic_batch(config, 2)
-  variables = inputs.model_variables(config, flax_model)
+  variables = inputs.bench_variables(config, flax_model)
   ours = jax.eval_shape(jax_figures.forward_fn(config, flax_model), variables, batch["image"])
   assert tuple(base.output_shape[1:]) == ours.shape[1:]
   size = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
