@@ -39,7 +39,7 @@ class BackboneSpec:
   # release(include_top, image_size, alpha) -> the official ImageNet file; None: there is none.
   release: Callable[[bool, int, float], Release] | None = None
   alphas: tuple[float, ...] = ()  # the widths (config.model.alpha) it builds; () if it has none
-  top_size: int = 32  # an input side its module initialises at with the top (VGG16's fc1: 224)
+  top_size: int = 0  # the input side its top is built for (VGG16's fc1: 224); 0: any
   # Keras layer -> head module, for files that hold the head too (the cats-vs-dogs tutorial's).
   head_layers: Mapping[str, str] = dataclasses.field(default_factory=dict)
 

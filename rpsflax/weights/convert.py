@@ -190,7 +190,7 @@ def backbone_target(name: str, include_top: bool = False, alpha: float = 1.0):
   """
   spec = models.get_spec(name)
   module = spec.build(include_top=include_top, alpha=alpha)
-  shapes = _init_shapes(module, max(spec.min_size, spec.top_size if include_top else 0))
+  shapes = _init_shapes(module, (include_top and spec.top_size) or spec.min_size)
   layer_map = {n: (n,) for n in spec.layer_names(include_top, alpha)}
   top = set(spec.layer_names(True, alpha)) - set(layer_map)
   return shapes, layer_map, (() if include_top else tuple(sorted(top | set(_KERAS_ALIASES))))
