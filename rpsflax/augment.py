@@ -22,15 +22,10 @@ Keras quirks kept on purpose, so a recipe means here what it meant in the tutori
   A tuple/list picks one of its values times a random sign, as Keras does.
 - scipy's `wrap` mode wraps with period n-1 (first and last samples overlap), not n; we copy that.
 
-Why the resampling is written here rather than taken from DeepMind's dm-pix
-(`pix.affine_transform`, which mirrors scipy in JAX) or `jax.scipy.ndimage.map_coordinates`
-(measured 2026-12-02 with dm-pix 0.4.5 on a sub-pixel shift, and map_coordinates on a rotated,
-sheared and zoomed batch): dm-pix agrees with this module to 3e-5 (of 0..255) for the 'nearest',
-'constant' and 'reflect' fill modes but differs by up to 128 for 'wrap' (it wraps with period n;
-scipy, and so Keras, with n-1), and it would add three packages (dm-pix, chex, toolz);
-map_coordinates differs by up to 246 for 'constant' and 252 for 'wrap' (grid modes, not
-scipy's). Speed was within the noise of a shared 2-core machine. The Keras parity tests in
-tests/test_augment.py hold this module to scipy's meaning in every mode.
+The resampling is written here rather than taken from DeepMind's dm-pix (`pix.affine_transform`)
+or `jax.scipy.ndimage.map_coordinates` because neither wraps as scipy (so Keras) does, and
+map_coordinates' 'constant' mode differs too; the comparison is in docs/augment.md. The Keras
+parity tests in tests/test_augment.py hold this module to scipy's meaning in every mode.
 """
 
 from typing import Any, Mapping

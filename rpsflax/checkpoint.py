@@ -47,6 +47,7 @@ from rpsflax import frozen_store
 from rpsflax.atomic import free_space
 from rpsflax.checksums import state_digest
 from rpsflax.errors import CheckpointError, WriteError
+from rpsflax.sharding import abstract_like
 
 LATEST = "latest"
 BEST = "best"
@@ -86,14 +87,6 @@ def _manager(directory: pathlib.Path, max_to_keep: int, async_save: bool,
       multiprocessing_options=ocp.options.MultiprocessingOptions(
           barrier_sync_key_prefix=f"rpsflax_{directory.name}"))
   return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
-
-
-def abstract_like(tree, sharding=None):
-  """ShapeDtypeStructs (with `sharding`, or each leaf's own) to restore into."""
-  def leaf(x):
-    s = sharding if sharding is not None else getattr(x, "sharding", None)
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-  return jax.tree.map(leaf, tree)
 
 
 class Checkpoints:
@@ -183,8 +176,8 @@ class Checkpoints:
     """(state, meta) from the latest (or given) step, placed like `target`; None when there is none.
 
     `target` is a pytree of arrays or ShapeDtypeStructs with the structure of the saved state
-    (e.g. `abstract_like(state, replicated_sharding)`); arrays come back with its shardings, so
-    a checkpoint written on 8 devices restores on 1.
+    (e.g. `sharding.abstract_like(state, replicated_sharding)`); arrays come back with its
+    shardings, so a checkpoint written on 8 devices restores on 1.
     """
     mngr = self._which(which)
     step = mngr.latest_step() if step is None else step

@@ -14,21 +14,12 @@ import ml_collections
 from rpsflax import augment, config_base, data_files, models, optim, preprocess
 from rpsflax.models import heads
 from rpsflax.errors import ConfigError
-from rpsflax.models.mobilenet_v2 import MOBILENET_V2_ALPHAS
-
-
 
 
 def min_image_size(model_name: str) -> int:
   """Smallest input side the backbone accepts (every pool must still see at least 1 pixel)."""
-  if model_name in ("vgg16", "resnet50", "mobilenet_v2"):
-    return 32  # five 2x2 pools (VGG16); Keras' min_size for ResNet50 and MobileNetV2
-  if model_name == "cnn":
-    size = 1
-    for _ in range(4):  # undo MaxPool(2) then a 3x3 'valid' conv, four times
-      size = 2 * size + 2
-    return size
-  return 1
+  spec = models.REGISTRY.get(model_name)
+  return spec.min_size if spec else 1
 
 
 def _unknown_and_types(cfg, base, prefix, problems):
@@ -83,8 +74,9 @@ def check_config(config) -> None:
   c = config
   _check_choice(problems, "config.model.name", c.model.name, models.BACKBONES)
   _check_choice(problems, "config.model.dtype", c.model.dtype, models.DTYPES)
-  if c.model.name == "mobilenet_v2":
-    _check_choice(problems, "config.model.alpha", c.model.alpha, MOBILENET_V2_ALPHAS)
+  spec = models.REGISTRY.get(c.model.name)
+  if spec and spec.alphas:  # a backbone with widths
+    _check_choice(problems, "config.model.alpha", c.model.alpha, spec.alphas)
   _check_choice(problems, "config.head.pooling", c.head.pooling, heads.POOLINGS)
   _check_choice(problems, "config.head.hidden_activation", c.head.hidden_activation,
                 tuple(heads.ACTIVATIONS))

@@ -2,7 +2,7 @@
 
 PIL releases the GIL while it decodes, converts and resizes, but opening a file, parsing its
 header in Python and making the array hold it, so decoding threads stop scaling after a few
-cores (about 800 images/s on 16 cores, issue 21). Here each worker is its own `python` process
+cores (docs/decoding.md has the figures). Here each worker is its own `python` process
 running `pil_image.load_image`, the very function the threads run, so the pixels are the same
 bits; it sends each image back through its pipe straight into the caller's array.
 

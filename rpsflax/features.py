@@ -40,7 +40,7 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from rpsflax import augment, data_files, errors, models, optim, sharding, steps
+from rpsflax import atomic, augment, data_files, errors, models, optim, sharding, steps
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -293,16 +293,12 @@ def save_cache(directory, fields: dict, arrays: dict, seconds: float) -> pathlib
   directory.mkdir(parents=True, exist_ok=True)
   (directory / MANIFEST).unlink(missing_ok=True)  # invalid until rewritten
   for split, a in arrays.items():
-    tmp = directory / f".{split}.npy.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-      np.save(f, np.ascontiguousarray(a, np.float32))
-    os.replace(tmp, directory / f"{split}.npy")
+    with atomic.replacing(directory / f"{split}.npy") as tmp, open(tmp, "wb") as f:
+      np.save(f, np.ascontiguousarray(a, np.float32))  # a file object: no '.npy' appended
   manifest = {"key": _key(fields), "fields": fields, "seconds": round(seconds, 3),
               "splits": {s: {"shape": list(a.shape), "views": int(a.shape[0])}
                          for s, a in arrays.items()}}
-  tmp = directory / f".{MANIFEST}.tmp{os.getpid()}"
-  tmp.write_text(json.dumps(manifest, indent=1))
-  os.replace(tmp, directory / MANIFEST)
+  atomic.write_text(directory / MANIFEST, json.dumps(manifest, indent=1))
   return directory
 
 

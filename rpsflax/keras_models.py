@@ -2,10 +2,12 @@
 MobileNetV2, the cats-vs-dogs tutorial's convnet, and any of them under a head and optimizer
 read from a config.
 
-The parity tests (tests/keras_reference.py) hold the Flax models against `vgg16` and
+The parity tests (tests/keras_reference.py) hold the Flax models against `application` and
 `tutorial_cnn`; the benchmark's Keras worker times `classifier(spec)`. The numbers below are the
 tutorial's, written out here rather than read from rpsflax.models: this is the reference the
-port is tested against, so it must not follow the port.
+port is tested against, so it must not follow the port. Which Keras application and which
+preprocessing mode a backbone is comes from its registry entry (rpsflax.models.get_spec), passed
+in by the caller: this module imports nothing of the port, so the Keras worker stays free of Flax.
 
 Keras is imported inside the functions, never at import time: TensorFlow takes seconds to import,
 the benchmark's worker sets KERAS_BACKEND before it, and a machine without TensorFlow can still
@@ -33,11 +35,11 @@ OPTIMIZERS = {
     "adam": lambda k, o: k.optimizers.Adam(o["learning_rate"], epsilon=o["epsilon"]),
     "sgd": lambda k, o: k.optimizers.SGD(o["learning_rate"], momentum=o["momentum"]),
 }
-# config.preprocess -> the Keras-side transform of float32 pixels.
+# Keras' preprocessing modes (rpsflax.preprocess.MODES) -> the Keras-side transform of float32
+# pixels: keras.applications.<app>.preprocess_input is imagenet_utils' with the app's mode.
 PREPROCESS = {
-    "vgg16": lambda k, x: k.applications.vgg16.preprocess_input(x),  # 'caffe' mode
-    "resnet50": lambda k, x: k.applications.resnet50.preprocess_input(x),  # 'caffe' mode
-    "mobilenet_v2": lambda k, x: k.applications.mobilenet_v2.preprocess_input(x),  # 'tf' mode
+    "caffe": lambda k, x: k.applications.imagenet_utils.preprocess_input(x, mode="caffe"),
+    "tf": lambda k, x: k.applications.imagenet_utils.preprocess_input(x, mode="tf"),
     "rescale": lambda k, x: x * np.float32(1.0 / 255.0),
     "none": lambda k, x: x,
 }
@@ -49,22 +51,12 @@ def _keras():
   return keras
 
 
-def vgg16(image_size: int = 224, include_top: bool = False):
-  """keras.applications.VGG16(weights=None): Keras' own layers and names (block1_conv1, ...)."""
-  return application("vgg16", image_size, include_top=include_top)
-
-
-def application(name: str, image_size: int, *, include_top: bool = False, alpha: float = 1.0):
-  """keras.applications' VGG16, ResNet50 or MobileNetV2 (config.model.name), weights=None."""
-  apps = _keras().applications
-  shape = (image_size, image_size, 3)
-  if name == "vgg16":
-    return apps.VGG16(weights=None, include_top=include_top, input_shape=shape)
-  if name == "resnet50":
-    return apps.ResNet50(weights=None, include_top=include_top, input_shape=shape)
-  if name == "mobilenet_v2":
-    return apps.MobileNetV2(weights=None, include_top=include_top, alpha=alpha, input_shape=shape)
-  raise ValueError(f"no Keras application {name!r}: use vgg16, resnet50 or mobilenet_v2")
+def application(keras_name: str, image_size: int, *, include_top: bool = False, **kwargs):
+  """keras.applications.<keras_name> (a spec's keras_application: VGG16, ResNet50, MobileNetV2),
+  weights=None; kwargs: its width (spec.keras_kwargs(alpha))."""
+  build = getattr(_keras().applications, keras_name)
+  return build(weights=None, include_top=include_top, input_shape=(image_size, image_size, 3),
+               **kwargs)
 
 
 def cnn_layers(conv_names=CNN_CONV_NAMES) -> list:
@@ -103,24 +95,27 @@ def tutorial_cnn(image_size: int = 150):
                        *head_layers(TUTORIAL_HEAD, TUTORIAL_DENSE_NAMES)], name="sequential")
 
 
-def preprocess(name: str, images: np.ndarray) -> np.ndarray:
-  """uint8 or float pixels -> the model's input, as Keras users preprocess them."""
-  return PREPROCESS[name](_keras(), images.astype(np.float32))
+def preprocess(mode: str, images: np.ndarray) -> np.ndarray:
+  """uint8 or float pixels -> the model's input, as Keras users preprocess them (`mode`: a key
+  of PREPROCESS)."""
+  return PREPROCESS[mode](_keras(), images.astype(np.float32))
 
 
 def classifier(spec: dict):
   """(compiled model, backbone) as the tutorials build them, from a config's Keras spec
-  (rpsflax.benchmark.keras_peer.keras_spec): backbone, head, trainable flags, optimizer, loss.
+  (rpsflax.benchmark.keras_peer.keras_spec): backbone (its Keras application, or '' for the
+  tutorial's conv stack), head, trainable flags, optimizer, loss.
   A fully frozen backbone is `base.trainable = False` and called with training=False, the
   transfer-learning tutorial's way; otherwise each layer keeps its own flag, and the backbone
   is still called with training=False unless spec['bn_trainable'] (BatchNorm in inference mode,
   as Keras' fine-tuning guide keeps it; VGG16 and the CNN have no layer it changes)."""
   k = _keras()
   size = spec["image_size"]
-  if spec["model"] == "cnn":
-    base = k.Sequential([k.Input((size, size, 3)), *cnn_layers(spec["backbone"])], name="cnn")
+  if not spec["keras_application"]:  # the tutorial's convnet
+    base = k.Sequential([k.Input((size, size, 3)), *cnn_layers(spec["backbone"])],
+                        name=spec["model"])
   else:
-    base = application(spec["model"], size, alpha=spec.get("alpha", 1.0))
+    base = application(spec["keras_application"], size, **spec["keras_kwargs"])
   flags = [spec["trainable"][n] for n in spec["backbone"]]
   if not any(flags):
     base.trainable = False

@@ -6,7 +6,7 @@ matched with `re.search` (anchor with ^ and $ for an exact match):
     (the first group that matches wins; a group pattern makes a parameter trainable);
   - `config.trainable` (patterns): label 'trainable', trained at `config.optim.learning_rate`;
   - everything else: 'frozen' -> `optax.set_to_zero()`. The training step also computes no
-    gradient for frozen parameters (see `rpsflax.train`), so freezing is free.
+    gradient for frozen parameters (`rpsflax.steps.make_train_step`), so freezing is free.
 
 Optimizers follow Keras 3 (the tutorials' framework):
   - rmsprop: v = rho*v + (1-rho)*g^2;  p -= lr*g / sqrt(v + eps), v starts at 0. Keras 3 puts

@@ -1,17 +1,22 @@
-"""Framework-exact input transforms, in JAX (no TensorFlow).
+"""Framework-exact input transforms, in JAX (no TensorFlow), by Keras' preprocessing mode.
 
-`vgg16_preprocess` equals keras.applications.vgg16.preprocess_input ('caffe' mode):
-RGB -> BGR and subtract the ImageNet BGR mean, no scaling; keras.applications.resnet50's
-preprocess_input is the same caffe mode (`resnet50_preprocess`).
-`mobilenet_v2_preprocess` equals keras.applications.mobilenet_v2.preprocess_input ('tf' mode):
-x / 127.5 - 1 in float32, a division as NumPy does it in Keras, so [0, 255] -> [-1, 1] bit for bit. `rescale` equals
-ImageDataGenerator(rescale=1./255): a float32 multiply by float32(1/255), not a division,
-so the rounding matches Keras bit for bit.
+'caffe' (`vgg16_preprocess`) equals keras.applications.vgg16.preprocess_input: RGB -> BGR and
+subtract the ImageNet BGR mean, no scaling; keras.applications.resnet50's preprocess_input is the
+same mode (`resnet50_preprocess`).
+'tf' (`mobilenet_v2_preprocess`) equals keras.applications.mobilenet_v2.preprocess_input:
+x / 127.5 - 1 in float32, a division as NumPy does it in Keras, so [0, 255] -> [-1, 1] bit for
+bit. 'rescale' equals ImageDataGenerator(rescale=1./255): a float32 multiply by float32(1/255),
+not a division, so the rounding matches Keras bit for bit.
+
+config.preprocess names a backbone (its spec's `preprocess_mode`, as Keras pairs each
+application with its preprocess_input), 'rescale' or 'none'.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from rpsflax import models
 
 IMAGENET_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 _ONE_OVER_255 = np.float32(1.0 / 255.0)
@@ -50,9 +55,15 @@ def identity(images, dtype=jnp.float32):
   return jnp.asarray(images, jnp.float32).astype(dtype)
 
 
-# config.preprocess names, one per backbone (config_check reads them).
-PREPROCESSORS = {"vgg16": vgg16_preprocess, "resnet50": resnet50_preprocess,
-                 "mobilenet_v2": mobilenet_v2_preprocess, "rescale": rescale, "none": identity}
+# Keras' preprocessing modes (imagenet_utils.preprocess_input's `mode`, plus the tutorials' 1/255).
+MODES = {"caffe": vgg16_preprocess, "tf": mobilenet_v2_preprocess, "rescale": rescale,
+         "none": identity}
+# config.preprocess -> its mode: each Keras application's own, 'rescale', 'none' (config_check
+# reads the names).
+PREPROCESS_MODES = {**{n: s.preprocess_mode for n, s in models.REGISTRY.items()
+                       if s.keras_application},
+                    "rescale": "rescale", "none": "none"}
+PREPROCESSORS = {name: MODES[mode] for name, mode in PREPROCESS_MODES.items()}
 
 
 def get_preprocessor(name: str):

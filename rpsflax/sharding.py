@@ -108,6 +108,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def abstract_like(tree, sharding=None):
+  """ShapeDtypeStructs (with `sharding`, or each leaf's own) to restore into."""
+  def leaf(x):
+    s = sharding if sharding is not None else getattr(x, "sharding", None)
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+  return jax.tree.map(leaf, tree)
+
+
 def local_device_count(mesh: Mesh) -> int:
   """Devices of `mesh` that belong to this process."""
   return sum(d.process_index == jax.process_index() for d in mesh.devices.flat)

@@ -25,8 +25,7 @@ from flax import traverse_util
 from jax.sharding import Mesh
 
 from rpsflax import augment, models, optim, preprocess
-from rpsflax import checkpoint as ckpt_lib
-from rpsflax.sharding import data_sharding, replicated
+from rpsflax.sharding import abstract_like, data_sharding, replicated
 
 _NO_STEP = np.iinfo(np.int32).max  # "no non-finite step seen" in the min-accumulated metric
 
@@ -88,7 +87,7 @@ def abstract_train_state(config, model, sharding=None) -> TrainState:
   """Shapes and dtypes of `create_train_state` (nothing computed): a checkpoint restore target."""
   abstract = jax.eval_shape(lambda rng: create_train_state(config, model, rng),
                             jax.random.PRNGKey(0))
-  return ckpt_lib.abstract_like(abstract, sharding) if sharding is not None else abstract
+  return abstract_like(abstract, sharding) if sharding is not None else abstract
 
 # ---------------------------------------------------------------------------------------------
 # Loss, metrics and the steps

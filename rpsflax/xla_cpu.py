@@ -2,9 +2,9 @@
 before the backend starts.
 
 jaxlib 0.10 hands convolutions and reductions on the CPU to YNNPACK. On the two models' layers
-YNNPACK's convolutions ran 3-13x slower than XLA's Eigen path on AVX2 (forward and, worse,
-backward) and its reductions slow the max-pool; dots stay with YNNPACK, where they are fast. The
-figures, per layer and per ISA, are in docs/performance_cpu.md; `scripts/profile_convs.py` and
+YNNPACK's convolutions ran slower than XLA's Eigen path on AVX2 (forward and, worse, backward)
+and its reductions slow the max-pool; dots stay with YNNPACK, where they are fast. The figures,
+per layer and per ISA, are in docs/performance_cpu.md; `scripts/profile_convs.py` and
 `python -m rpsflax.benchmark --compare-flags` measure them again on any CPU.
 
 - Per ISA (rpsflax/cpuinfo.py reads it from /proc/cpuinfo at import): FLAGS_BY_ISA names each

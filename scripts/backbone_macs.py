@@ -21,7 +21,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from rpsflax.benchmark.flops import layer_macs  # noqa: E402
-from rpsflax.models import IMAGENET_BACKBONES, backbone_module  # noqa: E402
+from rpsflax.models import IMAGENET_BACKBONES, backbone_module, get_spec  # noqa: E402
 
 
 def count_macs(module, size: int) -> int:
@@ -45,7 +45,8 @@ def main(argv=None):
   args = p.parse_args(argv)
   for name in IMAGENET_BACKBONES:
     notop = count_macs(backbone_module(name), args.size)
-    top = count_macs(backbone_module(name, include_top=True), 224 if name == "vgg16" else args.size)
+    top_size = get_spec(name).top_size or args.size  # VGG16's top is built for 224
+    top = count_macs(backbone_module(name, include_top=True), top_size)
     print(f"{name:14s} {args.size}x{args.size}: {notop / 1e9:6.3f} GMAC without top, "
           f"{top / 1e9:6.3f} with top")
 

@@ -30,8 +30,6 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from rpsflax import errors  # noqa: E402  (after the path: this checkout's rpsflax)
 
-BACKBONES = ("vgg16", "resnet50", "mobilenet_v2")  # the ImageNet releases (rpsflax.weights.release)
-
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(
@@ -59,13 +57,16 @@ def parse_args(argv=None):
                  help="ImageNet backbones: also convert the top (VGG16's fc1, fc2; the "
                       "1000-class predictions layer; the file must have them). Without it a "
                       "file's top layers are ignored.")
-  p.add_argument("--model", choices=BACKBONES + ("cnn",), default="vgg16",
-                 help="vgg16, resnet50, mobilenet_v2: the standalone Keras application (Flax "
-                      "paths are Keras layer names: block1_conv1/..., conv1_bn/...). cnn: the "
-                      "cats-vs-dogs model of configs/catsdogs.py (conv2d..conv2d_3 -> backbone, "
-                      "dense/dense_1 -> head/hidden_0, head/predictions when present).")
+  p.add_argument("--model", default="vgg16", metavar="NAME",
+                 help="a backbone of the registry (rpsflax.models.BACKBONES; default vgg16). One "
+                      "with an ImageNet release (vgg16, resnet50, mobilenet_v2) converts as the "
+                      "standalone Keras application (Flax paths are Keras layer names: "
+                      "block1_conv1/..., conv1_bn/...). One without (cnn) converts as the model "
+                      "of configs/catsdogs.py (conv2d..conv2d_3 -> backbone, dense/dense_1 -> "
+                      "head/hidden_0, head/predictions when present).")
   p.add_argument("--alpha", type=float, default=1.0,
-                 help="mobilenet_v2 only: width multiplier (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)")
+                 help="backbones with widths (mobilenet_v2): width multiplier (0.35, 0.5, 0.75, "
+                      "1.0, 1.3, 1.4)")
   p.add_argument("--image-size", type=int, default=0,
                  help="cnn: input size the dense layer was built for (default: the config's "
                       "data.image_size, 150). mobilenet_v2: which release to download (96, 128, "
@@ -85,38 +86,42 @@ def user_error(message: str) -> int:
 def main(argv=None) -> int:
   args = parse_args(argv)
   # After the flags parse: --help and bad arguments answer without loading JAX.
+  from rpsflax import models  # noqa: PLC0415
   from rpsflax import weights as W  # noqa: PLC0415
 
-  if args.model == "cnn" and args.include_top:
-    return user_error("--include-top is for the ImageNet backbones; a cnn file's dense layers "
-                      "are always converted")
-  if args.model == "cnn" and not args.input:
-    return user_error("--model cnn needs --input FILE: there is no official release of this model")
+  spec = models.REGISTRY.get(args.model)
+  if spec is None:
+    return user_error(f"--model {args.model}: use one of {', '.join(models.BACKBONES)}")
+  if spec.release is None and args.include_top:
+    return user_error(f"--include-top is for the ImageNet backbones; a {args.model} file's dense "
+                      "layers are always converted")
+  if spec.release is None and not args.input:
+    return user_error(f"--model {args.model} needs --input FILE: there is no official release "
+                      "of this model")
 
   t0 = time.time()
   try:
-    if args.model == "cnn":
-      output = pathlib.Path(args.output or REPO / "weights" / "catsdogs_cnn")
-      source = args.input
-    else:
+    if spec.release is not None:  # the standalone Keras application
       rel = W.release(args.model, args.include_top, args.image_size or 224, args.alpha)
       output = pathlib.Path(args.output or REPO / "weights" / rel.folder)
       source = args.input or W.download_release(rel)
-    if args.model in BACKBONES:
       shapes, layer_map, ignore = W.backbone_target(args.model, args.include_top, args.alpha)
-      alpha = f", alpha={args.alpha}" if args.model == "mobilenet_v2" else ""
+      alpha = f", alpha={args.alpha}" if spec.alphas else ""
       optional = ()
-      desc = f"{W.KERAS_NAMES[args.model]}(include_top={args.include_top}{alpha})"
-    else:
+      desc = f"{spec.keras_application}(include_top={args.include_top}{alpha})"
+    else:  # the tutorial's whole model: backbone and head
+      output = pathlib.Path(args.output or REPO / "weights" / f"catsdogs_{args.model}")
+      source = args.input
       from rpsflax import config_base  # noqa: PLC0415
       config = config_base.load_sibling(str(REPO / "configs" / "catsdogs.py"), "catsdogs").get_config()
+      config.model.name = args.model
       shapes, layer_map, optional = W.model_target(config, args.image_size or None)
       ignore, desc = (), "build_model(configs/catsdogs.py)"
     variables, manifest = W.convert_keras_file(source, shapes, layer_map, optional=optional,
                                                ignore=ignore, description=desc)
     manifest["include_top"] = bool(args.include_top)
     W.save_converted(output, variables, manifest)
-  except errors.WeightsError as e:
+  except (errors.WeightsError, errors.WriteError) as e:
     return user_error(str(e))
 
   layers = manifest["layers"]

@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
-from rpsflax import keras_models  # noqa: E402  (imports Keras only when a model is built)
+from rpsflax import keras_models, models  # noqa: E402  (Keras only when a model is built)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("RPSFLAX_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -71,7 +71,8 @@ def _leaf_layers(model):
 def seeded_vgg16(include_top: bool, seed: int = 0):
   """keras.applications.VGG16(weights=None) with seeded He-normal weights (224x224 input)."""
   keras().utils.set_random_seed(seed)
-  model = keras_models.vgg16(224, include_top=include_top)
+  model = keras_models.application(models.get_spec("vgg16").keras_application, 224,
+                                   include_top=include_top)
   # Inputs are caffe-preprocessed pixels (O(100)): biases of N(0, 5) matter at that scale.
   # predictions: logits O(1) so the 1000-way softmax is informative, not one-hot.
   reseed_weights(model, seed, out_scale={"predictions": 0.01}, bias_std=5.0)
@@ -223,8 +224,10 @@ def seeded_bn_backbone(name: str, include_top: bool, size: int, seed: int = 0, a
   """
   k = keras()
   k.utils.set_random_seed(seed)
-  model = keras_models.application(name, size, include_top=include_top, alpha=alpha)
-  prep = lambda x: keras_models.PREPROCESS[name](k, x)  # resnet50 / mobilenet_v2 preprocess_input
+  spec = models.get_spec(name)
+  model = keras_models.application(spec.keras_application, size, include_top=include_top,
+                                   **spec.keras_kwargs(alpha))
+  prep = lambda x: keras_models.PREPROCESS[spec.preprocess_mode](k, x)  # its preprocess_input
   rng = np.random.default_rng(seed)
   bns = []
   for layer in _leaf_layers(model):

@@ -121,3 +121,115 @@ def test_model_and_step_code_never_import_tensorflow():
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                        check=True).stdout.strip()
   assert out == "[]"
+
+
+# Where a backbone's name may be written: its registry entry (rpsflax/models/) and preprocess.py,
+# whose config.preprocess names are the backbones'. config_base.py holds the defaults (which
+# backbone a run uses when the recipe does not say); every other module asks the registry.
+NAMES_ALLOWED_IN = ("rpsflax/models/", "rpsflax/preprocess.py", "rpsflax/config_base.py")
+
+
+def _backbone_name_literals(names) -> list[str]:
+  found = []
+  for path in sorted(PACKAGE.rglob("*.py")):
+    rel = path.relative_to(REPO).as_posix()
+    if rel.startswith(NAMES_ALLOWED_IN):
+      continue
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Constant) and node.value in names:
+        found.append(f"{rel}:{node.lineno}: {node.value!r}")
+  return found
+
+
+def test_backbone_names_live_in_the_registry():
+  """Adding a backbone is its model file plus one registry line: no other module tests a
+  backbone's name (it reads `models.get_spec(name)` instead)."""
+  from rpsflax import models
+
+  assert "vgg16" in models.BACKBONES  # the names searched for are the registry's
+  assert _backbone_name_literals(set(models.BACKBONES)) == []
+
+
+# docs/architecture.md names modules, functions, classes and config keys in `backticks`: each
+# must still exist under that name, so a rename fails here until the page follows.
+ARCHITECTURE_DOC = REPO / "docs" / "architecture.md"
+
+
+def _defined_names(body) -> set[str]:
+  names = set()
+  for node in body:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+      names.add(node.name)
+    elif isinstance(node, ast.Assign):
+      names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+      names.add(node.target.id)
+    elif isinstance(node, (ast.Import, ast.ImportFrom)):
+      names.update((a.asname or a.name).split(".")[0] for a in node.names)
+  return names
+
+
+def _module_path(dotted: str):
+  base = PACKAGE.joinpath(*dotted.split("."))
+  for path in (base.with_suffix(".py"), base / "__init__.py"):
+    if path.is_file():
+      return path
+  return None
+
+
+def _resolves(name: str) -> bool:
+  """`steps.make_train_step`, `checkpoint.Checkpoints.restore`, `weights.check_spec`: the
+  longest prefix that is an rpsflax module, then a top-level name, then a class member."""
+  parts = name.split(".")
+  for cut in range(len(parts), 0, -1):
+    path = _module_path(".".join(parts[:cut]))
+    if path is None:
+      continue
+    rest, body = parts[cut:], ast.parse(path.read_text()).body
+    for i, part in enumerate(rest):
+      if part not in _defined_names(body):
+        return False
+      if i + 1 < len(rest):
+        body = next((n.body for n in body if isinstance(n, ast.ClassDef) and n.name == part), [])
+    return True
+  return False
+
+
+def _cited_names(text: str) -> tuple[list[str], list[str], list[str]]:
+  """(rpsflax names, config keys, source files) cited in backticks; commands, run outputs and
+  JAX's names are not checked."""
+  import re  # noqa: PLC0415
+
+  ours, keys, files = [], [], []
+  for token in re.findall(r"`([^`]+)`", text):
+    token = token.split("(")[0]
+    if re.fullmatch(r"[\w/]+\.py", token):
+      files.append(token)
+    elif re.fullmatch(r"[\w/]+\.(json|png|md)", token):  # what a run writes, other pages
+      continue
+    elif not re.fullmatch(r"[A-Za-z_]\w*(\.\w+)*", token):
+      continue
+    elif token.startswith("config."):
+      keys.append(token)
+    elif _module_path(token.split(".")[0]) is not None:
+      ours.append(token)
+  return ours, keys, files
+
+
+def test_architecture_doc_names_what_the_code_has():
+  from rpsflax import config_base  # noqa: PLC0415
+
+  ours, keys, files = _cited_names(ARCHITECTURE_DOC.read_text())
+  assert len(ours) > 40 and "steps.make_train_step" in ours  # the page is read as meant
+  assert [n for n in ours if not _resolves(n)] == []
+  assert [f for f in files if not ((REPO / f).is_file() or (PACKAGE / f).is_file())] == []
+  base = config_base.get_config()
+  missing = []
+  for key in keys:
+    node = base
+    for part in key.split(".")[1:]:
+      if part not in node:
+        missing.append(key)
+        break
+      node = node[part]
+  assert missing == []

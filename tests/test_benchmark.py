@@ -145,7 +145,7 @@ def step_flops_over_forward(config) -> tuple[float, float]:
   as the benchmark makes them."""
   model = models.build_model(config)
   mesh = sharding.make_mesh(jax.devices()[:1])
-  v = inputs.model_variables(config, model)
+  v = inputs.bench_variables(config, model)
   batch = inputs.synthetic_batch(config, 4)
   rng = jax.random.PRNGKey(0)
 
@@ -190,7 +190,7 @@ def test_keras_peer_of_a_bn_backbone_is_frozen_as_ours(recipe):
   assert set(spec["backbone"]) <= {layer.name for layer in base.layers}
   flax_model = models.build_model(config)
   batch = inputs.synthetic_batch(config, 2)
-  variables = inputs.model_variables(config, flax_model)
+  variables = inputs.bench_variables(config, flax_model)
   ours = jax.eval_shape(jax_figures.forward_fn(config, flax_model), variables, batch["image"])
   assert tuple(base.output_shape[1:]) == ours.shape[1:]
   size = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
@@ -244,5 +244,6 @@ def test_keras_models_know_every_allowed_value():
   (what keras_layer_map converts by)."""
   assert set(keras_models.POOLINGS) == set(heads.POOLINGS)
   assert set(keras_models.OPTIMIZERS) == set(optim.OPTIMIZERS)
-  assert set(keras_models.PREPROCESS) == set(preprocess.PREPROCESSORS)
+  assert set(keras_models.PREPROCESS) == set(preprocess.MODES)
+  assert set(preprocess.PREPROCESS_MODES.values()) <= set(preprocess.MODES)
   assert keras_models.CNN_CONV_NAMES == tuple(models.cnn_conv_names())

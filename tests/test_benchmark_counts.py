@@ -24,7 +24,7 @@ def xla_counts(config, model, batch: int = 4) -> tuple[float, float]:
   """(forward, train step) FLOPs by XLA's cost analysis of the lowered computations on the CPU,
   where XLA counts its convolutions itself (cheap: lowered, not compiled)."""
   mesh = sharding.make_mesh(jax.devices()[:1])
-  v = inputs.model_variables(config, model)
+  v = inputs.bench_variables(config, model)
   b = inputs.synthetic_batch(config, batch)
   fwd = jax.jit(jax_figures.forward_fn(config, model)).lower(
       steps.model_variables(v["params"], v["batch_stats"]), b["image"]).cost_analysis()["flops"]

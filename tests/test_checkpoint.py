@@ -104,7 +104,7 @@ def test_restore_places_arrays_with_the_target_sharding(tmp_path):
     ckpts.wait()
     assert ckpts.restore_meta() == {"step": 2, "epoch": 1}
   mesh = sharding.make_mesh()
-  target = checkpoint.abstract_like(_state(0), sharding.replicated(mesh))
+  target = sharding.abstract_like(_state(0), sharding.replicated(mesh))
   restored, _ = checkpoint.restore_latest(tmp_path, target)
   for leaf in jax.tree.leaves(restored):
     assert leaf.sharding.is_equivalent_to(sharding.replicated(mesh), leaf.ndim)

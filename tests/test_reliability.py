@@ -555,7 +555,7 @@ def test_no_pickle_anywhere_in_the_package():
         if pattern.search(line):
           offenders.append(f"{path.relative_to(REPO)}:{i}: {line.strip()}")
   assert not offenders, "\n".join(offenders)
-  assert "safe_mode=True" in (REPO / "rpsflax" / "weights.py").read_text()
+  assert "safe_mode=True" in (REPO / "rpsflax" / "weights" / "keras_files.py").read_text()
 
 
 def test_closed_event_loop_reports_are_dropped_and_other_ones_kept(monkeypatch):

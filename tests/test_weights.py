@@ -18,7 +18,7 @@ import pytest
 import keras_reference as kr
 from rpsflax import config_base
 from rpsflax import weights as W
-from rpsflax.models import build_model, keras_layer_map
+from rpsflax.models import build_model, keras_layer_map, vgg
 from rpsflax.models.vgg import vgg16_layer_names
 from rpsflax import errors
 
@@ -426,13 +426,13 @@ def test_imagenet_uses_cached_release_without_keras(vgg_classifier, notop_file, 
                                                     monkeypatch, notop):
   """'imagenet' finds the release in Keras' cache (md5-checked) with no Keras import."""
   config, _, params = vgg_classifier
-  fname = W.VGG16_RELEASES[False][0]
+  fname = vgg.VGG16_RELEASES[False][0]
   (tmp_path / "models").mkdir()
   shutil.copy(notop_file, tmp_path / "models" / fname)
   monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-  monkeypatch.setitem(W.VGG16_RELEASES, False, (fname, "http://unused", W.file_md5(notop_file)))
-  monkeypatch.setattr(W, "WEIGHTS_DIR", tmp_path / "no_weights_dir")
-  monkeypatch.setattr(W, "_import_keras", lambda why: pytest.fail("Keras imported: " + why))
+  monkeypatch.setitem(vgg.VGG16_RELEASES, False, (fname, "http://unused", W.file_md5(notop_file)))
+  monkeypatch.setattr(W.releases, "WEIGHTS_DIR", tmp_path / "no_weights_dir")
+  monkeypatch.setattr(W.keras_files, "import_keras", lambda why: pytest.fail("Keras imported: " + why))
   loaded = W.load_for_model("imagenet", params, keras_layer_map(config))
   np.testing.assert_array_equal(loaded["backbone"]["block5_conv3"]["kernel"],
                                 notop["block5_conv3"][0])
@@ -447,7 +447,7 @@ def test_release_constants_are_keras_own():
   src = inspect.getsource(keras_vgg16)
   for include_top, url in ((False, keras_vgg16.WEIGHTS_PATH_NO_TOP),
                            (True, keras_vgg16.WEIGHTS_PATH)):
-    fname, our_url, md5 = W.VGG16_RELEASES[include_top]
+    fname, our_url, md5 = vgg.VGG16_RELEASES[include_top]
     assert our_url == url and url.endswith(fname) and f'"{md5}"' in src
 
 
@@ -463,8 +463,8 @@ def test_offline_download_says_how_to_pass_a_local_file(tmp_path, monkeypatch, i
   monkeypatch.setenv("KERAS_HOME", str(tmp_path))
   monkeypatch.setattr(keras.utils, "get_file", offline)
   msg = error_of(W.download_vgg16, include_top)
-  fname = W.VGG16_RELEASES[include_top][0]
-  _, url, md5 = W.VGG16_RELEASES[include_top]
+  fname = vgg.VGG16_RELEASES[include_top][0]
+  _, url, md5 = vgg.VGG16_RELEASES[include_top]
   # The project's own words (not the fake's): what failed, where to fetch it, both ways to use it.
   assert msg.startswith(f"could not download the Keras VGG16 ImageNet weights {fname} from {url} ")
   assert f"Offline? Fetch {fname} (md5 {md5}) from {url}" in msg
@@ -472,7 +472,7 @@ def test_offline_download_says_how_to_pass_a_local_file(tmp_path, monkeypatch, i
   assert f"--config.weights=/path/to/{fname}" in msg and ("--include-top" in msg) == include_top
   if not include_top:  # the training path says the same
     config, _, params = vgg_classifier
-    monkeypatch.setattr(W, "WEIGHTS_DIR", tmp_path / "no_weights_dir")
+    monkeypatch.setattr(W.releases, "WEIGHTS_DIR", tmp_path / "no_weights_dir")
     assert "--config.weights=" in error_of(W.load_for_model, "imagenet", params,
                                            keras_layer_map(config))
 
@@ -540,7 +540,7 @@ def test_check_spec_imagenet_offline(tmp_path, monkeypatch):
     raise Exception("URL fetch failure on x: None -- [Errno -3] Temporary failure")
 
   monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-  monkeypatch.setattr(W, "WEIGHTS_DIR", tmp_path / "no_weights_dir")
+  monkeypatch.setattr(W.releases, "WEIGHTS_DIR", tmp_path / "no_weights_dir")
   monkeypatch.setattr(keras.utils, "get_file", offline)
   msg = error_of(W.check_spec, "imagenet")
   assert "--input" in msg and "--config.weights=" in msg

@@ -16,7 +16,7 @@ import keras_reference as kr
 from rpsflax import config_base
 from rpsflax import weights as W
 from rpsflax.errors import WeightsError
-from rpsflax.models import build_model, keras_layer_map
+from rpsflax.models import build_model, keras_layer_map, resnet
 
 
 def keras_arrays(name, include_top=False, seed=0) -> dict[str, list[np.ndarray]]:
@@ -169,9 +169,9 @@ def test_imagenet_resolves_the_release_of_each_backbone(tmp_path, monkeypatch, n
   (tmp_path / "models").mkdir()
   path = release_file(tmp_path / "models" / fname, arrays)
   monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-  monkeypatch.setitem(W.RESNET50_MD5, False, W.file_md5(path))  # a stand-in for the real file
-  monkeypatch.setattr(W, "WEIGHTS_DIR", tmp_path / "no_weights_dir")
-  monkeypatch.setattr(W, "_import_keras", lambda why: pytest.fail("Keras imported: " + why))
+  monkeypatch.setitem(resnet.RESNET50_MD5, False, W.file_md5(path))  # a stand-in for the real file
+  monkeypatch.setattr(W.releases, "WEIGHTS_DIR", tmp_path / "no_weights_dir")
+  monkeypatch.setattr(W.keras_files, "import_keras", lambda why: pytest.fail("Keras imported: " + why))
   rel = W.release_for_config(config)
   assert rel.fname == fname and W.check_spec("imagenet", rel) == path
   # Stand-in variables of the model's shapes (compiling its init costs half a minute on a CPU).

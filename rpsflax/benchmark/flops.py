@@ -1,7 +1,7 @@
 """FLOPs of a config's forward pass and train step, counted from the model's own layers.
 
 XLA's cost analysis cannot be the benchmark's count: on GPUs it leaves out the convolutions it
-hands to cuDNN (0.18 GFLOP reported for 32 VGG16 forwards on an H200, 500x too few). Here the
+hands to cuDNN (docs/performance_cpu.md, "How the benchmark counts"). Here the
 layers are found by walking the Flax model abstractly (`jax.eval_shape` of its init, every
 nn.Conv, DepthwiseConv3x3 and nn.Dense call intercepted: nothing runs) and counted from the
 shapes they see: one multiply-accumulate (MAC) = 2 FLOPs,

@@ -59,7 +59,7 @@ def random_params(config, model, seed: int = 0) -> dict:
   return random_variables(config, model, seed)["params"]
 
 
-def model_variables(config, model) -> dict:
+def bench_variables(config, model) -> dict:
   """{'params', 'batch_stats'}: config.weights loaded over random ones, or the random ones when
   it is ''."""
   variables = random_variables(config, model)

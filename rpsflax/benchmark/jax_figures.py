@@ -36,7 +36,7 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
   batch = sharding.shard_batch(host, mesh)
   rng = jax.device_put(jax.random.PRNGKey(0), repl)
   # Each state gets its own device copy (donated). batch_stats: {} without BatchNorm.
-  host_vars = inputs.model_variables(config, model)
+  host_vars = inputs.bench_variables(config, model)
   variables = jax.device_put(step_fns.model_variables(host_vars["params"],
                                                       host_vars["batch_stats"]), repl)
   out, compile_s, runners = {}, {}, {}
@@ -210,7 +210,7 @@ def bench_scaling(config, *, steps: int, repeats: int, warmup: int,
                   min_seconds: float = timing.MIN_SECONDS) -> list[dict]:
   """Train images/s over 1, 2, 4, ..., N local devices, config.batch_size per device."""
   model = models.build_model(config)
-  host_vars = inputs.model_variables(config, model)
+  host_vars = inputs.bench_variables(config, model)
   rows = []
   for n in sharding.device_counts_to_try():
     mesh = sharding.make_mesh(jax.local_devices()[:n])

@@ -14,7 +14,7 @@ import tempfile
 import numpy as np
 from flax import traverse_util
 
-from rpsflax import models, optim, xla_cpu
+from rpsflax import models, optim, preprocess, xla_cpu
 from rpsflax.benchmark import timing
 
 KERAS_BACKENDS = ("tensorflow", "jax")  # the tutorials' Keras, and the peer a JAX user would pick
@@ -23,12 +23,11 @@ KERAS_BACKENDS = ("tensorflow", "jax")  # the tutorials' Keras, and the peer a J
 def keras_spec(config) -> dict:
   """What the Keras worker needs (rpsflax.keras_models.classifier): the model, which layers
   train (a layer trains if any of its weights does; patterns are matched on kernel/bias paths),
-  whether BatchNorm runs in training mode, the optimizer, as JSON."""
+  whether BatchNorm runs in training mode, the optimizer, as JSON. The Keras application and
+  preprocessing mode come from the backbone's registry entry."""
   alpha = float(config.model.get("alpha", 1.0))
-  if config.model.name in models.IMAGENET_BACKBONES:
-    backbone = models.backbone_layer_names(config.model.name, False, alpha)
-  else:
-    backbone = models.cnn_conv_names()
+  spec = models.get_spec(config.model.name)
+  backbone = spec.layer_names(False, alpha)
   head = [f"hidden_{i}" for i in range(len(config.head.hidden))] + ["predictions"]
   tree = {"backbone": {n: {"kernel": 0, "bias": 0} for n in backbone},
           "head": {n: {"kernel": 0, "bias": 0} for n in head}}
@@ -36,9 +35,11 @@ def keras_spec(config) -> dict:
   trainable = {}
   for (part, layer, _), label in labels.items():
     trainable[layer] = trainable.get(layer, False) or label != optim.FROZEN
-  return {"model": config.model.name, "dtype": config.model.dtype, "alpha": alpha,
+  return {"model": config.model.name, "keras_application": spec.keras_application,
+          "keras_kwargs": spec.keras_kwargs(alpha), "dtype": config.model.dtype, "alpha": alpha,
           "bn_trainable": bool(config.model.get("bn_trainable", False)),
-          "image_size": int(config.data.image_size), "preprocess": config.preprocess,
+          "image_size": int(config.data.image_size),
+          "preprocess": preprocess.PREPROCESS_MODES[config.preprocess],
           "head": config.head.to_dict(), "optim": config.optim.to_dict(),
           "lr_groups": [list(g) for g in config.lr_groups], "backbone": backbone,
           "trainable": trainable}

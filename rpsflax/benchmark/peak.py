@@ -3,7 +3,7 @@ clock and cores allow.
 
 - jax_dot_<dtype>: a jitted n x n @ n x n dot in the config's dtype (and in float32): XLA's own
   GEMM path (YNNPACK on XLA:CPU, cuBLAS on GPUs). n = 2048 on a CPU, 8192 on an accelerator,
-  where a 2048 dot is too short to fill the chip (235 against 790 TFLOP/s on an H200, bf16).
+  where a 2048 dot is too short to fill the chip (docs/performance_cpu.md has the figure).
 - numpy_blas_float32 (CPU backend only): the same product through NumPy's BLAS (OpenBLAS picks
   its kernels for the CPU at run time).
 - theoretical_<dtype> (CPU only): cores x clock x FLOP per cycle per core for the ISA (see

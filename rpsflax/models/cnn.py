@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from rpsflax.models.layers import max_pool_2x2
+from rpsflax.models.spec import BackboneSpec
 
 CNN_FILTERS = (32, 64, 128, 128)
 
@@ -35,3 +36,22 @@ class CatsDogsCNN(nn.Module):
       x = max_pool_2x2(x)
       self.sow("intermediates", name, x)
     return x
+
+
+def _min_size() -> int:
+  size = 1
+  for _ in CNN_FILTERS:  # undo MaxPool(2) then a 3x3 'valid' conv, stage by stage
+    size = 2 * size + 2
+  return size
+
+
+SPEC = BackboneSpec(
+    name="cnn",
+    build=lambda include_top=False, alpha=1.0, dtype=jnp.float32, bn_training=(): CatsDogsCNN(
+        dtype=dtype),
+    layer_names=lambda include_top=False, alpha=1.0: cnn_conv_names(),
+    min_size=_min_size(),
+    preprocess_mode="rescale",
+    # A file saved by the tutorial's Sequential model holds its dense layers too.
+    head_layers={"dense": "hidden_0", "dense_1": "predictions"},
+)

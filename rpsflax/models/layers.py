@@ -12,8 +12,8 @@ def max_pool_2x2(x):
 
   Written as crop + reshape + max instead of `nn.max_pool` (reduce_window): the same forward
   values, but its gradient is a plain compare-and-select, where reduce_window's gradient
-  (select_and_scatter) runs on XLA:CPU as one scalar scatter per pooled value (2.3x slower on
-  the cats-vs-dogs CNN's first layer, forward + backward).
+  (select_and_scatter) runs on XLA:CPU as one scalar scatter per pooled value (figures:
+  docs/performance_cpu.md, "Figures behind the code's choices").
 
   Ties: where several inputs of a window equal its max, JAX's max splits the gradient equally
   among them; TensorFlow's MaxPoolGrad gives it all to the first. Both pools follow a ReLU here,
@@ -78,8 +78,8 @@ class DepthwiseConv3x3(nn.Module):
   The kernel is Flax's grouped-conv layout, (3, 3, 1, C) under the name 'kernel', as
   `nn.Conv(C, (3, 3), feature_group_count=C)` would hold it, so converted weights do not depend
   on how it is computed. It is computed as nine shifted multiply-adds, which XLA fuses into one
-  loop: on XLA:CPU a grouped convolution with one channel per group runs about 40x slower than
-  TensorFlow's depthwise kernel, this about as fast. `padding`: 'SAME' (stride 1) or 'VALID'
+  loop: on XLA:CPU a grouped convolution with one channel per group runs far slower than
+  TensorFlow's depthwise kernel, this about as fast (docs/performance_cpu.md). `padding`: 'SAME' (stride 1) or 'VALID'
   (on an input Keras' correct_pad already padded).
   """
 

@@ -19,7 +19,9 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from rpsflax.errors import WeightsError
 from rpsflax.models.layers import BatchNorm, DepthwiseConv3x3
+from rpsflax.models.spec import BackboneSpec, Release
 
 # (filters, stride, expansion) of blocks 0..16, as keras MobileNetV2 calls _inverted_res_block.
 MOBILENET_V2_BLOCKS = (
@@ -167,3 +169,39 @@ class MobileNetV2(nn.Module):
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)  # global_average_pooling2d
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="predictions")(x)
     return nn.softmax(x.astype(jnp.float32))
+
+
+# The official Keras release files, as in keras/src/applications/mobilenet_v2.py: one per width
+# and input size (every width it builds), without md5.
+MOBILENET_V2_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
+MOBILENET_V2_SIZES = (96, 128, 160, 192, 224)
+
+
+def mobilenet_v2_release(include_top: bool = False, image_size: int = 224,
+                         alpha: float = 1.0) -> Release:
+  """Keras' MobileNetV2 ImageNet file: for an input size without its own file Keras loads the
+  224 one (with a warning), and so does this."""
+  top = bool(include_top)
+  rows = image_size if image_size in MOBILENET_V2_SIZES else 224
+  if float(alpha) not in MOBILENET_V2_ALPHAS:
+    raise WeightsError(f"config.model.alpha={alpha}: Keras releases MobileNetV2 ImageNet "
+                       f"weights for alpha in {MOBILENET_V2_ALPHAS} only")
+  tail = f"{float(alpha)}_{rows}" + ("" if top else "_no_top")
+  fname = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{tail}.h5"
+  return Release("mobilenet_v2", top, fname, MOBILENET_V2_BASE + fname, None,
+                 f"mobilenet_v2_{float(alpha)}_{rows}" + ("" if top else "_notop"))
+
+
+SPEC = BackboneSpec(
+    name="mobilenet_v2",
+    build=lambda include_top=False, alpha=1.0, dtype=jnp.float32, bn_training=(): MobileNetV2(
+        include_top=include_top, alpha=alpha, dtype=dtype, bn_training=tuple(bn_training)),
+    layer_names=mobilenet_v2_layer_names,
+    min_size=32,  # Keras' min_size
+    preprocess_mode="tf",
+    takes_train=True,
+    bn_names=mobilenet_v2_bn_names,
+    keras_application="MobileNetV2",
+    release=mobilenet_v2_release,
+    alphas=MOBILENET_V2_ALPHAS,
+)

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from rpsflax.models.layers import BatchNorm
+from rpsflax.models.spec import BackboneSpec, Release
 
 # (stage, bottleneck filters, blocks, stride of the first block), as keras ResNet50's stack_fn.
 RESNET50_STAGES = ((2, 64, 3, 1), (3, 128, 4, 2), (4, 256, 6, 2), (5, 512, 3, 2))
@@ -109,3 +110,32 @@ class ResNet50(nn.Module):
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)  # avg_pool
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="predictions")(x)
     return nn.softmax(x.astype(jnp.float32))
+
+
+# The official Keras release files, as in keras/src/applications/resnet.py: {include_top: ...}.
+RESNET_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+RESNET50_FILES = {False: "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                  True: "resnet50_weights_tf_dim_ordering_tf_kernels.h5"}
+RESNET50_MD5 = {False: "4d473c1dd8becc155b73f8504c6f6626", True: "2cb95161c43110f7111970584f804107"}
+
+
+def resnet50_release(include_top: bool = False, image_size: int = 224,
+                     alpha: float = 1.0) -> Release:
+  """Keras' ResNet50 ImageNet file (one per top; any input size)."""
+  top = bool(include_top)
+  return Release("resnet50", top, RESNET50_FILES[top], RESNET_BASE + RESNET50_FILES[top],
+                 RESNET50_MD5[top], "resnet50" if top else "resnet50_notop")
+
+
+SPEC = BackboneSpec(
+    name="resnet50",
+    build=lambda include_top=False, alpha=1.0, dtype=jnp.float32, bn_training=(): ResNet50(
+        include_top=include_top, dtype=dtype, bn_training=tuple(bn_training)),
+    layer_names=lambda include_top=False, alpha=1.0: resnet50_layer_names(include_top),
+    min_size=32,  # Keras' min_size
+    preprocess_mode="caffe",
+    takes_train=True,
+    bn_names=lambda alpha=1.0: resnet50_bn_names(),
+    keras_application="ResNet50",
+    release=resnet50_release,
+)

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from rpsflax.models.layers import max_pool_2x2
+from rpsflax.models.spec import BackboneSpec, Release
 
 # (block, number of 3x3 convs, filters), as keras.applications.vgg16 builds them.
 VGG16_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
@@ -52,3 +53,36 @@ class VGG16(nn.Module):
     x = nn.relu(nn.Dense(4096, dtype=self.dtype, name="fc2")(x))
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="predictions")(x)
     return nn.softmax(x.astype(jnp.float32))
+
+
+# The official Keras release files, as in keras/src/applications/vgg16.py: {include_top: (file
+# name, URL, md5)}.
+_RELEASE_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
+VGG16_RELEASES = {
+    False: ("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            _RELEASE_BASE + "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            "6d6bbae143d832006294945121d1f1fc"),
+    True: ("vgg16_weights_tf_dim_ordering_tf_kernels.h5",
+           _RELEASE_BASE + "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
+           "64373286793e3c8b2b4e3219cbf3544b"),
+}
+
+
+def vgg16_release(include_top: bool = False, image_size: int = 224, alpha: float = 1.0) -> Release:
+  """Keras' VGG16 ImageNet file (one per top; any input size)."""
+  fname, url, md5 = VGG16_RELEASES[bool(include_top)]
+  return Release("vgg16", bool(include_top), fname, url, md5,
+                 "vgg16" if include_top else "vgg16_notop")
+
+
+SPEC = BackboneSpec(
+    name="vgg16",
+    build=lambda include_top=False, alpha=1.0, dtype=jnp.float32, bn_training=(): VGG16(
+        include_top=include_top, dtype=dtype),
+    layer_names=lambda include_top=False, alpha=1.0: vgg16_layer_names(include_top),
+    min_size=32,  # five 2x2 pools
+    preprocess_mode="caffe",
+    keras_application="VGG16",
+    release=vgg16_release,
+    top_size=224,  # fc1 is built for 7x7x512 features
+)
