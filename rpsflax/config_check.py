@@ -86,7 +86,7 @@ def check_config(config) -> None:
   _check_choice(problems, "config.data.resize_method", c.data.resize_method,
                 tuple(data_files.RESIZE_METHODS))
   _check_choice(problems, "config.data.device_cache",  # (absent from older workdirs' configs)
-                c.data.get("device_cache", "auto"), data_files.DEVICE_CACHE_MODES)
+                c.data.device_cache, data_files.DEVICE_CACHE_MODES)
 
   for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps"):
     if c[key] < 1:
@@ -129,7 +129,7 @@ def check_config(config) -> None:
     problems.append(f"config.data.val_fraction={c.data.val_fraction}: must be in [0, 1)")
   if c.data.holdout < 0:
     problems.append(f"config.data.holdout={c.data.holdout}: must be 0 or more")
-  max_pixels = c.data.get("max_image_pixels", data_files.DEFAULT_MAX_IMAGE_PIXELS)
+  max_pixels = c.data.max_image_pixels
   if not 1 <= max_pixels <= data_files.MAX_IMAGE_PIXELS_CEILING:
     problems.append(f"config.data.max_image_pixels={max_pixels}: must be in [1, "
                     f"{data_files.MAX_IMAGE_PIXELS_CEILING}] (above that PIL refuses any image "

@@ -49,8 +49,7 @@ _AUG_TAG = 7032   # seeds the augmented views
 
 
 def enabled(config) -> bool:
-  cf = config.get("cached_features")
-  return bool(cf is not None and cf.get("enabled", False))
+  return bool(config.cached_features.enabled)
 
 
 def pools_features(config) -> bool:

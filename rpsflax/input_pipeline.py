@@ -496,7 +496,7 @@ def _split_objects(splits, codes_of) -> dict[str, _Split]:
 
 def max_image_pixels(config) -> int:
   """config.data.max_image_pixels (workdirs trained before it existed: the default)."""
-  return int(config.data.get("max_image_pixels", data_files.DEFAULT_MAX_IMAGE_PIXELS))
+  return int(config.data.max_image_pixels)
 
 
 def create_datasets(config, workdir=None, *, process_index: Optional[int] = None,

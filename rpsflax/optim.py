@@ -46,7 +46,7 @@ def _match_path(path: tuple) -> str:
 
 def _groups(config) -> list[tuple[str, float]]:
   groups = []
-  for i, group in enumerate(config.get("lr_groups", ()) or ()):
+  for i, group in enumerate(config.lr_groups or ()):
     if not (isinstance(group, (tuple, list)) and len(group) == 2):
       raise ConfigError(f"config.lr_groups[{i}]={group!r}: use (pattern, learning_rate) pairs")
     groups.append((str(group[0]), float(group[1])))
@@ -56,7 +56,7 @@ def _groups(config) -> list[tuple[str, float]]:
 def is_trainable(path: str, config) -> bool:
   """Whether the parameter at '/'-joined `path` ('backbone/conv1_bn/scale') is trained: it
   matches a config.lr_groups or config.trainable pattern, as in param_labels."""
-  patterns = [g[0] for g in _groups(config)] + list(config.get("trainable", ()) or ())
+  patterns = [g[0] for g in _groups(config)] + list(config.trainable or ())
   return any(re.search(p, path) for p in patterns)
 
 
@@ -68,7 +68,7 @@ def param_labels(params, config):
   nothing at all is trainable.
   """
   flat = traverse_util.flatten_dict(params)
-  trainable = [(p, re.compile(p)) for p in (config.get("trainable", ()) or ())]
+  trainable = [(p, re.compile(p)) for p in (config.trainable or ())]
   groups = [(p, re.compile(p), lr) for p, lr in _groups(config)]
   used_t = [False] * len(trainable)
   used_g = [False] * len(groups)

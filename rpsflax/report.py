@@ -64,8 +64,12 @@ def write_config(workdir, config) -> pathlib.Path:
 
 
 def read_config(workdir):
-  """The ConfigDict a workdir was trained with (JSON lists back to the tuples configs use)."""
+  """The ConfigDict a workdir was trained with, laid over today's base config (rpsflax/
+  config_base.py): a key the run did not save (an older release) reads its default, so code reads
+  `config.x` and never restates a default. JSON lists come back as the tuples configs use."""
   import ml_collections  # noqa: PLC0415 (only callers that read a run need it)
+
+  from rpsflax import config_base  # noqa: PLC0415
 
   path = pathlib.Path(workdir) / CONFIG_FILE
   if not path.exists():
@@ -78,7 +82,17 @@ def read_config(workdir):
       return tuple(tuples(v) for v in value)
     return value
 
-  return ml_collections.ConfigDict(tuples(json.loads(path.read_text())))
+  return ml_collections.ConfigDict(
+      over(config_base.get_config().to_dict(), tuples(json.loads(path.read_text()))))
+
+
+def over(base: dict, saved: dict) -> dict:
+  """`saved` laid over `base`, key by key (nested dicts merged, everything else replaced)."""
+  out = dict(base)
+  for key, value in saved.items():
+    both = isinstance(value, dict) and isinstance(out.get(key), dict)
+    out[key] = over(out[key], value) if both else value
+  return out
 
 
 def config_changes(old: Mapping, new: Mapping, prefix: str = "config") -> list[str]:

@@ -53,7 +53,7 @@ def load_for_inference(workdir, config=None, which: str = ckpt_lib.BEST):
 def check_init_from(config) -> None:
   """ConfigError unless config.init_from is '' or a workdir holding a checkpoint (seconds, before
   any data is read)."""
-  src = config.get("init_from", "")
+  src = config.init_from
   if src and not (ckpt_lib.has_checkpoint(src, ckpt_lib.BEST)
                   or ckpt_lib.has_checkpoint(src, ckpt_lib.LATEST)):
     raise errors.ConfigError(

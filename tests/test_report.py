@@ -131,3 +131,19 @@ def test_write_training_report(tmp_path):
                            {"loss": 0.1}, split="holdout")
   assert json.loads((tmp_path / "eval" / "holdout" / "eval.json").read_text())["accuracy"] == 1.0
   assert json.loads((tmp_path / "eval.json").read_text())["split"] == "validation"
+
+
+def test_a_saved_config_is_read_over_the_base(tmp_path):
+  """Keys a run saved win (nested ones too); keys it did not save (an older release) read the
+  base default; lists come back as tuples."""
+  from rpsflax import config_base
+
+  saved = {"seed": 7, "trainable": ["head/.*", "backbone/block5.*"],
+           "model": {"name": "cnn"}, "data": {"image_size": 48}, "only_then": 1}
+  (tmp_path / report.CONFIG_FILE).write_text(json.dumps(saved))
+  c = report.read_config(tmp_path)
+  base = config_base.get_config()
+  assert (c.seed, c.model.name, c.data.image_size, c.only_then) == (7, "cnn", 48, 1)
+  assert c.trainable == ("head/.*", "backbone/block5.*")
+  assert c.model.alpha == base.model.alpha and c.data.max_image_pixels == base.data.max_image_pixels
+  assert c.cached_features.enabled is False and c.lr_groups == ()

@@ -197,7 +197,7 @@ def cached_speedup_estimate(config, forward_ips, train_ips, head_ips,
   if not (forward_ips and train_ips and head_ips):
     return None
   e = int(config.num_epochs)
-  k = int(config.cached_features.get("augmented_views", 0)) if config.get("cached_features") else 0
+  k = int(config.cached_features.augmented_views)
   k = k or 4  # the rps_cached recipe's views when the config being measured has none
   uncached = e * num_train / train_ips
   cached = (1 + k) * num_train / forward_ips + e * num_train / head_ips

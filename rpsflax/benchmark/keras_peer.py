@@ -25,7 +25,7 @@ def keras_spec(config) -> dict:
   train (a layer trains if any of its weights does; patterns are matched on kernel/bias paths),
   whether BatchNorm runs in training mode, the optimizer, as JSON. The Keras application and
   preprocessing mode come from the backbone's registry entry."""
-  alpha = float(config.model.get("alpha", 1.0))
+  alpha = float(config.model.alpha)
   spec = models.get_spec(config.model.name)
   backbone = spec.layer_names(False, alpha)
   head = [f"hidden_{i}" for i in range(len(config.head.hidden))] + ["predictions"]
@@ -37,7 +37,7 @@ def keras_spec(config) -> dict:
     trainable[layer] = trainable.get(layer, False) or label != optim.FROZEN
   return {"model": config.model.name, "keras_application": spec.keras_application,
           "keras_kwargs": spec.keras_kwargs(alpha), "dtype": config.model.dtype, "alpha": alpha,
-          "bn_trainable": bool(config.model.get("bn_trainable", False)),
+          "bn_trainable": bool(config.model.bn_trainable),
           "image_size": int(config.data.image_size),
           "preprocess": preprocess.PREPROCESS_MODES[config.preprocess],
           "head": config.head.to_dict(), "optim": config.optim.to_dict(),

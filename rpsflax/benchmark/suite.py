@@ -185,7 +185,7 @@ def run(config, *, batch_size: int = 0, image_size: int = 0, dtype: str = "", st
     result["decode_scaling"] = pipeline.decode_scaling(
         data_files.list_images(data_dir), cfg.data.image_size, cfg.data.resize_method,
         decode_workers, repeats=pipeline_repeats,
-        max_pixels=int(cfg.data.get("max_image_pixels", data_files.DEFAULT_MAX_IMAGE_PIXELS)),
+        max_pixels=int(cfg.data.max_image_pixels),
         log=log)
   else:
     skipped["decode_scaling"] = "not asked for (--data_dir and --decode_workers=1,2,...)"

@@ -85,9 +85,9 @@ def bn_training_layers(config) -> tuple[str, ...]:
   """Keras names of the backbone's BatchNorm layers that run in training mode in a train step
   (see config.model.bn_trainable): none unless bn_trainable, then those whose gamma trains."""
   spec = get_spec(config.model.name)
-  if spec.bn_names is None or not config.model.get("bn_trainable", False):
+  if spec.bn_names is None or not config.model.bn_trainable:
     return ()
-  alpha = config.model.get("alpha", 1.0)
+  alpha = config.model.alpha
   bn = set(spec.bn_names(alpha))
   return tuple(n for n in spec.layer_names(False, alpha)
                if n in bn and optim.is_trainable(f"backbone/{n}/scale", config))
@@ -100,7 +100,7 @@ def compute_dtype(config) -> Any:
 def build_model(config) -> Classifier:
   dtype = compute_dtype(config)
   spec = get_spec(config.model.name)
-  backbone = spec.build(alpha=config.model.get("alpha", 1.0), dtype=dtype,
+  backbone = spec.build(alpha=config.model.alpha, dtype=dtype,
                         bn_training=bn_training_layers(config))
   h = config.head
   head = Head(num_classes=h.num_classes, pooling=h.pooling, dropout=h.dropout,
@@ -117,7 +117,7 @@ def keras_layer_map(config) -> dict[str, tuple[str, ...]]:
   file that has them too.
   """
   spec = get_spec(config.model.name)
-  layers = {n: ("backbone", n) for n in spec.layer_names(False, config.model.get("alpha", 1.0))}
+  layers = {n: ("backbone", n) for n in spec.layer_names(False, config.model.alpha)}
   layers.update({k: ("head", m) for k, m in spec.head_layers.items()})
   return layers
 

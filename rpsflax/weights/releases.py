@@ -44,7 +44,7 @@ def release(backbone: str = vgg.SPEC.name, include_top: bool = False, image_size
 def release_for_config(config) -> Release:
   """The notop release for config.model (name, alpha) at config.data.image_size."""
   return release(config.model.name, False, config.data.image_size,
-                 config.model.get("alpha", 1.0))
+                 config.model.alpha)
 
 
 def imagenet_release(config) -> Release | None:
