@@ -89,6 +89,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   workdir = pathlib.Path(FLAGS.workdir).expanduser()
   start = time.time()
+  recipe = config_flags.get_config_filename(FLAGS["config"]) if FLAGS.config is not None else None
+  logging.info("rpsflax %s: config %s, workdir %s", FLAGS.mode,
+               recipe or f"{workdir / 'config.json'}", workdir)
   # JAX, TensorFlow and the training code load only now: a mistake in the flags is reported
   # in a second. (Nothing touches a device before train/evaluate start jax.distributed.)
   from rpsflax import evaluation, timing, train  # noqa: PLC0415

@@ -11,7 +11,7 @@ function; each line printed is `file<TAB>label<TAB>probability`. --submission wr
 cats vs dogs), sorted by id. Unreadable files are reported and skipped.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from rpsflax import cli  # first: TensorFlow's environment, before anything imports it
 
@@ -39,6 +39,7 @@ def main(argv):
     raise app.UsageError("name at least one image file or folder: "
                          "python -m rpsflax.predict --workdir=W PATH...")
   cli.setup_logging()
+  logging.info("rpsflax predict: workdir %s, %s", FLAGS.workdir, " ".join(paths))
   from rpsflax import prediction  # noqa: PLC0415  (JAX and TensorFlow load after the flags parse)
 
   with cli.exit_on_errors():
