@@ -488,7 +488,8 @@ def _check_head(config, class_names):
   if not (n == len(class_names) or (n == 1 and len(class_names) == 2)):
     raise DataError(f"config.head.num_classes={n} but the data has {len(class_names)} classes "
                     f"{class_names}: set --config.head.num_classes={len(class_names)}"
-                    + (" (or 1 for a sigmoid output)" if len(class_names) == 2 else ""))
+                    + (" (or 1 for a sigmoid output)" if len(class_names) == 2 else "")
+                    + ", or train with --config=configs/folder.py, whose head follows the data")
 
 
 def _split_objects(splits, codes_of) -> dict[str, _Split]:

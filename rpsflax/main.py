@@ -24,7 +24,7 @@ from typing import Optional
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rpsflax import cli, config_check  # cli first: TensorFlow's environment, before any import
+from rpsflax import cli, config_check, report  # cli first: TensorFlow's environment, before any import
 from rpsflax.errors import RunError
 
 FLAGS = flags.FLAGS
@@ -43,7 +43,11 @@ def define_flags() -> None:
                     "--mode=evaluate: which split of the run's data to evaluate.")
   flags.DEFINE_string("data_dir", "", "--mode=evaluate: evaluate on this folder of class subfolders "
                       "(or Kaggle-style names) instead of a split of the run's data.")
-  flags.mark_flag_as_required("workdir")
+  flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
+                    "--mode=evaluate: which checkpoint (best: the highest validation accuracy, as "
+                    "the training run's final evaluation and rpsflax.predict use).")
+  flags.DEFINE_bool("show_config", False, "Print every config key with its value (the recipe's, "
+                    "with --config.KEY overrides) and its meaning, then exit.")
 
 
 def _unknown_override(arg: str) -> Optional[str]:
@@ -71,22 +75,22 @@ def parse_flags(argv: list[str]) -> list[str]:
   unknown = [u for u in map(_unknown_override, argv[1:]) if u]
   if unknown:  # config_flags' own message for a typo is a KeyError repr; name the key instead
     message = "; ".join(unknown)
-  cli.fail(f"{message}\nSee python -m rpsflax.main --helpfull for the flags.")
-
-
-def summary(metrics) -> str:
-  if not isinstance(metrics, dict):
-    return str(metrics)
-  keys = ("split", "accuracy", "loss", "num_examples")
-  parts = [f"{k}={metrics[k]:.4f}" if isinstance(metrics.get(k), float) else f"{k}={metrics[k]}"
-           for k in keys if metrics.get(k) is not None]
-  return " ".join(parts) or str(metrics)
+    cli.fail(f"{message}\n{config_check.SHOW_CONFIG_HINT}")
+  cli.fail(f"{message}\nSee python -m rpsflax.main --help for the flags.")
 
 
 def main(argv):
   cli.setup_logging()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.show_config:
+    if FLAGS.config is None:
+      cli.fail("--show_config needs --config=RECIPE, e.g. --config=configs/rps.py")
+    print(config_check.describe(FLAGS.config))
+    return
+  if not FLAGS.workdir:
+    cli.fail("--workdir is required: the folder of the run (created if missing), e.g. "
+             "--workdir=runs/rps")
   workdir = pathlib.Path(FLAGS.workdir).expanduser()
   start = time.time()
   recipe = config_flags.get_config_filename(FLAGS["config"]) if FLAGS.config is not None else None
@@ -100,14 +104,16 @@ def main(argv):
     if FLAGS.mode == "train":
       if FLAGS.config is None:
         raise RunError("--config is required to train, e.g. --config=configs/rps.py")
-      if FLAGS.data_dir or FLAGS["split"].present:
-        raise RunError("--split and --data_dir belong to --mode=evaluate; to train on a folder use "
-                       "--config.data.dir=FOLDER")
+      if FLAGS.data_dir or FLAGS["split"].present or FLAGS["checkpoint"].present:
+        raise RunError("--split, --data_dir and --checkpoint belong to --mode=evaluate; to train "
+                       "on a folder use --config.data.dir=FOLDER")
       metrics = train.train_and_evaluate(FLAGS.config, workdir,
                                          started=timing.process_start_time())
     else:
-      metrics = evaluation.evaluate(FLAGS.config, workdir, FLAGS.split, FLAGS.data_dir)
-  logging.info("%s done in %.0fs: %s", FLAGS.mode, time.time() - start, summary(metrics))
+      metrics = evaluation.evaluate(FLAGS.config, workdir, FLAGS.split, FLAGS.data_dir,
+                                    FLAGS.checkpoint)
+  # The last lines: accuracy, the checkpoint used, where eval.json and the figures are.
+  logging.info("%s", report.run_summary(FLAGS.mode, time.time() - start, metrics))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """What a checkpoint records about its run besides the arrays: the JSON beside the TrainState."""
 
 import dataclasses
+import pathlib
 from typing import Any, Optional
 
 
@@ -35,3 +36,18 @@ class RunMeta:
     known["history"] = list(known.get("history") or [])
     known["class_names"] = list(known.get("class_names") or [])
     return cls(**known, checkpoint=checkpoint)
+
+  def checkpoint_record(self, workdir) -> dict:
+    """Which checkpoint this is, for eval.json and predictions ('checkpoint'): which, epoch, step
+    and its folder. Training's final evaluation, --mode=evaluate and predict all record it."""
+    return checkpoint_record(self.checkpoint, self.epoch, self.step, workdir)
+
+
+def checkpoint_record(which: str, epoch: int, step: int, workdir) -> dict:
+  folder = pathlib.Path(workdir).resolve() / "checkpoints" / which / str(step)
+  return {"which": which, "epoch": int(epoch), "step": int(step), "path": str(folder)}
+
+
+def describe_checkpoint(record: dict) -> str:
+  """'the best checkpoint (epoch 2, step 10)': how every command's log names what it used."""
+  return f"the {record['which']} checkpoint (epoch {record['epoch']}, step {record['step']})"

@@ -112,3 +112,35 @@ def test_verbosity_brings_the_library_lines_back():
                   "--config.data.dir=/nonexistent/data", "--verbosity=1")
   assert proc.returncode == 2, proc.stderr[-3000:]
   assert foreign_lines(proc.stderr), proc.stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Config keys a user can find
+
+def test_every_config_key_has_one_meaning_in_config_base():
+  from rpsflax import config_base, config_check
+
+  leaves = set(config_check._leaves(config_base.get_config()))  # noqa: SLF001
+  assert leaves == set(config_base.MEANINGS), leaves ^ set(config_base.MEANINGS)
+  assert all(m and "\n" not in m for m in config_base.MEANINGS.values())
+
+
+def test_show_config_lists_every_key_with_value_and_meaning():
+  from rpsflax import config_base
+
+  proc = run_user("rpsflax.main", "--config=configs/rps.py", "--show_config",
+                  "--config.optim.learning_rate=0.01")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.splitlines()
+  assert [line.split(" = ")[0] for line in lines] == list(config_base.MEANINGS)
+  assert "optim.learning_rate = 0.01" in proc.stdout  # the overrides are applied
+  assert any(line.startswith("head.num_classes = 3 ") and "# outputs:" in line for line in lines)
+  assert not foreign_lines(proc.stderr), proc.stderr
+
+
+def test_a_mistyped_key_points_at_show_config():
+  proc = run_user("rpsflax.main", "--config=configs/rps.py", "--workdir=/nonexistent/run",
+                  "--config.optim.learnin_rate=0.01")
+  assert proc.returncode == 2
+  assert "did you mean config.optim.learning_rate?" in proc.stderr
+  assert "--show_config" in proc.stderr

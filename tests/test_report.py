@@ -131,3 +131,17 @@ def test_write_training_report(tmp_path):
                            {"loss": 0.1}, split="holdout")
   assert json.loads((tmp_path / "eval" / "holdout" / "eval.json").read_text())["accuracy"] == 1.0
   assert json.loads((tmp_path / "eval.json").read_text())["split"] == "validation"
+
+
+def test_run_summary_names_accuracy_checkpoint_and_files():
+  """The commands' last log line (issue 24): accuracy, the checkpoint used, one line per file."""
+  text = report.run_summary("evaluate", 12.4, {
+      "split": "holdout", "accuracy": 0.75, "loss": 0.5, "num_examples": 20,
+      "checkpoint": {"which": "best", "epoch": 3, "step": 30, "path": "/w/checkpoints/best/30"},
+      "outputs": {"confusion_matrix": "/w/eval/holdout/confusion_matrix.png",
+                  "eval": "/w/eval/holdout/eval.json"}})
+  assert text.splitlines() == [
+      "evaluate done in 12s: accuracy 0.7500 on holdout (20 examples, loss 0.5000) with the best "
+      "checkpoint (epoch 3, step 30)",
+      "  eval.json:        /w/eval/holdout/eval.json",
+      "  confusion matrix: /w/eval/holdout/confusion_matrix.png"]
