@@ -91,6 +91,25 @@ def setup_logging() -> None:
   sys.unraisablehook = hook
 
 
+HELP_ARGS = ("--help", "-h", "--helpshort", "-?", "--helpfull")
+
+
+def exit_on_help(argv, doc: str) -> None:
+  """--help: the command's docstring and its own flags on stdout, exit 0 (absl's --help exits 1
+  and lists the flags under the module's file name); --helpfull adds every library's flags."""
+  asked = [a for a in argv[1:] if a in HELP_ARGS]
+  if not asked:
+    return
+  from absl import flags  # noqa: PLC0415
+
+  if "--helpfull" in asked:
+    listed = flags.FLAGS.get_help()
+  else:
+    listed = flags.FLAGS.main_module_help().strip().split("\n", 1)[-1]  # less the file's name
+  print(f"{doc.strip()}\n\nflags:\n{listed}")
+  sys.exit(0)
+
+
 def fail(message: str) -> None:
   """One line on stderr and exit 2: for mistakes found before any work starts."""
   print(f"error: {message}", file=sys.stderr, flush=True)

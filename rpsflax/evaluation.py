@@ -58,7 +58,7 @@ def evaluate_checkpoint(config, workdir, split: str = "validation", data_dir: Op
   model = models.build_model(config)
   state, meta = restore.restore_state(config, workdir, which, mesh, model=model)
   class_names = list(meta.class_names)
-  extra = {"checkpoint": meta.checkpoint_record(workdir)}
+  extra = {"checkpoint": meta.checkpoint_record()}
   if data_dir:
     # Every labelled image under the folder: the folder itself, or each of its split folders
     # (train/, validation/, test/) when it is laid out like a data set. Labels index the

@@ -10,6 +10,11 @@ Evaluate a trained workdir (its config.json and best checkpoint) on a split or a
   python -m rpsflax.main --mode=evaluate --workdir=runs/catsdogs --split=holdout
   python -m rpsflax.main --mode=evaluate --workdir=runs/rps --data_dir=/path/to/rps-test-set
 
+Every config key, its value and its meaning: --config=configs/rps.py --show_config.
+The best checkpoint (highest validation accuracy) is what the training run's final evaluation,
+--mode=evaluate and rpsflax.predict use; each names it (epoch, step) in its last log line, which
+also lists the files written. --verbosity=1 shows the libraries' own start-up lines.
+
 Mistakes a user can fix (bad config value, missing data or weights) end with one message naming
 the key or path and the flag that fixes it, and exit status 2; real bugs keep their traceback.
 A NaN/inf loss exits with status 3 and SIGINT/SIGTERM with 130/143 (a checkpoint saved first);
@@ -20,6 +25,8 @@ import pathlib
 import re
 import time
 from typing import Optional
+
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -118,4 +125,5 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
+  cli.exit_on_help(sys.argv, __doc__)
   app.run(main, flags_parser=parse_flags)

@@ -79,15 +79,16 @@ def write_submission(path, ids: Iterable[int], positive_probs: Iterable[float]) 
 
 
 def write_predictions(path, rows: Sequence[dict], class_names: Sequence[str],
-                      checkpoint: Optional[dict] = None) -> pathlib.Path:
+                      checkpoint: Optional[dict] = None, workdir=None) -> pathlib.Path:
   """rows ({file, label, probability, probabilities}) as .csv (one p_<class> column each) or .json
   (with `checkpoint`, the record of the checkpoint that predicted them, when given)."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   if path.suffix.lower() == ".json":
     record = {"class_names": list(class_names)}
-    if checkpoint is not None:
+    if checkpoint is not None:  # its path is relative to the workdir, named beside it
       record["checkpoint"] = dict(checkpoint)
+      record["workdir"] = str(workdir) if workdir is not None else None
     path.write_text(json.dumps({**record, "predictions": list(rows)}, indent=2) + "\n")
   elif path.suffix.lower() == ".csv":
     with open(path, "w", newline="") as f:
@@ -145,7 +146,7 @@ class Predictor:
   def __init__(self, workdir, which: str = "best", batch_size: int = 32):
     (self.config, self.model, self.params, self.class_names,
      predict_fn, meta) = restore.load_for_inference(workdir, which=which)
-    self.checkpoint = meta.checkpoint_record(workdir)  # which one, epoch, step, folder
+    self.checkpoint = meta.checkpoint_record()  # which one, epoch, step, folder
     self.mesh = sharding.make_mesh()
     n = self.mesh.devices.size
     self.batch_size = -(-max(1, int(batch_size)) // n) * n  # a multiple of the device count
@@ -237,7 +238,7 @@ def run(workdir, paths: Sequence[str], *, which: str = "best", batch_size: int =
   written = {}
   if output:
     written["predictions"] = write_predictions(output, rows, predictor.class_names,
-                                               predictor.checkpoint)
+                                               predictor.checkpoint, workdir)
   if grid:
     written["grid"] = write_grid(grid, rows, predictor.class_names, grid_max)
   if submission:

@@ -1,7 +1,6 @@
 """What a checkpoint records about its run besides the arrays: the JSON beside the TrainState."""
 
 import dataclasses
-import pathlib
 from typing import Any, Optional
 
 
@@ -37,15 +36,16 @@ class RunMeta:
     known["class_names"] = list(known.get("class_names") or [])
     return cls(**known, checkpoint=checkpoint)
 
-  def checkpoint_record(self, workdir) -> dict:
+  def checkpoint_record(self) -> dict:
     """Which checkpoint this is, for eval.json and predictions ('checkpoint'): which, epoch, step
     and its folder. Training's final evaluation, --mode=evaluate and predict all record it."""
-    return checkpoint_record(self.checkpoint, self.epoch, self.step, workdir)
+    return checkpoint_record(self.checkpoint, self.epoch, self.step)
 
 
-def checkpoint_record(which: str, epoch: int, step: int, workdir) -> dict:
-  folder = pathlib.Path(workdir).resolve() / "checkpoints" / which / str(step)
-  return {"which": which, "epoch": int(epoch), "step": int(step), "path": str(folder)}
+def checkpoint_record(which: str, epoch: int, step: int) -> dict:
+  """The folder is relative to the workdir: the same run in two workdirs records the same."""
+  return {"which": which, "epoch": int(epoch), "step": int(step),
+          "path": f"checkpoints/{which}/{int(step)}"}
 
 
 def describe_checkpoint(record: dict) -> str:

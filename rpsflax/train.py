@@ -224,7 +224,7 @@ def run(config, workdir: pathlib.Path, mesh, timer: Optional[timing.RunTimer] = 
     with timer.phase("checkpoints"):
       ckpts.wait()  # a failed save (disk full) stops before eval.json says the run finished
       # The final evaluation is of the best checkpoint, as --mode=evaluate and predict use.
-      final_state, used = _best_checkpoint(ckpts, abstract, state, meta, workdir)
+      final_state, used = _best_checkpoint(ckpts, abstract, state, meta)
     if sharding.is_chief():
       logging.info("final evaluation: %s on %s", run_meta.describe_checkpoint(used), final_split)
     if final_split == "validation" and last_eval is not None and final_state is state:
@@ -381,15 +381,15 @@ def _tb_writer(workdir: pathlib.Path):
   return SummaryWriter(str(workdir / "tensorboard"))
 
 
-def _best_checkpoint(ckpts, abstract, state, meta: RunMeta, workdir) -> tuple[Any, dict]:
+def _best_checkpoint(ckpts, abstract, state, meta: RunMeta) -> tuple[Any, dict]:
   """(state, checkpoint record) of the run's best checkpoint: `state` itself when the last epoch
   was the best, else the best one read back. Saves must be finished (ckpts.wait())."""
   best = ckpts.restore_meta(which=ckpt_lib.BEST)
   if best is None or int(best["step"]) == int(state.step):  # (no best: a run of no epoch)
     which = ckpt_lib.BEST if best is not None else ckpt_lib.LATEST
-    return state, run_meta.checkpoint_record(which, meta.epoch, int(state.step), workdir)
+    return state, run_meta.checkpoint_record(which, meta.epoch, int(state.step))
   best_state, saved = ckpts.restore(abstract, which=ckpt_lib.BEST)
-  return best_state, RunMeta.from_json(saved, checkpoint=ckpt_lib.BEST).checkpoint_record(workdir)
+  return best_state, RunMeta.from_json(saved, checkpoint=ckpt_lib.BEST).checkpoint_record()
 
 
 def _write_reports(workdir, history, evaluation, class_names, split, extra) -> dict:

@@ -144,3 +144,19 @@ def test_a_mistyped_key_points_at_show_config():
   assert proc.returncode == 2
   assert "did you mean config.optim.learning_rate?" in proc.stderr
   assert "--show_config" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. --help
+
+@pytest.mark.parametrize("module,own", [
+    ("rpsflax.main", ("--config:", "--workdir:", "--mode:", "--show_config", "--checkpoint:")),
+    ("rpsflax.predict", ("--workdir:", "--grid:", "--checkpoint:", "--output:")),
+])
+def test_help_exits_0_with_the_commands_own_flags(module, own):
+  proc = run_user(module, "--help")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  for flag in own:
+    assert flag in proc.stdout, flag
+  assert "--flagfile" not in proc.stdout and "--alsologtostderr" not in proc.stdout  # absl's
+  assert proc.stdout.startswith(("Train or evaluate", "Label image files"))

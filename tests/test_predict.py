@@ -279,7 +279,8 @@ def test_predictions_name_their_checkpoint_and_the_grid_its_count(tmp_path, cats
                           grid_max=4, quiet=True)
   record = json.loads(out_json.read_text())
   assert record["checkpoint"] == {"which": "best", "epoch": 1, "step": 1,
-                                  "path": str(workdir.resolve() / "checkpoints" / "best" / "1")}
+                                  "path": "checkpoints/best/1"}
+  assert record["workdir"] == str(workdir)
   assert [pathlib.Path(r["file"]).name for r in rows] == ["1.jpg", "2.jpg", "3.jpg", "4.jpg",
                                                           "10.jpg", "11.jpg"]  # natural order
   # The grid draws the files as they are (their own sizes), not the model's 30x30 input.
