@@ -34,10 +34,15 @@ def run_user(module: str, *args, timeout: int = 300) -> subprocess.CompletedProc
                         env=user_env(), capture_output=True, text=True, timeout=timeout)
 
 
+# The training loop's progress bar (tqdm, redrawn with carriage returns).
+PROGRESS = re.compile(r"^epoch \d+/\d+: +\d+%\|")
+
+
 def foreign_lines(stderr: str) -> list[str]:
-  """Lines that are neither the project's log lines nor its one-line `error:` messages."""
+  """Lines that are neither the project's log lines (and their indented continuations), its
+  progress bar, nor its one-line `error:` messages."""
   return [line for line in stderr.splitlines() if line.strip()
-          and not line.startswith(("error: ", "  "))
+          and not line.startswith(("error: ", "  ")) and not PROGRESS.match(line)
           and not (ABSL_LINE.match(line) and ABSL_LINE.match(line).group(1) in PROJECT_FILES)]
 
 
