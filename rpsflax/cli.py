@@ -7,9 +7,11 @@ can fix into one message and a documented exit status, while real bugs keep thei
 
 import os
 
-# Quiet TensorFlow's C++ logging. The input pipeline hides the GPUs from TensorFlow on import
+# Quiet TensorFlow's C++ logging (--verbosity=1 brings it back, unless the user set the level).
+# The input pipeline hides the GPUs from TensorFlow on import
 # (tf.config.set_visible_devices([], 'GPU')) so JAX keeps the memory; should TensorFlow start
 # before that (Keras downloading weights), it grows instead of grabbing.
+_USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
@@ -21,21 +23,32 @@ import sys  # noqa: E402
 
 from absl import logging  # noqa: E402
 
-from rpsflax import errors  # noqa: E402
+from rpsflax import errors, quiet  # noqa: E402
 
 EXIT_USER_ERROR = 2
 EXIT_NONFINITE = 3  # the loss became NaN/inf; interrupted runs exit 128 + signal (130, 143)
 
 
+# Orbax warns six times that the read-only managers of evaluate/predict (checkpoint.py) are
+# read-only: the setting they were asked for, nothing to act on.
+_ORBAX_READ_ONLY = ("read_only=True, setting", "Given directory is read only")
+
+
 class _QuietOrbax(std_logging.Filter):
-  """Orbax logs every save and restore at INFO, drowning the training log; keep its warnings."""
+  """Orbax logs every save and restore at INFO, drowning the training log; keep its warnings
+  (but the read-only ones). JAX's INFO lines on the backends it tried ("Unable to initialize
+  backend 'tpu'" on every machine without one) go too; its warnings stay."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
+    if record.name.startswith("jax._src.xla_bridge"):
+      return record.levelno >= std_logging.WARNING
     if "/orbax/" not in record.pathname:
       return True
     # A failed background save is logged with its traceback by each Orbax thread, then raised to
     # the caller, which reports it once (e.g. a full disk): keep Orbax's line, not its traceback.
     record.exc_info, record.exc_text = None, None
+    if any(s in record.getMessage() for s in _ORBAX_READ_ONLY):
+      return False
     return record.levelno >= std_logging.WARNING
 
 
@@ -55,10 +68,18 @@ def setup_logging() -> None:
   Also drop the 'Event loop is closed' tracebacks of a failed Orbax restore (a damaged weights
   folder or checkpoint): the reads still in flight when the first one fails report, one by one,
   that the loop which awaited them is gone, burying the one error message that says what to do.
+
+  With --verbosity=1 (absl's flag; -v 1) nothing is dropped: TensorFlow's C++ start-up lines
+  (rpsflax.quiet), Orbax's and JAX's INFO lines all come back.
   """
-  handler = logging.get_absl_handler()
-  if not any(isinstance(f, _QuietOrbax) for f in handler.filters):
-    handler.addFilter(_QuietOrbax())
+  if logging.get_verbosity() >= 1:
+    os.environ[quiet.VERBOSE_ENV] = "1"
+    if _USER_TF_LOG_LEVEL is None:
+      os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # read when TensorFlow is imported, after this
+  else:
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, _QuietOrbax) for f in handler.filters):
+      handler.addFilter(_QuietOrbax())
   previous = sys.unraisablehook
   if getattr(previous, "_rpsflax_quiet", False):
     return
@@ -68,6 +89,25 @@ def setup_logging() -> None:
       previous(unraisable)
   hook._rpsflax_quiet = True
   sys.unraisablehook = hook
+
+
+HELP_ARGS = ("--help", "-h", "--helpshort", "-?", "--helpfull")
+
+
+def exit_on_help(argv, doc: str) -> None:
+  """--help: the command's docstring and its own flags on stdout, exit 0 (absl's --help exits 1
+  and lists the flags under the module's file name); --helpfull adds every library's flags."""
+  asked = [a for a in argv[1:] if a in HELP_ARGS]
+  if not asked:
+    return
+  from absl import flags  # noqa: PLC0415
+
+  if "--helpfull" in asked:
+    listed = flags.FLAGS.get_help()
+  else:
+    listed = flags.FLAGS.main_module_help().strip().split("\n", 1)[-1]  # less the file's name
+  print(f"{doc.strip()}\n\nflags:\n{listed}")
+  sys.exit(0)
 
 
 def fail(message: str) -> None:

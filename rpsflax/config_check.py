@@ -16,6 +16,10 @@ from rpsflax.models import heads
 from rpsflax.errors import ConfigError
 
 
+# Keys that may be None: the value is then found at run time (here: from the data's classes).
+NULLABLE = ("config.head.num_classes",)
+
+
 def min_image_size(model_name: str) -> int:
   """Smallest input side the backbone accepts (every pool must still see at least 1 pixel)."""
   spec = models.REGISTRY.get(model_name)
@@ -36,6 +40,8 @@ def _unknown_and_types(cfg, base, prefix, problems):
         problems.append(f"{path}: expected a group of settings, got {type(value).__name__}")
       else:
         _unknown_and_types(value, ref, path, problems)
+    elif value is None and path in NULLABLE:
+      continue
     elif ref is not None and not _same_kind(value, ref):
       problems.append(f"{path}: expected {type(ref).__name__}, got {type(value).__name__} "
                       f"({value!r})")
@@ -91,7 +97,7 @@ def check_config(config) -> None:
   for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps"):
     if c[key] < 1:
       problems.append(f"config.{key}={c[key]}: must be at least 1")
-  if c.head.num_classes < 1:
+  if c.head.num_classes is not None and c.head.num_classes < 1:
     problems.append(f"config.head.num_classes={c.head.num_classes}: must be at least 1 "
                     "(1 = sigmoid output for two classes)")
   for key in ("dropout", "hidden_dropout"):
@@ -161,7 +167,33 @@ def unknown_key(dotted: str) -> Optional[str]:
   return None
 
 
+def describe(config) -> str:
+  """Every key of `config` with its value and its meaning (config_base.MEANINGS), one a line, in
+  the base config's order: what `python -m rpsflax.main --config=... --show_config` prints."""
+  values = _leaves(config)
+  keys = [k for k in config_base.MEANINGS if k in values] + sorted(set(values) - set(config_base.MEANINGS))
+  shown = {k: f"{k} = {values[k]!r}" for k in keys}
+  width = min(48, max(map(len, shown.values())))
+  return "\n".join(f"{shown[k].ljust(width)}  # {config_base.MEANINGS.get(k, '(no description)')}"
+                   for k in keys)
+
+
+def _leaves(config, prefix: str = "") -> dict:
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(_leaves(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+SHOW_CONFIG_HINT = ("Every key, its value and meaning: python -m rpsflax.main "
+                    "--config=configs/rps.py --show_config")
+
+
 def _message(problems: list[str]) -> str:
   lines = "\n".join(f"  - {p}" for p in problems)
   return (f"invalid config ({len(problems)} problem{'s' if len(problems) > 1 else ''}):\n{lines}\n"
-          "Fix the recipe file or the --config.<key>=<value> flag named above.")
+          "Fix the recipe file or the --config.<key>=<value> flag named above. "
+          + SHOW_CONFIG_HINT)

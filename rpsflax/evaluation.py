@@ -12,7 +12,7 @@ from jax.sharding import Mesh
 
 from rpsflax import checkpoint as ckpt_lib
 from rpsflax import config_check, data_files, errors, input_pipeline, models, report, restore
-from rpsflax import sharding, steps
+from rpsflax import run_meta, sharding, steps
 from rpsflax.errors import RunError
 
 
@@ -58,7 +58,7 @@ def evaluate_checkpoint(config, workdir, split: str = "validation", data_dir: Op
   model = models.build_model(config)
   state, meta = restore.restore_state(config, workdir, which, mesh, model=model)
   class_names = list(meta.class_names)
-  extra = {"epoch": meta.epoch, "step": meta.step, "checkpoint": meta.checkpoint}
+  extra = {"checkpoint": meta.checkpoint_record()}
   if data_dir:
     # Every labelled image under the folder: the folder itself, or each of its split folders
     # (train/, validation/, test/) when it is laid out like a data set. Labels index the
@@ -76,12 +76,16 @@ def evaluate_checkpoint(config, workdir, split: str = "validation", data_dir: Op
                              f"{ {k: v for k, v in datasets.num_examples.items() if v} }); "
                              "pick another --split")
     batches, name, split_name = datasets.eval_batches(split), split, split
+  logging.info("evaluating %s on %s", run_meta.describe_checkpoint(extra["checkpoint"]), split_name)
   evaluation = evaluate_batches(steps.compile_steps(config, model, mesh).eval, state, batches, mesh,
                                 config)
+  outputs = {}
   if sharding.is_chief():
-    report.write_eval_report(workdir / "eval" / name, evaluation["confusion"], class_names,
-                             {"loss": evaluation["loss"], **extra}, split=split_name)
-  return eval_result(evaluation, class_names, split_name, **extra)
+    outputs = report.write_eval_report(workdir / "eval" / name, evaluation["confusion"],
+                                       class_names, {"loss": evaluation["loss"], **extra},
+                                       split=split_name)
+  return {**eval_result(evaluation, class_names, split_name, **extra),
+          "outputs": {k: str(v) for k, v in outputs.items()}}
 
 
 def evaluate(config, workdir, split: str = "validation", data_dir: Optional[str] = None,

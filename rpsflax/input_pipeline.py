@@ -35,21 +35,24 @@ from absl import logging
 from PIL import Image
 from tqdm import tqdm
 
-from rpsflax import config_base, data_files, decode_pool, pil_decode, pil_image
+from rpsflax import config_base, data_files, decode_pool, pil_decode, pil_image, quiet
 from rpsflax.errors import DataError
 
-try:  # the default decoder; JAX-only machines (no TensorFlow) decode with PIL
-  import tensorflow as tf
-  TF_MISSING = None
-except Exception as e:  # pylint: disable=broad-except  (ImportError, or a broken install)
-  tf = None
-  TF_MISSING = f"{type(e).__name__}: {e}"
+# TensorFlow's C++ start-up lines (no CUDA driver, cuInit failed, CPU features) are not for the
+# user: rpsflax.quiet drops them and writes back anything else (RPSFLAX_VERBOSE=1 keeps them all).
+with quiet.native_stderr():
+  try:  # the default decoder; JAX-only machines (no TensorFlow) decode with PIL
+    import tensorflow as tf
+    TF_MISSING = None
+  except Exception as e:  # pylint: disable=broad-except  (ImportError, or a broken install)
+    tf = None
+    TF_MISSING = f"{type(e).__name__}: {e}"
 
-if tf is not None:
-  try:
-    tf.config.set_visible_devices([], "GPU")
-  except RuntimeError as e:  # TF already initialised by someone else: say so, carry on
-    logging.warning("could not hide GPUs from TensorFlow (%s); it may take GPU memory", e)
+  if tf is not None:
+    try:
+      tf.config.set_visible_devices([], "GPU")  # lists the GPUs: cuInit's error on a CPU machine
+    except RuntimeError as e:  # TF already initialised by someone else: say so, carry on
+      logging.warning("could not hide GPUs from TensorFlow (%s); it may take GPU memory", e)
 
 _CODES = {"jpeg": 0, "png": 1, "pil": 2}
 _KNOWN_TFDS_SPLITS = {"rock_paper_scissors": ("train", "test"), "cats_vs_dogs": ("train",)}
@@ -485,7 +488,8 @@ def _check_head(config, class_names):
   if not (n == len(class_names) or (n == 1 and len(class_names) == 2)):
     raise DataError(f"config.head.num_classes={n} but the data has {len(class_names)} classes "
                     f"{class_names}: set --config.head.num_classes={len(class_names)}"
-                    + (" (or 1 for a sigmoid output)" if len(class_names) == 2 else ""))
+                    + (" (or 1 for a sigmoid output)" if len(class_names) == 2 else "")
+                    + ", or train with --config=configs/folder.py, whose head follows the data")
 
 
 def _split_objects(splits, codes_of) -> dict[str, _Split]:

@@ -10,6 +10,11 @@ Evaluate a trained workdir (its config.json and best checkpoint) on a split or a
   python -m rpsflax.main --mode=evaluate --workdir=runs/catsdogs --split=holdout
   python -m rpsflax.main --mode=evaluate --workdir=runs/rps --data_dir=/path/to/rps-test-set
 
+Every config key, its value and its meaning: --config=configs/rps.py --show_config.
+The best checkpoint (highest validation accuracy) is what the training run's final evaluation,
+--mode=evaluate and rpsflax.predict use; each names it (epoch, step) in its last log line, which
+also lists the files written. --verbosity=1 shows the libraries' own start-up lines.
+
 Mistakes a user can fix (bad config value, missing data or weights) end with one message naming
 the key or path and the flag that fixes it, and exit status 2; real bugs keep their traceback.
 A NaN/inf loss exits with status 3 and SIGINT/SIGTERM with 130/143 (a checkpoint saved first);
@@ -21,10 +26,12 @@ import re
 import time
 from typing import Optional
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rpsflax import cli, config_check  # cli first: TensorFlow's environment, before any import
+from rpsflax import cli, config_check, report  # cli first: TensorFlow's environment, before any import
 from rpsflax.errors import RunError
 
 FLAGS = flags.FLAGS
@@ -43,7 +50,11 @@ def define_flags() -> None:
                     "--mode=evaluate: which split of the run's data to evaluate.")
   flags.DEFINE_string("data_dir", "", "--mode=evaluate: evaluate on this folder of class subfolders "
                       "(or Kaggle-style names) instead of a split of the run's data.")
-  flags.mark_flag_as_required("workdir")
+  flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
+                    "--mode=evaluate: which checkpoint (best: the highest validation accuracy, as "
+                    "the training run's final evaluation and rpsflax.predict use).")
+  flags.DEFINE_bool("show_config", False, "Print every config key with its value (the recipe's, "
+                    "with --config.KEY overrides) and its meaning, then exit.")
 
 
 def _unknown_override(arg: str) -> Optional[str]:
@@ -71,24 +82,27 @@ def parse_flags(argv: list[str]) -> list[str]:
   unknown = [u for u in map(_unknown_override, argv[1:]) if u]
   if unknown:  # config_flags' own message for a typo is a KeyError repr; name the key instead
     message = "; ".join(unknown)
-  cli.fail(f"{message}\nSee python -m rpsflax.main --helpfull for the flags.")
-
-
-def summary(metrics) -> str:
-  if not isinstance(metrics, dict):
-    return str(metrics)
-  keys = ("split", "accuracy", "loss", "num_examples")
-  parts = [f"{k}={metrics[k]:.4f}" if isinstance(metrics.get(k), float) else f"{k}={metrics[k]}"
-           for k in keys if metrics.get(k) is not None]
-  return " ".join(parts) or str(metrics)
+    cli.fail(f"{message}\n{config_check.SHOW_CONFIG_HINT}")
+  cli.fail(f"{message}\nSee python -m rpsflax.main --help for the flags.")
 
 
 def main(argv):
   cli.setup_logging()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.show_config:
+    if FLAGS.config is None:
+      cli.fail("--show_config needs --config=RECIPE, e.g. --config=configs/rps.py")
+    print(config_check.describe(FLAGS.config))
+    return
+  if not FLAGS.workdir:
+    cli.fail("--workdir is required: the folder of the run (created if missing), e.g. "
+             "--workdir=runs/rps")
   workdir = pathlib.Path(FLAGS.workdir).expanduser()
   start = time.time()
+  recipe = config_flags.get_config_filename(FLAGS["config"]) if FLAGS.config is not None else None
+  logging.info("rpsflax %s: config %s, workdir %s", FLAGS.mode,
+               recipe or f"{workdir / 'config.json'}", workdir)
   # JAX, TensorFlow and the training code load only now: a mistake in the flags is reported
   # in a second. (Nothing touches a device before train/evaluate start jax.distributed.)
   from rpsflax import evaluation, timing, train  # noqa: PLC0415
@@ -97,16 +111,19 @@ def main(argv):
     if FLAGS.mode == "train":
       if FLAGS.config is None:
         raise RunError("--config is required to train, e.g. --config=configs/rps.py")
-      if FLAGS.data_dir or FLAGS["split"].present:
-        raise RunError("--split and --data_dir belong to --mode=evaluate; to train on a folder use "
-                       "--config.data.dir=FOLDER")
+      if FLAGS.data_dir or FLAGS["split"].present or FLAGS["checkpoint"].present:
+        raise RunError("--split, --data_dir and --checkpoint belong to --mode=evaluate; to train "
+                       "on a folder use --config.data.dir=FOLDER")
       metrics = train.train_and_evaluate(FLAGS.config, workdir,
                                          started=timing.process_start_time())
     else:
-      metrics = evaluation.evaluate(FLAGS.config, workdir, FLAGS.split, FLAGS.data_dir)
-  logging.info("%s done in %.0fs: %s", FLAGS.mode, time.time() - start, summary(metrics))
+      metrics = evaluation.evaluate(FLAGS.config, workdir, FLAGS.split, FLAGS.data_dir,
+                                    FLAGS.checkpoint)
+  # The last lines: accuracy, the checkpoint used, where eval.json and the figures are.
+  logging.info("%s", report.run_summary(FLAGS.mode, time.time() - start, metrics))
 
 
 if __name__ == "__main__":
   define_flags()
+  cli.exit_on_help(sys.argv, __doc__)
   app.run(main, flags_parser=parse_flags)

@@ -4,14 +4,19 @@ r"""Label image files or folders with a trained workdir.
   python -m rpsflax.predict --workdir=runs/rps --output=preds.csv --grid=preds.png hands/
   python -m rpsflax.predict --workdir=runs/catsdogs --submission=submission.csv test1/
 
-The model is the workdir's config.json and best checkpoint. Images are read and resized exactly
+The model is the workdir's config.json and its best checkpoint (the highest validation accuracy:
+the one the training run's final evaluation and --mode=evaluate use; --checkpoint=latest for the
+last epoch's), named in the log and in --output=*.json. Images are read and resized exactly
 as in training (the input pipeline's `load_images`) and preprocessed by the same jit-compiled
 function; each line printed is `file<TAB>label<TAB>probability`. --submission writes Kaggle's
 `id,label` (id: the numeric file stem, label: the probability of the positive class, 'dog' for
-cats vs dogs), sorted by id. Unreadable files are reported and skipped.
+cats vs dogs), sorted by id. Unreadable files are reported and skipped. The last log line sums
+up: the checkpoint, the accuracy where folder or file names give the classes, the files written.
 """
 
-from absl import app, flags
+import sys
+
+from absl import app, flags, logging
 
 from rpsflax import cli  # first: TensorFlow's environment, before anything imports it
 
@@ -21,7 +26,8 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """Defined when run as a program, so importing this module has no side effects."""
   flags.DEFINE_string("workdir", None, "A trained run's workdir (config.json + checkpoints/).")
-  flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to use.")
+  flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to use (best: "
+                    "the highest validation accuracy, as training's final evaluation).")
   flags.DEFINE_integer("batch_size", 32, "Images per forward pass (padded, so one compilation).")
   flags.DEFINE_string("output", "", "Write predictions to this .csv or .json file.")
   flags.DEFINE_string("grid", "", "Draw a grid of images with their predicted labels to this .png.")
@@ -39,6 +45,7 @@ def main(argv):
     raise app.UsageError("name at least one image file or folder: "
                          "python -m rpsflax.predict --workdir=W PATH...")
   cli.setup_logging()
+  logging.info("rpsflax predict: workdir %s, %s", FLAGS.workdir, " ".join(paths))
   from rpsflax import prediction  # noqa: PLC0415  (JAX and TensorFlow load after the flags parse)
 
   with cli.exit_on_errors():
@@ -49,4 +56,5 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
+  cli.exit_on_help(sys.argv, __doc__)
   app.run(main)

@@ -10,13 +10,15 @@ import json
 import pathlib
 import re
 import sys
+import time
 from typing import Iterable, Optional, Sequence
 
 import jax
 import numpy as np
 from absl import logging
 
-from rpsflax import data_files, input_pipeline, report, restore, sharding
+from rpsflax import (data_files, input_pipeline, pil_image, report, restore, run_meta,
+                     sharding)
 from rpsflax.errors import PredictError
 
 
@@ -76,13 +78,18 @@ def write_submission(path, ids: Iterable[int], positive_probs: Iterable[float]) 
   return path
 
 
-def write_predictions(path, rows: Sequence[dict], class_names: Sequence[str]) -> pathlib.Path:
-  """rows ({file, label, probability, probabilities}) as .csv (one p_<class> column each) or .json."""
+def write_predictions(path, rows: Sequence[dict], class_names: Sequence[str],
+                      checkpoint: Optional[dict] = None, workdir=None) -> pathlib.Path:
+  """rows ({file, label, probability, probabilities}) as .csv (one p_<class> column each) or .json
+  (with `checkpoint`, the record of the checkpoint that predicted them, when given)."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   if path.suffix.lower() == ".json":
-    path.write_text(json.dumps({"class_names": list(class_names), "predictions": list(rows)},
-                               indent=2) + "\n")
+    record = {"class_names": list(class_names)}
+    if checkpoint is not None:  # its path is relative to the workdir, named beside it
+      record["checkpoint"] = dict(checkpoint)
+      record["workdir"] = str(workdir) if workdir is not None else None
+    path.write_text(json.dumps({**record, "predictions": list(rows)}, indent=2) + "\n")
   elif path.suffix.lower() == ".csv":
     with open(path, "w", newline="") as f:
       w = csv.writer(f)
@@ -95,14 +102,39 @@ def write_predictions(path, rows: Sequence[dict], class_names: Sequence[str]) ->
   return path
 
 
+def natural_key(path) -> list:
+  """Sort key that orders numbers by value: scissors2.png before scissors10.png."""
+  parts = re.split(r"(\d+)", str(path))
+  return [int(t) if i % 2 else t.lower() for i, t in enumerate(parts)]
+
+
 def list_inputs(paths: Sequence[str]) -> tuple[list[pathlib.Path], list[tuple[str, str]]]:
-  """Image files named directly or found under folders (sorted, no duplicates); missing paths
-  are reported. A file named explicitly is tried whatever its extension (unreadable -> skipped)."""
+  """Image files named directly or found under folders (each folder's in natural order: 1, 2,
+  10; no duplicates); missing paths are reported. A file named explicitly is tried whatever its
+  extension (unreadable -> skipped)."""
   existing = [pathlib.Path(p).expanduser() for p in paths if pathlib.Path(p).expanduser().exists()]
   missing = [(str(p), "no such file or folder") for p in paths
              if not pathlib.Path(p).expanduser().exists()]
-  files = [pathlib.Path(f) for f in data_files.list_images(existing)] if existing else []
+  files, seen = [], set()
+  for p in existing:
+    found = [pathlib.Path(f) for f in data_files.list_images(p)]
+    for f in sorted(found, key=natural_key) if p.is_dir() else found:
+      if f not in seen:
+        seen.add(f)
+        files.append(f)
   return files, missing
+
+
+def display_image(path, side: int = 256) -> np.ndarray:
+  """The file as a person sees it (RGB, at most `side` pixels a side), for the grid: not the
+  model's input, which is resized to config.data.image_size (32 px in the tiny recipes)."""
+  try:
+    im = pil_image.rgb_image(pathlib.Path(path).read_bytes(), data_files.DEFAULT_MAX_IMAGE_PIXELS)
+  except (OSError, ValueError) as e:  # it was predicted, so it decodes for the model: say so
+    logging.warning("--grid: %s drawn grey (%s)", path, e)
+    return np.full((side, side, 3), 128, np.uint8)
+  im.thumbnail((side, side))
+  return np.asarray(im, np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +145,8 @@ class Predictor:
 
   def __init__(self, workdir, which: str = "best", batch_size: int = 32):
     (self.config, self.model, self.params, self.class_names,
-     predict_fn) = restore.load_for_inference(workdir, which=which)
+     predict_fn, meta) = restore.load_for_inference(workdir, which=which)
+    self.checkpoint = meta.checkpoint_record()  # which one, epoch, step, folder
     self.mesh = sharding.make_mesh()
     n = self.mesh.devices.size
     self.batch_size = -(-max(1, int(batch_size)) // n) * n  # a multiple of the device count
@@ -148,14 +181,13 @@ class Predictor:
     return np.concatenate(out)
 
 
-def predict_files(predictor: Predictor, files: Sequence[pathlib.Path], *, grid_max: int = 0,
-                  chunk: int = 512):
+def predict_files(predictor: Predictor, files: Sequence[pathlib.Path], *, chunk: int = 512):
   """Predict every file, reading `chunk` files at a time (a test folder need not fit in memory).
 
-  Returns (rows, skipped, grid_images): rows are {file, label, probability, probabilities} in
-  the order of `files`; grid_images holds the first `grid_max` readable images.
+  Returns (rows, skipped): rows are {file, label, probability, probabilities} in the order of
+  `files`.
   """
-  rows, skipped, grid_images = [], [], []
+  rows, skipped = [], []
   names = predictor.class_names
   for start in range(0, len(files), chunk):
     images, ok, bad = predictor.load(files[start:start + chunk])
@@ -163,19 +195,20 @@ def predict_files(predictor: Predictor, files: Sequence[pathlib.Path], *, grid_m
     if not len(ok):
       continue
     probs = predictor.probabilities(images)
-    if len(grid_images) < grid_max:
-      grid_images += list(images[:grid_max - len(grid_images)])
     for path, p in zip(ok, probs):
       k = int(np.argmax(p))
       rows.append({"file": str(path), "label": names[k], "probability": float(p[k]),
                    "probabilities": {c: float(v) for c, v in zip(names, p)}})
-  return rows, skipped, np.asarray(grid_images)
+  return rows, skipped
 
 
 def run(workdir, paths: Sequence[str], *, which: str = "best", batch_size: int = 32,
         output: str = "", grid: str = "", grid_max: int = 32, submission: str = "",
         positive: str = "", quiet: bool = False, out=sys.stdout) -> list[dict]:
-  """The command, as a function: predict, print, and write the requested files. Returns the rows."""
+  """The command, as a function: predict, print, and write the requested files. Returns the rows;
+  the last log line sums it up (the checkpoint used, accuracy where file or folder names give
+  the classes, the files written)."""
+  start = time.time()
   if output and pathlib.Path(output).suffix.lower() not in (".csv", ".json"):
     raise PredictError(f"--output={output}: name a .csv or a .json file")
   files, skipped = list_inputs(paths)
@@ -189,8 +222,10 @@ def run(workdir, paths: Sequence[str], *, which: str = "best", batch_size: int =
     raise PredictError(f"--workdir={workdir}: no {report.CONFIG_FILE}, so not a training run's "
                        "workdir (train one with python -m rpsflax.main)")
   predictor = Predictor(workdir, which, batch_size)
+  logging.info("predicting %d file(s) with %s of %s", len(files),
+               run_meta.describe_checkpoint(predictor.checkpoint), workdir)
   pos = positive_class(predictor.class_names, positive) if submission else None
-  rows, bad, grid_images = predict_files(predictor, files, grid_max=grid_max if grid else 0)
+  rows, bad = predict_files(predictor, files)
   skipped += bad
   if not quiet:
     for r in rows:
@@ -200,14 +235,12 @@ def run(workdir, paths: Sequence[str], *, which: str = "best", batch_size: int =
         f"\n  {p}: {why}" for p, why in skipped), file=sys.stderr)
   if not rows:
     raise PredictError(f"none of the {len(files)} file(s) could be read")
+  written = {}
   if output:
-    logging.info("wrote %s", write_predictions(output, rows, predictor.class_names))
+    written["predictions"] = write_predictions(output, rows, predictor.class_names,
+                                               predictor.checkpoint, workdir)
   if grid:
-    truths = [guess_true_label(r["file"], predictor.class_names) for r in rows[:len(grid_images)]]
-    report.plot_prediction_grid(grid_images, [r["label"] for r in rows], [r["probability"] for r in rows],
-                                grid, true_labels=truths if any(truths) else None,
-                                titles=[pathlib.Path(r["file"]).name for r in rows])
-    logging.info("wrote %s", grid)
+    written["grid"] = write_grid(grid, rows, predictor.class_names, grid_max)
   if submission:
     write_submission(submission, [file_id(r["file"]) for r in rows],
                      [r["probabilities"][pos] for r in rows])
@@ -215,5 +248,34 @@ def run(workdir, paths: Sequence[str], *, which: str = "best", batch_size: int =
     if missing:
       logging.warning("%s lacks %d unreadable file(s) (Kaggle expects every id): %s", submission,
                       len(missing), ", ".join(missing[:10]))
-    logging.info("wrote %s (%d rows, label = P(%s))", submission, len(rows), pos)
+    logging.info("%s: %d rows, label = P(%s)", submission, len(rows), pos)
+    written["submission"] = submission
+  logging.info("%s", report.run_summary("predict", time.time() - start, {
+      **accuracy_from_names(rows, predictor.class_names), "checkpoint": predictor.checkpoint,
+      "outputs": {k: str(v) for k, v in written.items()}}))
   return rows
+
+
+def write_grid(path, rows: Sequence[dict], class_names: Sequence[str], grid_max: int):
+  """The first `grid_max` predictions drawn over their files (red where the name disagrees)."""
+  shown = [(r, display_image(r["file"])) for r in rows[:max(1, grid_max)]]
+  truths = [guess_true_label(r["file"], class_names) for r, _ in shown]
+  report.plot_prediction_grid([im for _, im in shown], [r["label"] for r, _ in shown],
+                              [r["probability"] for r, _ in shown], path,
+                              true_labels=truths if any(truths) else None,
+                              titles=[pathlib.Path(r["file"]).name for r, _ in shown],
+                              max_images=len(shown), total=len(rows))
+  if len(shown) < len(rows):
+    logging.info("--grid %s: %s (--grid_max=%d)", path, report.grid_caption(len(shown), len(rows)),
+                 grid_max)
+  return path
+
+
+def accuracy_from_names(rows: Sequence[dict], class_names: Sequence[str]) -> dict:
+  """Accuracy over the files whose folder or name gives their class ({} when none does)."""
+  truths = [(guess_true_label(r["file"], class_names), r["label"]) for r in rows]
+  known = [(t, p) for t, p in truths if t is not None]
+  if not known:
+    return {}
+  return {"accuracy": sum(t == p for t, p in known) / len(known), "num_examples": len(known),
+          "split": "the files whose folder or name gives their class"}

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from rpsflax import atomic
+from rpsflax import atomic, run_meta
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
@@ -230,14 +230,15 @@ def plot_confusion_matrix(confusion, class_names: Sequence[str], path,
 def plot_prediction_grid(images, labels: Sequence[str], probs: Sequence[float], path,
                          true_labels: Sequence[str | None] | None = None,
                          titles: Sequence[str] | None = None, ncols: int | None = None,
-                         max_images: int = 64) -> pathlib.Path:
+                         max_images: int = 64, total: int | None = None) -> pathlib.Path:
   """Images titled with the predicted label and its probability; red where a known truth differs.
 
-  images: uint8 (or float in [0, 255]) [N, H, W, 3] RGB; labels/probs: the predicted class name and
-  its probability; true_labels: the truth per image (None where unknown); titles: e.g. file names,
-  shown under the prediction.
+  images: RGB arrays [H, W, 3], uint8 (or float in [0, 255]), each of its own size (the files as
+  they are, not the model's input); labels/probs: the predicted class name and its probability;
+  true_labels: the truth per image (None where unknown); titles: e.g. file names, shown under the
+  prediction. The figure's title says how many images it shows of `total` (default: all given).
   """
-  images = np.asarray(images)
+  images = [np.asarray(im) for im in images]
   n = min(len(images), max_images)
   if n == 0:
     raise ValueError("plot_prediction_grid: no images")
@@ -246,7 +247,8 @@ def plot_prediction_grid(images, labels: Sequence[str], probs: Sequence[float], 
   ncols = ncols or min(n, max(4, math.ceil(math.sqrt(n))), 8)
   nrows = math.ceil(n / ncols)
   title_lines = 1 + (true_labels is not None) + (titles is not None)
-  fig = _new_figure(2.3 * ncols, (2.2 + 0.2 * title_lines) * nrows, layout="constrained")
+  fig = _new_figure(2.3 * ncols, (2.2 + 0.2 * title_lines) * nrows + 0.4, layout="constrained")
+  fig.suptitle(grid_caption(n, len(images) if total is None else total))
   axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
   for i, ax in enumerate(axes):
     ax.axis("off")
@@ -265,6 +267,10 @@ def plot_prediction_grid(images, labels: Sequence[str], probs: Sequence[float], 
   return _save(fig, path)
 
 
+def grid_caption(shown: int, total: int) -> str:
+  return f"showing {shown} of {total} image{'s' if total != 1 else ''}"
+
+
 def _shorten(text: str, width: int = 22) -> str:
   text = str(text)
   return text if len(text) <= width else "…" + text[-(width - 1):]
@@ -272,6 +278,13 @@ def _shorten(text: str, width: int = 22) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # The end-of-training report
+
+def training_outputs(workdir) -> dict[str, str]:
+  """The files of a finished training run a user looks at first (those that exist)."""
+  workdir = pathlib.Path(workdir)
+  names = {"eval": "eval.json", "curves": "curves.png", "confusion_matrix": "confusion_matrix.png"}
+  return {k: str(workdir / v) for k, v in names.items() if (workdir / v).exists()}
+
 
 def write_training_report(workdir, history: Sequence[Mapping[str, Any]], confusion,
                           class_names: Sequence[str], eval_metrics: Mapping[str, Any],
@@ -312,3 +325,36 @@ def write_eval_report(directory, confusion, class_names: Sequence[str], eval_met
       "confusion_matrix": plot_confusion_matrix(confusion, class_names,
                                                 directory / "confusion_matrix.png", title=title),
   }
+
+
+# ---------------------------------------------------------------------------------------------
+# The end-of-run summary (the commands' last log line)
+
+# What a summary names, in this order: the keys of `write_training_report`'s paths and prediction's.
+OUTPUT_LABELS = {"eval": "eval.json", "curves": "curves", "confusion_matrix": "confusion matrix",
+                 "predictions": "predictions", "grid": "grid", "submission": "submission"}
+
+
+def run_summary(what: str, seconds: float, result: Mapping[str, Any]) -> str:
+  """'train done in 76s: accuracy 0.3333 on validation (33 examples, loss 1.2283) with the best
+  checkpoint (epoch 1, step 23)' and one indented line per output file (result['outputs'])."""
+  head = f"{what} done in {seconds:.0f}s"
+  if result.get("accuracy") is not None:
+    head += f": accuracy {float(result['accuracy']):.4f} on {result.get('split', '?')}"
+    details = [f"{result['num_examples']} examples"] if result.get("num_examples") is not None else []
+    if result.get("loss") is not None:
+      details.append(f"loss {float(result['loss']):.4f}")
+    head += f" ({', '.join(details)})" if details else ""
+  if isinstance(result.get("checkpoint"), Mapping):
+    head += f"{',' if result.get('accuracy') is None else ''} with " + \
+        run_meta.describe_checkpoint(result["checkpoint"])
+  outputs = {k: v for k, v in (result.get("outputs") or {}).items() if v}
+  width = max((len(OUTPUT_LABELS.get(k, k)) for k in outputs), default=0) + 1
+  lines = [f"  {(OUTPUT_LABELS.get(k, k) + ':').ljust(width)} {v}"
+           for k, v in sorted(outputs.items(), key=lambda kv: _order(kv[0]))]
+  return "\n".join([head] + lines)
+
+
+def _order(key: str) -> int:
+  keys = list(OUTPUT_LABELS)
+  return keys.index(key) if key in keys else len(keys)

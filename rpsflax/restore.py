@@ -37,17 +37,19 @@ def restore_state(config, workdir, which: str = ckpt_lib.BEST, mesh: Optional[Me
 
 
 def load_for_inference(workdir, config=None, which: str = ckpt_lib.BEST):
-  """(config, model, params, class_names, predict_fn) of a trained workdir, for rpsflax.predict.
+  """(config, model, params, class_names, predict_fn, meta) of a trained workdir, for
+  rpsflax.predict.
 
   config defaults to the workdir's config.json. predict_fn(params, uint8 images) -> [B, C]
-  probabilities; pad batches to a fixed size (see `pad_batch`) to avoid recompiles.
+  probabilities; pad batches to a fixed size (see `pad_batch`) to avoid recompiles. meta (a
+  RunMeta) says which checkpoint was read (best falls back to latest), its epoch and step.
   """
   if config is None:
     config = report.read_config(workdir)
   model = models.build_model(config)
   state, meta = restore_state(config, workdir, which, model=model)
   return (config, model, state.params, list(meta.class_names),
-          steps.make_predict_fn(config, model, state.batch_stats))
+          steps.make_predict_fn(config, model, state.batch_stats), meta)
 
 
 def check_init_from(config) -> None:

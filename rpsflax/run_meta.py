@@ -35,3 +35,19 @@ class RunMeta:
     known["history"] = list(known.get("history") or [])
     known["class_names"] = list(known.get("class_names") or [])
     return cls(**known, checkpoint=checkpoint)
+
+  def checkpoint_record(self) -> dict:
+    """Which checkpoint this is, for eval.json and predictions ('checkpoint'): which, epoch, step
+    and its folder. Training's final evaluation, --mode=evaluate and predict all record it."""
+    return checkpoint_record(self.checkpoint, self.epoch, self.step)
+
+
+def checkpoint_record(which: str, epoch: int, step: int) -> dict:
+  """The folder is relative to the workdir: the same run in two workdirs records the same."""
+  return {"which": which, "epoch": int(epoch), "step": int(step),
+          "path": f"checkpoints/{which}/{int(step)}"}
+
+
+def describe_checkpoint(record: dict) -> str:
+  """'the best checkpoint (epoch 2, step 10)': how every command's log names what it used."""
+  return f"the {record['which']} checkpoint (epoch {record['epoch']}, step {record['step']})"

@@ -11,6 +11,7 @@ evaluates every epoch (`rpsflax.evaluation`), checkpoints, and writes the report
   in checkpointing (Orbax coordinates).
 """
 
+import copy
 import dataclasses
 import itertools
 import math
@@ -28,8 +29,8 @@ from tqdm import tqdm
 
 from rpsflax import checkpoint as ckpt_lib
 from rpsflax import (config_check, data_files, errors, evaluation, features, input_pipeline,
-                     interrupts, models, optim, report, resident, restore, sharding, steps,
-                     timing, weights, workdir_lock)
+                     interrupts, models, optim, report, resident, restore, run_meta, sharding,
+                     steps, timing, weights, workdir_lock)
 from rpsflax.errors import NonFiniteError
 from rpsflax.run_meta import RunMeta
 
@@ -104,6 +105,7 @@ def run(config, workdir: pathlib.Path, mesh, timer: Optional[timing.RunTimer] = 
   with timer.phase("data"):
     datasets = input_pipeline.create_datasets(config, workdir)  # checks the class count vs head
     class_names = list(datasets.class_names)
+  config = with_num_classes(config, class_names)
   steps_per_epoch = int(datasets.steps_per_epoch)
   total_steps = steps_per_epoch * int(config.num_epochs)
 
@@ -140,7 +142,7 @@ def run(config, workdir: pathlib.Path, mesh, timer: Optional[timing.RunTimer] = 
       eval_path = workdir / "eval.json"
       if eval_path.exists() and meta.history and len(meta.history) >= int(config.num_epochs):
         logging.info("%s already finished %d epochs: not retraining.", workdir, len(meta.history))
-        return report.read_json(eval_path)
+        return {**report.read_json(eval_path), "outputs": report.training_outputs(workdir)}
 
     ckpts.write_frozen(state)  # written during epoch 1 (once per workdir), not at its first save
     if features.enabled(config):  # the head trains on cached backbone features (rpsflax.features)
@@ -154,7 +156,7 @@ def run(config, workdir: pathlib.Path, mesh, timer: Optional[timing.RunTimer] = 
       with timer.phase("decoding"):  # now, rather than inside epoch 1 and the first evaluation
         datasets.prepare(resident.used_splits(datasets))
 
-    def evaluate(split: str) -> dict:
+    def evaluate(state, split: str) -> dict:
       with timer.phase("evaluation"):
         if on_device is not None:
           return on_device.evaluate(state, split)
@@ -190,7 +192,7 @@ def run(config, workdir: pathlib.Path, mesh, timer: Optional[timing.RunTimer] = 
               stop.signum)
         train = steps.summarize(sums)
         if datasets.num_examples.get("validation", 0):
-          last_eval = evaluate("validation")
+          last_eval = evaluate(state, "validation")
           val_loss, val_acc = last_eval["loss"], last_eval["accuracy"]
         else:
           last_eval, val_loss, val_acc = None, None, None
@@ -219,19 +221,24 @@ def run(config, workdir: pathlib.Path, mesh, timer: Optional[timing.RunTimer] = 
           raise interrupts.TrainingInterrupted(
               f"stopped by {signal.Signals(stop.signum).name} after epoch {epoch}; its checkpoint "
               f"is in {ckpts.directory}. Run the same command again to resume.", stop.signum)
-    if final_split == "validation" and last_eval is not None:
-      result = last_eval
-    else:
-      result = evaluate(final_split)
-    extra = {"epoch": len(meta.history), "step": step, "checkpoint": "latest (final parameters)"}
     with timer.phase("checkpoints"):
       ckpts.wait()  # a failed save (disk full) stops before eval.json says the run finished
+      # The final evaluation is of the best checkpoint, as --mode=evaluate and predict use.
+      final_state, used = _best_checkpoint(ckpts, abstract, state, meta)
+    if sharding.is_chief():
+      logging.info("final evaluation: %s on %s", run_meta.describe_checkpoint(used), final_split)
+    if final_split == "validation" and last_eval is not None and final_state is state:
+      result = last_eval
+    else:
+      result = evaluate(final_state, final_split)
+    extra = {"checkpoint": used, "epochs_trained": len(meta.history)}
     extra["timing"] = timer.summary()  # up to eval.json; the log line below adds the reports
     with timer.phase("reports"):
       _write_reports(workdir, meta.history, result, class_names, final_split, extra)
     if sharding.is_chief():
       logging.info("time: %s", timing.format_line(timer.summary()))
-    return evaluation.eval_result(result, class_names, final_split, **extra)
+    return {**evaluation.eval_result(result, class_names, final_split, **extra),
+            "outputs": report.training_outputs(workdir) if sharding.is_chief() else {}}
   finally:
     if writer is not None:
       writer.close()
@@ -374,6 +381,17 @@ def _tb_writer(workdir: pathlib.Path):
   return SummaryWriter(str(workdir / "tensorboard"))
 
 
+def _best_checkpoint(ckpts, abstract, state, meta: RunMeta) -> tuple[Any, dict]:
+  """(state, checkpoint record) of the run's best checkpoint: `state` itself when the last epoch
+  was the best, else the best one read back. Saves must be finished (ckpts.wait())."""
+  best = ckpts.restore_meta(which=ckpt_lib.BEST)
+  if best is None or int(best["step"]) == int(state.step):  # (no best: a run of no epoch)
+    which = ckpt_lib.BEST if best is not None else ckpt_lib.LATEST
+    return state, run_meta.checkpoint_record(which, meta.epoch, int(state.step))
+  best_state, saved = ckpts.restore(abstract, which=ckpt_lib.BEST)
+  return best_state, RunMeta.from_json(saved, checkpoint=ckpt_lib.BEST).checkpoint_record()
+
+
 def _write_reports(workdir, history, evaluation, class_names, split, extra) -> dict:
   """eval.json, curves.png, confusion_matrix.png, history.json: the one place report is called."""
   eval_metrics = {"split": split, "accuracy": evaluation["accuracy"], "loss": evaluation["loss"],
@@ -424,6 +442,18 @@ def check_starting_point(config, workdir: pathlib.Path) -> None:
         f"{workdir} holds a run that resumes from its checkpoint, so {'; '.join(changed)} would "
         "never be read. Pass the value it was started with, or a fresh --workdir to start from "
         "the new one.")
+
+
+def with_num_classes(config, class_names):
+  """`config` itself, or when config.head.num_classes is None (the head follows the data) a copy
+  with one output per class found: what config.json records and the model is built with."""
+  if config.head.num_classes is not None:
+    return config
+  config = copy.deepcopy(config)
+  config.head.num_classes = len(class_names)
+  logging.info("config.head.num_classes=%d: one output per class found (%s)", len(class_names),
+               ", ".join(class_names))
+  return config
 
 
 def save_config(config, workdir: pathlib.Path) -> None:

@@ -193,10 +193,12 @@ def test_full_model_predict_and_evaluate_match_the_head_on_cached_features(run):
   wd = root / "wd"
   datasets = _datasets(config, wd)
   images, labels = _images(datasets, "validation")
-  predictor = prediction.Predictor(wd, which="latest", batch_size=8)
+  # The best checkpoint: the one the training run's final evaluation (`result`) used (issue 24).
+  assert result["checkpoint"]["which"] == "best"
+  predictor = prediction.Predictor(wd, which="best", batch_size=8)
   full = predictor.probabilities(images)
 
-  state, _ = restore.restore_state(config, wd, which="latest")
+  state, _ = restore.restore_state(config, wd, which="best")
   model = models.build_model(config)
   cached = np.load(wd / "features" / "validation.npy")[0]
   logits = model.apply({"params": state.params}, cached, method="classify")
@@ -204,7 +206,7 @@ def test_full_model_predict_and_evaluate_match_the_head_on_cached_features(run):
   np.testing.assert_allclose(full, head, rtol=1e-4, atol=1e-5)
   np.testing.assert_array_equal(full.argmax(-1), head.argmax(-1))
 
-  evaluated = evaluation.evaluate_checkpoint(config, wd, split="validation", which="latest")  # the full model
+  evaluated = evaluation.evaluate_checkpoint(config, wd, split="validation", which="best")  # the full model
   assert evaluated["num_examples"] == result["num_examples"] == len(labels)
   assert evaluated["accuracy"] == pytest.approx(result["accuracy"])
   assert evaluated["loss"] == pytest.approx(result["loss"], rel=1e-4)

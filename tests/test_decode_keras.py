@@ -128,8 +128,8 @@ def test_sixteen_bit_png_keeps_the_high_byte_where_keras_saturates(tmp_path):
 def test_readme_states_the_sixteen_bit_difference():
   import pathlib
 
-  readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-  assert "16-bit PNG" in readme and "high byte" in readme
+  readme = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+  assert "16-bit PNG" in readme and "high byte" in readme  # (the README's Data, since issue 24)
 
 
 def test_exif_orientation_is_ignored_as_keras_does(files):

@@ -161,7 +161,7 @@ def test_kaggle_layout_train_holdout_submission(tmp_path, kaggle_dir):
   assert held.count(0) == held.count(1) == HOLDOUT // 2  # stratified
   assert rep["num_examples"] == {k: len(v) for k, v in names.items()}
 
-  # 3. The run's outputs; training ends with an evaluation of the final parameters on the holdout.
+  # 3. The run's outputs; training ends with an evaluation of the best checkpoint on the holdout.
   history = _read(w / "history.json")
   assert [h["epoch"] for h in history] == [1, 2]
   for h in history:
@@ -179,13 +179,13 @@ def test_kaggle_layout_train_holdout_submission(tmp_path, kaggle_dir):
   proc = run_cmd("rpsflax.main", "--mode=evaluate", f"--workdir={w}", "--split=holdout")
   final = _read(w / "eval" / "holdout" / "eval.json")
   assert final["split"] == "holdout" and final["num_examples"] == HOLDOUT
-  assert final["checkpoint"] == "best" and 0.0 <= final["accuracy"] <= 1.0
+  assert final["checkpoint"]["which"] == "best" and 0.0 <= final["accuracy"] <= 1.0
   cm = np.asarray(final["confusion_matrix"])
   assert cm.shape == (2, 2) and cm.sum() == HOLDOUT and list(cm.sum(axis=1)) == [10, 10]
   assert final["accuracy"] == pytest.approx(np.trace(cm) / HOLDOUT)
   assert (w / "eval" / "holdout" / "confusion_matrix.png").stat().st_size > 10_000
   assert _read(w / "eval.json") == ev
-  assert f"num_examples={HOLDOUT}" in proc.stderr
+  assert f"on holdout ({HOLDOUT} examples" in proc.stderr
 
   # 5. Kaggle submission and a prediction grid for the unlabelled test folder.
   sub, grid, preds = tmp_path / "sub.csv", tmp_path / "grid.png", tmp_path / "preds.csv"
@@ -218,7 +218,7 @@ def test_kaggle_layout_train_holdout_submission(tmp_path, kaggle_dir):
 
   from rpsflax import input_pipeline, preprocess, restore
 
-  config, model, params, class_names, _ = restore.load_for_inference(w)
+  config, model, params, class_names, _, _ = restore.load_for_inference(w)
   assert class_names == ["cat", "dog"]
   images, ok, _ = input_pipeline.load_images([str(data / "test" / f"{i}.jpg") for i in TEST_IDS],
                                              config.data.image_size, config.data.resize_method)

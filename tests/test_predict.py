@@ -244,3 +244,49 @@ def test_catsdogs_holdout_evaluation_and_submission(tmp_path):
   for line, r in zip(lines[1:], sorted(rows, key=lambda r: int(pathlib.Path(r["file"]).stem))):
     assert float(line.split(",")[1]) == pytest.approx(r["probabilities"]["dog"], abs=1e-6)
   assert grid.stat().st_size > 5000
+
+
+# ---------------------------------------------------------------------------------------------
+# One story (issue 24): the checkpoint used, a summary, a grid that says what it shows
+
+def test_natural_order_within_a_folder(tmp_path):
+  for name in ("scissors10.png", "scissors2.png", "scissors1.png", "paper-hires1.png", "paper3.png"):
+    (tmp_path / name).write_bytes(b"")
+  files, missing = prediction.list_inputs([str(tmp_path / "scissors10.png"), str(tmp_path)])
+  assert [f.name for f in files] == ["scissors10.png", "paper3.png", "paper-hires1.png",
+                                     "scissors1.png", "scissors2.png"]
+  assert not missing
+
+
+def test_predictions_name_their_checkpoint_and_the_grid_its_count(tmp_path, catsdogs_workdir,
+                                                                   kaggle_test_folder, caplog,
+                                                                   monkeypatch):
+  import logging
+
+  workdir = catsdogs_workdir[0]
+  out_json, grid = tmp_path / "preds.json", tmp_path / "grid.png"
+  drawn = {}
+  real_plot = report.plot_prediction_grid
+
+  def spy(images, *args, **kwargs):
+    drawn["shapes"] = [np.asarray(im).shape for im in images]
+    drawn["titles"] = kwargs["titles"]
+    return real_plot(images, *args, **kwargs)
+
+  monkeypatch.setattr(report, "plot_prediction_grid", spy)
+  with caplog.at_level(logging.INFO):
+    rows = prediction.run(workdir, [kaggle_test_folder], output=str(out_json), grid=str(grid),
+                          grid_max=4, quiet=True)
+  record = json.loads(out_json.read_text())
+  assert record["checkpoint"] == {"which": "best", "epoch": 1, "step": 1,
+                                  "path": "checkpoints/best/1"}
+  assert record["workdir"] == str(workdir)
+  assert [pathlib.Path(r["file"]).name for r in rows] == ["1.jpg", "2.jpg", "3.jpg", "4.jpg",
+                                                          "10.jpg", "11.jpg"]  # natural order
+  # The grid draws the files as they are (their own sizes), not the model's 30x30 input.
+  assert drawn["titles"] == ["1.jpg", "2.jpg", "3.jpg", "4.jpg"]
+  assert drawn["shapes"][0] == (47, 53, 3) and drawn["shapes"][3] == (30, 30, 3)
+  log = caplog.text
+  assert "showing 4 of 6 images" in log
+  assert "with the best checkpoint (epoch 1, step 1)" in log
+  assert f"predictions: {out_json}" in log and f"grid:        {grid}" in log

@@ -147,3 +147,17 @@ def test_a_saved_config_is_read_over_the_base(tmp_path):
   assert c.trainable == ("head/.*", "backbone/block5.*")
   assert c.model.alpha == base.model.alpha and c.data.max_image_pixels == base.data.max_image_pixels
   assert c.cached_features.enabled is False and c.lr_groups == ()
+
+
+def test_run_summary_names_accuracy_checkpoint_and_files():
+  """The commands' last log line (issue 24): accuracy, the checkpoint used, one line per file."""
+  text = report.run_summary("evaluate", 12.4, {
+      "split": "holdout", "accuracy": 0.75, "loss": 0.5, "num_examples": 20,
+      "checkpoint": {"which": "best", "epoch": 3, "step": 30, "path": "/w/checkpoints/best/30"},
+      "outputs": {"confusion_matrix": "/w/eval/holdout/confusion_matrix.png",
+                  "eval": "/w/eval/holdout/eval.json"}})
+  assert text.splitlines() == [
+      "evaluate done in 12s: accuracy 0.7500 on holdout (20 examples, loss 0.5000) with the best "
+      "checkpoint (epoch 3, step 30)",
+      "  eval.json:        /w/eval/holdout/eval.json",
+      "  confusion matrix: /w/eval/holdout/confusion_matrix.png"]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from rpsflax import config_base, evaluation, models, sharding, steps, train
+from rpsflax import config_base, errors, evaluation, models, sharding, steps, train
 from rpsflax.timing import PHASES
 
 IMAGE = 32
@@ -376,14 +376,50 @@ def test_train_and_evaluate_writes_the_workdir(straight_run):
   assert sum(v for k, v in timing.items() if k != "wall") == pytest.approx(timing["wall"],
                                                                          abs=0.02)
   assert timing["steps"] > 0 and timing["compilation"] > 0 and timing["evaluation"] > 0
-  assert ev["accuracy"] == pytest.approx(history[-1]["val_accuracy"])
   assert sum(map(sum, result["confusion_matrix"])) == 6
   assert set(ev["per_class_accuracy"]) == {"paper", "rock", "scissors"}
-  # best = the first epoch with the highest validation accuracy
+  # best = the first epoch with the highest validation accuracy; the final evaluation is of it
   from rpsflax import checkpoint
 
   best_epoch = 1 + int(np.argmax([h["val_accuracy"] for h in history]))
   assert checkpoint.Checkpoints(workdir).restore_meta(which="best")["epoch"] == best_epoch
+  assert ev["accuracy"] == pytest.approx(history[best_epoch - 1]["val_accuracy"])
+  assert ev["checkpoint"] == {"which": "best", "epoch": best_epoch, "step": 5 * best_epoch,
+                              "path": f"checkpoints/best/{5 * best_epoch}"}
+  assert ev["epochs_trained"] == 2
+
+
+def test_the_final_evaluation_is_of_the_best_checkpoint_not_the_last(straight_run, tmp_path):
+  """A finished run whose best epoch is not its last (epoch 1's checkpoint made the best one
+  here): the final evaluation, recomputed when eval.json is missing, reads the best checkpoint
+  back and says so, as --mode=evaluate and predict do (issue 24)."""
+  import json
+  import shutil
+
+  root, data, _ = straight_run
+  workdir = tmp_path / "run"
+  shutil.copytree(root / "straight", workdir)
+  (workdir / "eval.json").unlink()
+  best = workdir / "checkpoints" / "best"
+  shutil.rmtree(best)
+  best.mkdir()
+  shutil.copytree(workdir / "checkpoints" / "latest" / "5", best / "5")  # epoch 1, step 5
+  out = train.train_and_evaluate(_tiny_config(data, 2), workdir)
+  ev = json.loads((workdir / "eval.json").read_text())
+  assert ev["checkpoint"]["which"] == "best"
+  assert (ev["checkpoint"]["epoch"], ev["checkpoint"]["step"]) == (1, 5)
+  assert out["checkpoint"] == ev["checkpoint"]
+  from rpsflax import evaluation
+
+  again = evaluation.evaluate_checkpoint(_tiny_config(data, 2), workdir, split="validation")
+  assert again["checkpoint"] == ev["checkpoint"]
+  assert again["confusion_matrix"] == ev["confusion_matrix"]
+  assert again["loss"] == pytest.approx(ev["loss"], rel=1e-6)
+  # What the commands' last lines list (report.run_summary): the files each one wrote.
+  assert out["outputs"] == {k: str(workdir / f) for k, f in (
+      ("eval", "eval.json"), ("curves", "curves.png"), ("confusion_matrix", "confusion_matrix.png"))}
+  assert again["outputs"] == {k: str(workdir / "eval" / "validation" / f) for k, f in (
+      ("eval", "eval.json"), ("confusion_matrix", "confusion_matrix.png"))}
 
 
 def test_resume_after_one_epoch_equals_a_straight_run(straight_run, monkeypatch):
@@ -455,6 +491,26 @@ def test_signal_mid_epoch_saves_and_resumes_bit_identically(straight_run, monkey
   assert _no_seconds(meta["history"]) == _no_seconds(straight_meta["history"])
 
 
+def test_num_classes_none_follows_the_data_and_a_set_one_must_match(straight_run, tmp_path):
+  """config.head.num_classes=None (configs/folder.py): one output per class found, recorded in
+  config.json so evaluate and predict build the same head; a number that does not fit the data
+  stops before any work, naming the key and both fixes (issue 24)."""
+  import json
+
+  root, data, _ = straight_run
+  config = _tiny_config(data, 1)
+  config.head.num_classes = None
+  out = train.train_and_evaluate(config, tmp_path / "follows")
+  saved = json.loads((tmp_path / "follows" / "config.json").read_text())
+  assert saved["head"]["num_classes"] == 3 and len(out["per_class_accuracy"]) == 3
+  assert config.head.num_classes is None  # the caller's config is left as it was
+  wrong = _tiny_config(data, 1)
+  wrong.head.num_classes = 5
+  with pytest.raises(errors.DataError, match=r"config\.head\.num_classes=5 but the data has 3 "
+                                            r"classes .*--config\.head\.num_classes=3.*folder\.py"):
+    train.train_and_evaluate(wrong, tmp_path / "wrong")
+
+
 def test_evaluate_restores_best_and_reads_a_folder(straight_run):
   import json
 
@@ -463,7 +519,7 @@ def test_evaluate_restores_best_and_reads_a_folder(straight_run):
   config = _tiny_config(data, 2)
   history = json.loads((workdir / "history.json").read_text())
   out = evaluation.evaluate_checkpoint(config, workdir, split="validation")
-  assert out["checkpoint"] == "best" and out["num_examples"] == 6
+  assert out["checkpoint"]["which"] == "best" and out["num_examples"] == 6
   assert out["accuracy"] == pytest.approx(max(h["val_accuracy"] for h in history))
   assert (workdir / "eval" / "validation" / "eval.json").is_file()
   # A folder with a subset of the classes: labels are mapped by class name.
