@@ -1,5 +1,8 @@
 """Cats vs dogs with the tutorial's small convnet, trained from scratch.
 
+This file states what differs from the base config; the head's dropout 0.5, RMSprop and the
+'nearest' fill come from the base.
+
   python -m rpsflax.main --config=configs/catsdogs.py --workdir=runs/catsdogs \
       --config.data.dir=/path/to/dogs-vs-cats
 """
@@ -18,9 +21,7 @@ def get_config():
   c.data.val_fraction = 0.25         # the remaining 24,000 -> 18,000 train / 6,000 validation
   c.head.num_classes = 1             # sigmoid; dog = 1, cat = 0
   c.head.pooling = "flatten"
-  c.head.dropout = 0.5
   c.head.hidden = (512,)
-  c.optim.name = "rmsprop"
   c.optim.learning_rate = 1e-4
   c.trainable = (".*",)
   c.batch_size = 128
@@ -32,5 +33,4 @@ def get_config():
   c.augment.shear_range = 0.2
   c.augment.zoom_range = 0.2
   c.augment.horizontal_flip = True
-  c.augment.fill_mode = "nearest"
   return c

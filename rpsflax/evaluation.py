@@ -35,15 +35,6 @@ def evaluate_batches(eval_step: Callable, state, batches: Iterable[dict], mesh: 
   return out
 
 
-def eval_result(evaluation: dict, class_names, split: str, **extra) -> dict:
-  """What a training run or an evaluation returns: eval.json's fields plus the confusion matrix."""
-  cm = np.asarray(evaluation["confusion"])
-  return {"split": split, "accuracy": evaluation["accuracy"], "loss": evaluation["loss"],
-          "num_examples": evaluation["num_examples"],
-          "per_class_accuracy": report.metrics_from_confusion(cm, class_names)["per_class_accuracy"],
-          "confusion_matrix": cm.tolist(), "class_names": list(class_names), **extra}
-
-
 def evaluate_checkpoint(config, workdir, split: str = "validation", data_dir: Optional[str] = None,
              which: str = ckpt_lib.BEST) -> dict:
   """Evaluate a trained workdir's best (else latest) checkpoint on a split of its data or a folder.
@@ -79,13 +70,11 @@ def evaluate_checkpoint(config, workdir, split: str = "validation", data_dir: Op
   logging.info("evaluating %s on %s", run_meta.describe_checkpoint(extra["checkpoint"]), split_name)
   evaluation = evaluate_batches(steps.compile_steps(config, model, mesh).eval, state, batches, mesh,
                                 config)
+  record = report.EvalRecord.from_evaluation(evaluation, class_names, split_name, **extra)
   outputs = {}
   if sharding.is_chief():
-    outputs = report.write_eval_report(workdir / "eval" / name, evaluation["confusion"],
-                                       class_names, {"loss": evaluation["loss"], **extra},
-                                       split=split_name)
-  return {**eval_result(evaluation, class_names, split_name, **extra),
-          "outputs": {k: str(v) for k, v in outputs.items()}}
+    outputs = report.write_eval_report(workdir / "eval" / name, record)
+  return {**record.to_json(), "outputs": {k: str(v) for k, v in outputs.items()}}
 
 
 def evaluate(config, workdir, split: str = "validation", data_dir: Optional[str] = None,

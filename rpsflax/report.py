@@ -5,10 +5,11 @@ Figures are drawn on the Agg canvas directly (no pyplot), which leaves the proce
 backend and global state alone.
 """
 
+import dataclasses
 import json
 import math
 import pathlib
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -138,19 +139,43 @@ def metrics_from_confusion(confusion, class_names: Sequence[str]) -> dict:
           "per_class_accuracy": per_class}
 
 
-def write_eval_json(path, *, accuracy: float, loss: float, num_examples: int,
-                    per_class_accuracy: Mapping[str, float | None], split: str,
-                    class_names: Sequence[str] | None = None, confusion=None,
-                    **extra) -> pathlib.Path:
-  """eval.json: the final numbers of one evaluation. `extra` (e.g. checkpoint step) is kept too."""
-  record = {"split": split, "accuracy": accuracy, "loss": loss, "num_examples": int(num_examples),
-            "per_class_accuracy": dict(per_class_accuracy)}
-  if class_names is not None:
-    record["class_names"] = list(class_names)
-  if confusion is not None:
-    record["confusion_matrix"] = np.asarray(confusion).astype(int).tolist()
-  record.update(extra)
-  return write_json(path, record)
+@dataclasses.dataclass(frozen=True)
+class EvalRecord:
+  """One evaluation: what eval.json holds, what training and --mode=evaluate return and the
+  summary line reads. Built in one place (`from_evaluation`) and written in one (`to_json`).
+
+  accuracy, loss and num_examples are the evaluation's own sums; per-class accuracy comes from
+  the confusion matrix, which counts every evaluated example once. `extra` (checkpoint,
+  epochs_trained, timing, folders, ...) is recorded as given.
+  """
+  split: str
+  accuracy: Optional[float]
+  loss: Optional[float]
+  num_examples: int
+  confusion: np.ndarray
+  class_names: tuple
+  extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  @classmethod
+  def from_evaluation(cls, evaluation: Mapping[str, Any], class_names: Sequence[str], split: str,
+                      **extra) -> "EvalRecord":
+    """From an evaluation's summary (accuracy, loss, num_examples, confusion)."""
+    cm = np.asarray(evaluation["confusion"], np.int64)
+    derived = metrics_from_confusion(cm, class_names)
+    pick = lambda k: derived[k] if evaluation.get(k) is None else evaluation[k]
+    return cls(split=split, accuracy=pick("accuracy"), loss=evaluation.get("loss"),
+               num_examples=int(pick("num_examples")), confusion=cm,
+               class_names=tuple(class_names), extra=dict(extra))
+
+  def to_json(self) -> dict:
+    return {"split": self.split,
+            "accuracy": None if self.accuracy is None else float(self.accuracy),
+            "loss": None if self.loss is None else float(self.loss),
+            "num_examples": self.num_examples,
+            "per_class_accuracy": metrics_from_confusion(self.confusion,
+                                                         self.class_names)["per_class_accuracy"],
+            "class_names": list(self.class_names),
+            "confusion_matrix": self.confusion.astype(int).tolist(), **self.extra}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,43 +311,27 @@ def training_outputs(workdir) -> dict[str, str]:
   return {k: str(workdir / v) for k, v in names.items() if (workdir / v).exists()}
 
 
-def write_training_report(workdir, history: Sequence[Mapping[str, Any]], confusion,
-                          class_names: Sequence[str], eval_metrics: Mapping[str, Any],
-                          split: str = "validation") -> dict[str, pathlib.Path]:
-  """history.json, curves.png, confusion_matrix.png and eval.json for a finished run.
-
-  eval_metrics holds at least `loss` (and may hold accuracy, num_examples, per_class_accuracy,
-  split, anything else to record); what is missing is computed from the confusion matrix, which
-  counts every evaluated example once.
-  """
+def write_training_report(workdir, history: Sequence[Mapping[str, Any]],
+                          record: EvalRecord) -> dict[str, pathlib.Path]:
+  """history.json, curves.png, and `record`'s eval.json and confusion_matrix.png for a finished
+  run."""
   workdir = pathlib.Path(workdir)
   paths = {"history": write_history(workdir, history)}
   if history:
     paths["curves"] = plot_curves(history, workdir / "curves.png")
-  paths.update(write_eval_report(workdir, confusion, class_names, eval_metrics,
-                                 split=eval_metrics.get("split", split)))
+  paths.update(write_eval_report(workdir, record))
   return paths
 
 
-def write_eval_report(directory, confusion, class_names: Sequence[str], eval_metrics: Mapping[str, Any],
-                      split: str) -> dict[str, pathlib.Path]:
+def write_eval_report(directory, record: EvalRecord) -> dict[str, pathlib.Path]:
   """eval.json and confusion_matrix.png for one evaluation, in `directory` (made if missing)."""
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  derived = metrics_from_confusion(confusion, class_names)
-  metrics = {**derived, **{k: v for k, v in eval_metrics.items() if v is not None}}
-  metrics["split"] = split
-  extra = {k: v for k, v in metrics.items() if k not in EVAL_KEYS}
-  extra.pop("class_names", None)
-  extra.pop("confusion_matrix", None)
-  title = (f"{split}: {metrics['num_examples']} examples, accuracy {metrics['accuracy']:.1%}"
-           if metrics.get("accuracy") is not None else None)
+  title = (f"{record.split}: {record.num_examples} examples, accuracy {record.accuracy:.1%}"
+           if record.accuracy is not None else None)
   return {
-      "eval": write_eval_json(directory / "eval.json", accuracy=metrics.get("accuracy"),
-                              loss=metrics.get("loss"), num_examples=metrics["num_examples"],
-                              per_class_accuracy=metrics["per_class_accuracy"], split=split,
-                              class_names=class_names, confusion=confusion, **extra),
-      "confusion_matrix": plot_confusion_matrix(confusion, class_names,
+      "eval": write_json(directory / "eval.json", record.to_json()),
+      "confusion_matrix": plot_confusion_matrix(record.confusion, record.class_names,
                                                 directory / "confusion_matrix.png", title=title),
   }
 

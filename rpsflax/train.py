@@ -233,11 +233,13 @@ def run(config, workdir: pathlib.Path, mesh, timer: Optional[timing.RunTimer] = 
       result = evaluate(final_state, final_split)
     extra = {"checkpoint": used, "epochs_trained": len(meta.history)}
     extra["timing"] = timer.summary()  # up to eval.json; the log line below adds the reports
+    record = report.EvalRecord.from_evaluation(result, class_names, final_split, **extra)
     with timer.phase("reports"):
-      _write_reports(workdir, meta.history, result, class_names, final_split, extra)
+      if sharding.is_chief():
+        report.write_training_report(workdir, meta.history, record)
     if sharding.is_chief():
       logging.info("time: %s", timing.format_line(timer.summary()))
-    return {**evaluation.eval_result(result, class_names, final_split, **extra),
+    return {**record.to_json(),
             "outputs": report.training_outputs(workdir) if sharding.is_chief() else {}}
   finally:
     if writer is not None:
@@ -390,16 +392,6 @@ def _best_checkpoint(ckpts, abstract, state, meta: RunMeta) -> tuple[Any, dict]:
     return state, run_meta.checkpoint_record(which, meta.epoch, int(state.step))
   best_state, saved = ckpts.restore(abstract, which=ckpt_lib.BEST)
   return best_state, RunMeta.from_json(saved, checkpoint=ckpt_lib.BEST).checkpoint_record()
-
-
-def _write_reports(workdir, history, evaluation, class_names, split, extra) -> dict:
-  """eval.json, curves.png, confusion_matrix.png, history.json: the one place report is called."""
-  eval_metrics = {"split": split, "accuracy": evaluation["accuracy"], "loss": evaluation["loss"],
-                  "num_examples": evaluation["num_examples"], **extra}
-  if sharding.is_chief():
-    report.write_training_report(workdir, history, evaluation["confusion"], class_names,
-                                 eval_metrics, split=split)
-  return eval_metrics
 
 
 def _final_split(datasets) -> str:

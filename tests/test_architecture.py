@@ -201,6 +201,7 @@ def _cited_names(text: str) -> tuple[list[str], list[str], list[str]]:
   import re  # noqa: PLC0415
 
   ours, keys, files = [], [], []
+  text = re.sub(r"```.*?```", "", text, flags=re.S)  # the module map's code block
   for token in re.findall(r"`([^`]+)`", text):
     token = token.split("(")[0]
     if re.fullmatch(r"[\w/]+\.py", token):

@@ -46,14 +46,22 @@ def test_metrics_from_confusion():
     report.metrics_from_confusion(np.zeros((2, 2)), CLASSES)
 
 
-def test_write_eval_json_keys(tmp_path):
-  path = report.write_eval_json(tmp_path / "eval.json", accuracy=np.float32(0.5), loss=1.25,
-                                num_examples=np.int64(10), per_class_accuracy={"a": 0.4, "b": 0.6},
-                                split="holdout", step=7)
-  data = json.loads(path.read_text())
+def test_eval_record_to_json(tmp_path):
+  """eval.json's fields, from an evaluation's sums: NumPy scalars become plain JSON, per-class
+  accuracy comes from the confusion matrix, extra keys (the checkpoint, ...) are kept."""
+  cm = np.array([[3, 1, 0], [0, 4, 0], [0, 1, 2]])
+  record = report.EvalRecord.from_evaluation(
+      {"accuracy": np.float32(9 / 11), "loss": np.float32(1.25), "num_examples": np.int64(11),
+       "confusion": cm}, CLASSES, "holdout", step=7)
+  data = json.loads(report.write_json(tmp_path / "eval.json", record.to_json()).read_text())
   assert set(report.EVAL_KEYS) <= set(data)
-  assert data["split"] == "holdout" and data["num_examples"] == 10 and data["step"] == 7
-  assert data["accuracy"] == pytest.approx(0.5)
+  assert data["split"] == "holdout" and data["num_examples"] == 11 and data["step"] == 7
+  assert data["accuracy"] == pytest.approx(9 / 11) and data["loss"] == 1.25
+  assert data["per_class_accuracy"]["scissors"] == pytest.approx(2 / 3)
+  assert data["confusion_matrix"] == cm.tolist() and data["class_names"] == CLASSES
+  # What the sums leave out is counted from the confusion matrix.
+  assert report.EvalRecord.from_evaluation({"loss": 0.5, "confusion": cm}, CLASSES,
+                                           "validation").num_examples == 11
 
 
 def test_plot_curves(tmp_path):
@@ -114,8 +122,9 @@ def test_prediction_grid_marks_wrong_in_red(tmp_path, monkeypatch):
 
 def test_write_training_report(tmp_path):
   cm = np.array([[3, 1, 0], [0, 4, 0], [0, 1, 2]])
-  paths = report.write_training_report(tmp_path, _history(3), cm, CLASSES,
-                                       {"loss": 0.7, "step": 30})
+  record = report.EvalRecord.from_evaluation({"loss": 0.7, "confusion": cm}, CLASSES,
+                                             "validation", step=30)
+  paths = report.write_training_report(tmp_path, _history(3), record)
   for name in ("history.json", "curves.png", "confusion_matrix.png", "eval.json"):
     assert (tmp_path / name).stat().st_size > 0, name
   assert set(paths) == {"history", "curves", "eval", "confusion_matrix"}
@@ -127,8 +136,8 @@ def test_write_training_report(tmp_path):
   assert data["loss"] == pytest.approx(0.7) and data["step"] == 30
   assert data["confusion_matrix"] == cm.tolist() and data["class_names"] == CLASSES
   # An evaluation-only report goes beside it under its own name, leaving eval.json alone.
-  report.write_eval_report(tmp_path / "eval" / "holdout", np.eye(3, dtype=int), CLASSES,
-                           {"loss": 0.1}, split="holdout")
+  report.write_eval_report(tmp_path / "eval" / "holdout", report.EvalRecord.from_evaluation(
+      {"loss": 0.1, "confusion": np.eye(3, dtype=int)}, CLASSES, "holdout"))
   assert json.loads((tmp_path / "eval" / "holdout" / "eval.json").read_text())["accuracy"] == 1.0
   assert json.loads((tmp_path / "eval.json").read_text())["split"] == "validation"
 
