@@ -85,8 +85,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.rho = 0.9
   c.optim.momentum = 0.0
   c.optim.epsilon = 1e-7
+  c.optim.weight_decay = 0.0        # L2 on trainable params, added to the gradient (coupled)
   c.trainable = ("head/.*",)
   c.lr_groups = ()
+
+  # Training loss regularisers (train steps only; evaluation reports the plain loss).
+  c.label_smoothing = 0.0           # targets (1 - e) * one_hot + e / classes
+  c.mixup_alpha = 0.0               # > 0: mix each batch with a shuffled copy, lambda ~ Beta(a, a)
+                                    # (on cached features when the head trains on them)
 
   c.batch_size = 32                 # global batch, split across devices
   c.eval_batch_size = 64

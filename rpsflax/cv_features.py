@@ -108,3 +108,11 @@ def build_or_load(config, paths, labels, images, views: int, taps: Sequence[str]
 def json_plain(fields: dict) -> dict:
   """Fields as JSON reads them back (tuples -> lists), so the key compares equal."""
   return json.loads(json.dumps(fields, default=str))
+
+
+def taps_for(config) -> tuple[str, ...]:
+  """The taps cached for `config`'s backbone (the recipes of rpsflax/cv_recipes.py read them)."""
+  if config.model.name == "vgg16":
+    return VGG16_TAPS
+  raise ValueError(f"config.model.name={config.model.name!r}: cross-validation caches VGG16 "
+                   "taps only (name them in rpsflax/cv_features.py)")

@@ -1,0 +1,57 @@
+"""The RPS head recipes compared by cross-validation (scripts/cv_rps.py), built from configs/.
+
+Every recipe starts from a config file of configs/ (the tutorial's configs/rps.py, or the
+cross-validated pick) and changes only head-side settings, so all of them share one feature
+cache: block5 and block4 of VGG16, max- and avg-pooled, for the clean view and every cached
+augmented view (rpsflax/cv_features.py).
+"""
+
+import pathlib
+
+from rpsflax import config_base
+from rpsflax.crossval import Recipe
+
+B5_MAX, B5_AVG, B4_MAX = "block5_pool:max", "block5_pool:avg", "block4_pool:max"
+
+
+def load_config(configs_dir, name: str):
+  """configs/<name>.py's get_config()."""
+  return config_base.load_sibling(str(pathlib.Path(configs_dir) / "_"), name).get_config()
+
+
+def _with(config, **overrides):
+  c = config.copy_and_resolve_references()
+  for dotted, value in overrides.items():
+    node = c
+    *parents, leaf = dotted.split("__")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def recipes(configs_dir) -> dict[str, Recipe]:
+  """name -> Recipe, in the order the run log lists them."""
+  tut = load_config(configs_dir, "rps")
+  out = [
+      Recipe("tutorial", tut, (B5_MAX,), note="configs/rps.py: max pool, RMSprop 1e-3, b32, 20 ep"),
+      Recipe("tutorial_clean", tut, (B5_MAX,), views=1, note="no augmented views"),
+      Recipe("tutorial_2views", tut, (B5_MAX,), views=2, note="clean + 1 augmented view"),
+      Recipe("tutorial_tta", tut, (B5_MAX,), tta=True, note="evaluated on the mean over views"),
+      Recipe("tutorial_ls0.1", _with(tut, label_smoothing=0.1), (B5_MAX,),
+             note="label smoothing 0.1"),
+      Recipe("tutorial_wd1e-3", _with(tut, optim__weight_decay=1e-3), (B5_MAX,),
+             note="L2 1e-3 (coupled)"),
+      Recipe("tutorial_wd1e-2", _with(tut, optim__weight_decay=1e-2), (B5_MAX,),
+             note="L2 1e-2 (coupled)"),
+      Recipe("tutorial_mixup0.2", _with(tut, mixup_alpha=0.2), (B5_MAX,),
+             note="mixup on features, alpha 0.2"),
+      Recipe("tutorial_b4b5", tut, (B5_MAX, B4_MAX), note="block4 + block5 max-pooled (1024)"),
+      Recipe("tutorial_ens5", tut, (B5_MAX,), ensemble=5, note="5 heads averaged"),
+  ]
+  # Issue 12's pick (configs/rps_tuned.py as it was), written out so the comparison outlives it.
+  tuned = _with(tut, head__pooling="avg", optim__name="adam", optim__learning_rate=3e-3,
+                batch_size=128, num_epochs=60)
+  out += [Recipe("rps_tuned", tuned, (B5_AVG,), note="issue 12's rps_tuned: avg, Adam 3e-3, b128, 60 ep"),
+          Recipe("rps_tuned_tta", tuned, (B5_AVG,), tta=True, note="rps_tuned + TTA")]
+  return {r.name: r for r in out}
