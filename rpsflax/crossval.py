@@ -129,12 +129,32 @@ def summarize(recipe: Recipe, per_fold: list, train_views: int) -> dict:
           "per_fold": per_fold}
 
 
+def compare(results: Sequence[dict], baseline: str) -> None:
+  """Add to each result its per-fold difference from `baseline` (same folds: paired), as
+  'vs_baseline': {final_mean, final_sd, last5_mean, last5_sd} (sd ddof=1), and whether its
+  mean beats the baseline's by more than the baseline's sd over folds ('beats_by_1sd')."""
+  base = next((r for r in results if r["name"] == baseline), None)
+  if base is None:
+    return
+  for r in results:
+    out = {"baseline": baseline}
+    for key in ("final", "last5"):
+      d = np.array([a[key] - b[key] for a, b in zip(r["per_fold"], base["per_fold"])])
+      out[f"{key}_mean"] = float(d.mean())
+      out[f"{key}_sd"] = float(d.std(ddof=1)) if len(d) > 1 else 0.0
+    r["vs_baseline"] = out
+    r["beats_by_1sd"] = bool(r["final_mean"] - base["final_mean"] > base["final_sd"])
+
+
 def table(results: Sequence[dict]) -> str:
   """A markdown table: one row per recipe."""
-  lines = ["| recipe | final mean ± sd | last-5 mean ± sd | views | tta | heads | confusion (rows true) |",
-           "| --- | --- | --- | --- | --- | --- | --- |"]
+  lines = ["| recipe | final mean ± sd | last-5 mean ± sd | Δ final vs baseline (paired) | views "
+           "| tta | heads | confusion (rows true: paper, rock, scissors) |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
   for r in results:
+    v = r.get("vs_baseline")
+    delta = f"{v['final_mean']:+.3f} ± {v['final_sd']:.3f}" if v else "-"
     lines.append(f"| {r['name']} | {r['final_mean']:.3f} ± {r['final_sd']:.3f} | "
-                 f"{r['last5_mean']:.3f} ± {r['last5_sd']:.3f} | {r['train_views']} | "
+                 f"{r['last5_mean']:.3f} ± {r['last5_sd']:.3f} | {delta} | {r['train_views']} | "
                  f"{'yes' if r['tta'] else 'no'} | {r['ensemble']} | {r['confusion']} |")
   return "\n".join(lines)

@@ -11,7 +11,8 @@ import pathlib
 from rpsflax import config_base
 from rpsflax.crossval import Recipe
 
-B5_MAX, B5_AVG, B4_MAX = "block5_pool:max", "block5_pool:avg", "block4_pool:max"
+B5_MAX, B5_AVG = "block5_pool:max", "block5_pool:avg"
+B4_MAX, B4_AVG = "block4_pool:max", "block4_pool:avg"
 
 
 def load_config(configs_dir, name: str):
@@ -40,18 +41,20 @@ def recipes(configs_dir) -> dict[str, Recipe]:
       Recipe("tutorial_tta", tut, (B5_MAX,), tta=True, note="evaluated on the mean over views"),
       Recipe("tutorial_ls0.1", _with(tut, label_smoothing=0.1), (B5_MAX,),
              note="label smoothing 0.1"),
-      Recipe("tutorial_wd1e-3", _with(tut, optim__weight_decay=1e-3), (B5_MAX,),
-             note="L2 1e-3 (coupled)"),
+      Recipe("tutorial_wd1e-1", _with(tut, optim__weight_decay=1e-1), (B5_MAX,),
+             note="L2 1e-1 (coupled)"),
       Recipe("tutorial_wd1e-2", _with(tut, optim__weight_decay=1e-2), (B5_MAX,),
              note="L2 1e-2 (coupled)"),
       Recipe("tutorial_mixup0.2", _with(tut, mixup_alpha=0.2), (B5_MAX,),
              note="mixup on features, alpha 0.2"),
       Recipe("tutorial_b4b5", tut, (B5_MAX, B4_MAX), note="block4 + block5 max-pooled (1024)"),
+      Recipe("tutorial_maxavg", tut, (B5_MAX, B5_AVG), note="block5 max + avg pooled (1024)"),
       Recipe("tutorial_ens5", tut, (B5_MAX,), ensemble=5, note="5 heads averaged"),
   ]
   # Issue 12's pick (configs/rps_tuned.py as it was), written out so the comparison outlives it.
   tuned = _with(tut, head__pooling="avg", optim__name="adam", optim__learning_rate=3e-3,
                 batch_size=128, num_epochs=60)
   out += [Recipe("rps_tuned", tuned, (B5_AVG,), note="issue 12's rps_tuned: avg, Adam 3e-3, b128, 60 ep"),
-          Recipe("rps_tuned_tta", tuned, (B5_AVG,), tta=True, note="rps_tuned + TTA")]
+          Recipe("rps_tuned_tta", tuned, (B5_AVG,), tta=True, note="rps_tuned + TTA"),
+          Recipe("rps_tuned_b4b5", tuned, (B5_AVG, B4_AVG), note="rps_tuned on block4 + block5 avg")]
   return {r.name: r for r in out}

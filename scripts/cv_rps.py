@@ -40,6 +40,7 @@ def main(argv=None) -> int:
   p.add_argument("--cache_dir", default="/tmp/rpsflax_cv_cache")
   p.add_argument("--recipes", default="", help="comma-separated names (default: all)")
   p.add_argument("--num_epochs", type=int, default=0, help="> 0: override every recipe's")
+  p.add_argument("--baseline", default="tutorial", help="recipe the others are compared with")
   p.add_argument("--out", default="", help="JSON results (default: print only)")
   a = p.parse_args(argv)
 
@@ -70,6 +71,7 @@ def main(argv=None) -> int:
     results.append(r)
     print(f"{name}: final {r['final_mean']:.3f} ± {r['final_sd']:.3f}, last5 "
           f"{r['last5_mean']:.3f} ± {r['last5_sd']:.3f} ({r['seconds']} s)", flush=True)
+  crossval.compare(results, a.baseline)
   print(crossval.table(results))
   if a.out:
     fold_hands = {int(f): sorted({h for h, g in zip(hand, folds) if g == f})

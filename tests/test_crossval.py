@@ -146,3 +146,22 @@ def test_select_takes_the_named_taps():
   x = crossval.select(cache, ("a", "b", "c"), ("c", "a"))
   assert x.shape == (2, 3, 1, 1, 4)
   np.testing.assert_array_equal(x[..., 0, 0, :], np.concatenate([cache[..., 4:], cache[..., :2]], -1))
+
+
+def test_compare_pairs_folds_and_applies_the_one_sd_rule():
+  def result(name, finals):
+    folds = [{"final": f, "last5": f} for f in finals]
+    return {"name": name, "final_mean": float(np.mean(finals)),
+            "final_sd": float(np.std(finals, ddof=1)), "per_fold": folds}
+  base = result("tutorial", [0.6, 0.9, 1.0])           # sd 0.208
+  small = result("small", [0.7, 0.95, 1.0])            # +0.05 mean: within one sd
+  big = result("big", [0.95, 0.99, 1.0])               # +0.147: within one sd too
+  huge = result("huge", [1.0, 1.0, 1.0])               # +0.167 < 0.208: still not
+  crossval.compare([base, small, big, huge], "tutorial")
+  assert small["vs_baseline"]["final_mean"] == pytest.approx(0.05)
+  assert small["vs_baseline"]["final_sd"] == pytest.approx(np.std([0.1, 0.05, 0.0], ddof=1))
+  assert not any(r["beats_by_1sd"] for r in (base, small, big, huge))
+  steady = result("tutorial", [0.80, 0.82, 0.84])      # sd 0.02
+  better = result("better", [0.86, 0.88, 0.90])
+  crossval.compare([steady, better], "tutorial")
+  assert better["beats_by_1sd"] and not steady["beats_by_1sd"]
