@@ -50,11 +50,18 @@ def recipes(configs_dir) -> dict[str, Recipe]:
       Recipe("tutorial_b4b5", tut, (B5_MAX, B4_MAX), note="block4 + block5 max-pooled (1024)"),
       Recipe("tutorial_maxavg", tut, (B5_MAX, B5_AVG), note="block5 max + avg pooled (1024)"),
       Recipe("tutorial_ens5", tut, (B5_MAX,), ensemble=5, note="5 heads averaged"),
+      # Combinations of the single changes that helped on the first pass (paired, 2 views).
+      Recipe("maxavg_ens5", tut, (B5_MAX, B5_AVG), ensemble=5, note="max+avg, 5 heads"),
+      Recipe("maxavg_mixup0.2", _with(tut, mixup_alpha=0.2), (B5_MAX, B5_AVG),
+             note="max+avg, mixup 0.2"),
+      Recipe("maxavg_mixup0.2_ens5_tta", _with(tut, mixup_alpha=0.2), (B5_MAX, B5_AVG),
+             ensemble=5, tta=True, note="max+avg, mixup 0.2, 5 heads, TTA"),
   ]
   # Issue 12's pick (configs/rps_tuned.py as it was), written out so the comparison outlives it.
   tuned = _with(tut, head__pooling="avg", optim__name="adam", optim__learning_rate=3e-3,
                 batch_size=128, num_epochs=60)
   out += [Recipe("rps_tuned", tuned, (B5_AVG,), note="issue 12's rps_tuned: avg, Adam 3e-3, b128, 60 ep"),
           Recipe("rps_tuned_tta", tuned, (B5_AVG,), tta=True, note="rps_tuned + TTA"),
-          Recipe("rps_tuned_b4b5", tuned, (B5_AVG, B4_AVG), note="rps_tuned on block4 + block5 avg")]
+          Recipe("rps_tuned_b4b5", tuned, (B5_AVG, B4_AVG), note="rps_tuned on block4 + block5 avg"),
+          Recipe("rps_tuned_ens5", tuned, (B5_AVG,), ensemble=5, note="rps_tuned, 5 heads")]
   return {r.name: r for r in out}
