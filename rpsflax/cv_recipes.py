@@ -57,7 +57,7 @@ def recipes(configs_dir) -> dict[str, Recipe]:
       Recipe("maxavg_mixup0.2_ens5_tta", _with(tut, mixup_alpha=0.2), (B5_MAX, B5_AVG),
              ensemble=5, tta=True, note="max+avg, mixup 0.2, 5 heads, TTA"),
   ]
-  # Issue 12's pick (configs/rps_tuned.py as it was), written out so the comparison outlives it.
+  # Issue 12's pick, configs/rps_tuned.py then, configs/rps_avgpool.py since it lost under CV.
   tuned = _with(tut, head__pooling="avg", optim__name="adam", optim__learning_rate=3e-3,
                 batch_size=128, num_epochs=60)
   out += [Recipe("rps_tuned", tuned, (B5_AVG,), note="issue 12's rps_tuned: avg, Adam 3e-3, b128, 60 ep"),

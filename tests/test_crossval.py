@@ -165,3 +165,17 @@ def test_compare_pairs_folds_and_applies_the_one_sd_rule():
   better = result("better", [0.86, 0.88, 0.90])
   crossval.compare([steady, better], "tutorial")
   assert better["beats_by_1sd"] and not steady["beats_by_1sd"]
+
+
+def test_cv_recipes_match_the_config_files(repo_root):
+  from rpsflax import cv_recipes
+  table = cv_recipes.recipes(repo_root / "configs")
+  tut, avg = (cv_recipes.load_config(repo_root / "configs", n) for n in ("rps", "rps_avgpool"))
+  for name, ref in (("tutorial", tut), ("rps_tuned", avg)):
+    c = table[name].config
+    for key in ("head.pooling", "head.dropout", "optim.name", "optim.learning_rate",
+                "batch_size", "num_epochs"):
+      a, b = c, ref
+      for part in key.split("."):
+        a, b = a[part], b[part]
+      assert a == b, (name, key)
