@@ -50,6 +50,10 @@ def recipes(configs_dir) -> dict[str, Recipe]:
       Recipe("tutorial_b4b5", tut, (B5_MAX, B4_MAX), note="block4 + block5 max-pooled (1024)"),
       Recipe("tutorial_maxavg", tut, (B5_MAX, B5_AVG), note="block5 max + avg pooled (1024)"),
       Recipe("tutorial_ens5", tut, (B5_MAX,), ensemble=5, note="5 heads averaged"),
+      Recipe("tutorial_40ep", _with(tut, num_epochs=40), (B5_MAX,), note="40 epochs"),
+      Recipe("tutorial_hidden256", _with(tut, head__hidden=(256,)), (B5_MAX,),
+             note="a hidden dense layer of 256 (relu)"),
+      Recipe("tutorial_avg", tut, (B5_AVG,), note="the tutorial's optimizer on avg-pooled features"),
       # Combinations of the single changes that helped on the first pass (paired, 2 views).
       Recipe("maxavg_ens5", tut, (B5_MAX, B5_AVG), ensemble=5, note="max+avg, 5 heads"),
       Recipe("maxavg_mixup0.2", _with(tut, mixup_alpha=0.2), (B5_MAX, B5_AVG),
