@@ -149,7 +149,7 @@ def compare(results: Sequence[dict], baseline: str) -> None:
 def table(results: Sequence[dict]) -> str:
   """A markdown table: one row per recipe."""
   lines = ["| recipe | final mean ± sd | last-5 mean ± sd | Δ final vs baseline (paired) | views "
-           "| tta | heads | confusion (rows true: paper, rock, scissors) |",
+           "| tta | heads | confusion (rows true, columns predicted) |",
            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
   for r in results:
     v = r.get("vs_baseline")

@@ -116,3 +116,15 @@ def taps_for(config) -> tuple[str, ...]:
     return VGG16_TAPS
   raise ValueError(f"config.model.name={config.model.name!r}: cross-validation caches VGG16 "
                    "taps only (name them in rpsflax/cv_features.py)")
+
+
+def cache_seconds(directory, views: int) -> list[float]:
+  """Seconds each cached view took to compute (its manifest's), for reports; None if unknown."""
+  out = []
+  for v in range(views):
+    try:
+      out.append(json.loads((pathlib.Path(directory) / f"view{v}" / features.MANIFEST)
+                            .read_text())["seconds"])
+    except (OSError, ValueError, KeyError):
+      out.append(None)
+  return out

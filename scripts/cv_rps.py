@@ -79,7 +79,10 @@ def main(argv=None) -> int:
     doc = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "machine": platform.node() + " " + platform.processor(), "data_dir": a.data_dir,
            "weights": a.weights, "class_names": class_names, "views": a.views, "folds": fold_hands,
-           "feature_seconds": round(t_feat, 1), "recipes": results}
+           "feature_seconds": round(t_feat, 1),  # this run's: ~0 beyond decoding when cached
+           "feature_cache": {"dir": a.cache_dir, "taps": list(taps),
+                             "view_seconds": cv_features.cache_seconds(a.cache_dir, a.views)},
+           "recipes": results}
     pathlib.Path(a.out).write_text(json.dumps(doc, indent=1))
   return 0
 

@@ -42,7 +42,7 @@ def _head_config(**kw):
   return c
 
 
-def test_label_smoothing_changes_the_training_loss_only_when_set():
+def test_label_smoothing_changes_the_training_loss():
   from rpsflax import models
   feats = np.random.default_rng(0).normal(size=(6, 1, 1, 5)).astype(np.float32)
   batch = {"image": feats, "label": np.array([0, 1, 2, 0, 1, 2], np.int32),
