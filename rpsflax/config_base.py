@@ -83,8 +83,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.rho = 0.9
   c.optim.momentum = 0.0
   c.optim.epsilon = 1e-7
+  c.optim.weight_decay = 0.0
   c.trainable = ("head/.*",)
   c.lr_groups = ()
+
+  # Training loss regularisers (train steps only; evaluation reports the plain loss).
+  c.label_smoothing = 0.0
+  c.mixup_alpha = 0.0
 
   c.batch_size = 32
   c.eval_batch_size = 64
@@ -165,9 +170,13 @@ MEANINGS = {
     "optim.rho": "RMSprop's decay of the squared-gradient average",
     "optim.momentum": "momentum (RMSprop, SGD)",
     "optim.epsilon": "added to denominators (RMSprop, Adam)",
+    "optim.weight_decay": "L2 on the trainable parameters, added to the gradient (coupled); 0: off",
     "trainable": "regexes over parameter paths ('backbone/block5_conv1/kernel'); the rest is "
                  "frozen unless lr_groups names it",
     "lr_groups": "(pattern, learning_rate) pairs that train at their own rate",
+    "label_smoothing": "e: training targets (1 - e) * one_hot + e / classes; 0: off",
+    "mixup_alpha": "> 0: mix each training batch with a shuffled copy, lambda ~ Beta(a, a) (on "
+                   "cached features when the head trains on them); 0: off",
     "batch_size": "global training batch, split across devices",
     "eval_batch_size": "global evaluation batch",
     "num_epochs": "epochs to train; a finished run asked for more resumes",

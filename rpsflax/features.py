@@ -99,9 +99,13 @@ def check_config(config, model=None) -> None:
 # ---------------------------------------------------------------------------------------------
 # Computing features
 
-def make_feature_fn(config, model, *, augmented: bool):
+def make_feature_fn(config, model, *, augmented: bool, taps: tuple[str, ...] = ()):
   """features(params, batch_stats, images uint8 [B,H,W,3], view_key, index int32 [B]) -> float32
   features.
+
+  `taps` ('block4_pool:max', 'block5_pool:avg', ...): instead of the head's input, the global
+  max/avg pools of these sown backbone outputs, concatenated as one [B, 1, 1, sum C] map (one
+  backbone pass gives several poolings and layers, for comparing heads: rpsflax/cv_features.py).
 
   The backbone runs in inference mode: BatchNorm layers normalise with `batch_stats` (the
   state's moving statistics; {} for models without BN), as a frozen BN backbone in the steps.
@@ -120,6 +124,11 @@ def make_feature_fn(config, model, *, augmented: bool):
         return augment.augment_batch(key, image[None], config.augment)[0]
       images = jax.vmap(one)(index, images)
     x = steps.prepare_images(config, images)  # (the step's exact preprocessing)
+    if taps:
+      _, sown = model.apply(steps.model_variables(params, batch_stats), x, method="features",
+                            mutable=["intermediates"])
+      return jnp.concatenate([_pool_tap(sown["intermediates"], t) for t in taps],
+                             axis=-1)[:, None, None, :].astype(jnp.float32)
     f = model.apply(steps.model_variables(params, batch_stats), x, method="features")
     if pooled:
       reduce = jnp.max if config.head.pooling == "max" else jnp.mean
@@ -127,6 +136,22 @@ def make_feature_fn(config, model, *, augmented: bool):
     return f.astype(jnp.float32)
 
   return fn
+
+
+def _pool_tap(intermediates, tap: str):
+  """[B, C]: the global pool ('layer:max' or 'layer:avg') of a sown backbone output."""
+  layer, _, how = tap.partition(":")
+  sown = intermediates.get("backbone", {})
+  if layer not in sown or how not in ("max", "avg"):
+    raise errors.ConfigError(f"feature tap {tap!r}: use 'LAYER:max' or 'LAYER:avg' with LAYER one "
+                             f"of the backbone's sown outputs {sorted(sown)}")
+  reduce = jnp.max if how == "max" else jnp.mean
+  return reduce(sown[layer][0], axis=(1, 2))
+
+
+def view_key(seed: int, view: int) -> jax.Array:
+  """The key of augmented view `view`; image i of it draws from fold_in(view_key, i)."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), _AUG_TAG), view)
 
 
 def feature_shape(config, model=None) -> tuple[int, ...]:
@@ -169,8 +194,7 @@ def compute_split(config, datasets, split: str, params, mesh, views: int, model=
                       sharding.local_device_count(mesh))
   out = np.zeros((views, n) + feature_shape(config, model), np.float32)
   repl = sharding.replicated(mesh)
-  base = jax.random.fold_in(jax.random.PRNGKey(config.seed), _AUG_TAG)
-  view_keys = [jax.device_put(np.asarray(jax.random.fold_in(base, v)), repl) for v in range(views)]
+  view_keys = [jax.device_put(np.asarray(view_key(config.seed, v)), repl) for v in range(views)]
   stats = batch_stats or {}
   pending = collections.deque()
 
@@ -221,8 +245,13 @@ def weights_fingerprint(params, batch_stats=None) -> str:
 
 def data_fingerprint(datasets, split: str) -> str:
   """sha256 of a split's files: paths, labels, and each local file's size and mtime."""
+  return files_fingerprint(datasets.split_paths(split), datasets.split_labels(split))
+
+
+def files_fingerprint(paths, labels) -> str:
+  """sha256 of (path, label, size, mtime) of each file: what cached features of them depend on."""
   h = hashlib.sha256()
-  for path, label in zip(datasets.split_paths(split), datasets.split_labels(split)):
+  for path, label in zip(paths, labels):
     try:
       st = os.stat(path)
       stamp = f"{st.st_size}:{st.st_mtime_ns}"

@@ -123,6 +123,13 @@ def make_base_optimizer(config, learning_rate: float) -> optax.GradientTransform
   if not learning_rate > 0:
     raise ConfigError(f"config.optim.learning_rate / config.lr_groups: learning rate "
                      f"{learning_rate} must be positive")
+  wd = float(o.get("weight_decay", 0.0))
+  if wd:  # L2 through the gradient, before the optimizer's scaling (Keras' l2 regulariser / 2)
+    return optax.chain(optax.add_decayed_weights(wd), _base_optimizer(o, learning_rate))
+  return _base_optimizer(o, learning_rate)
+
+
+def _base_optimizer(o, learning_rate: float) -> optax.GradientTransformation:
   if o.name == "rmsprop":
     return optax.rmsprop(learning_rate, decay=o.rho, eps=o.epsilon, initial_scale=0.0,
                          eps_in_sqrt=True, momentum=o.momentum or None)

@@ -109,6 +109,33 @@ def per_example_loss(logits, labels, num_classes: int):
     pred = jnp.argmax(logits, axis=-1).astype(jnp.int32)
   return loss, pred
 
+def soft_targets(labels, num_classes: int, smoothing: float):
+  """float32 targets [B, C] (or [B] for a sigmoid head): (1 - e) * one_hot + e / classes."""
+  classes = max(2, num_classes)
+  if num_classes == 1:
+    return labels.astype(jnp.float32) * (1.0 - smoothing) + smoothing / classes
+  return jax.nn.one_hot(labels, num_classes) * (1.0 - smoothing) + smoothing / classes
+
+
+def soft_target_loss(logits, targets, num_classes: int):
+  """Per-example cross-entropy against soft targets (`soft_targets`, possibly mixed)."""
+  if num_classes == 1:
+    return optax.sigmoid_binary_cross_entropy(logits[:, 0], targets)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def mix_batch(rng, x, targets, mask, alpha: float):
+  """Mixup: (x, targets) blended with a shuffled copy of the batch, lambda ~ Beta(alpha, alpha)
+  once per batch. Rows whose partner is padding keep their own example (lambda 1)."""
+  perm_rng, lam_rng = jax.random.split(rng)
+  perm = jax.random.permutation(perm_rng, x.shape[0])
+  lam = jax.random.beta(lam_rng, alpha, alpha)
+  lam = jnp.where(mask[perm], lam, 1.0)
+  lx = lam.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
+  lt = lam.reshape((-1,) + (1,) * (targets.ndim - 1))
+  return lx * x + (1 - lx) * x[perm], lt * targets + (1 - lt) * targets[perm]
+
+
 def num_outputs(config) -> int:
   """Rows/columns of the confusion matrix: 2 for a sigmoid head."""
   return max(2, int(config.head.num_classes))
@@ -136,6 +163,8 @@ def make_train_step(config, model, *, on_features: bool = False) -> Callable:
   # BN layers in training mode update their moving statistics: only then is batch_stats mutable
   # (a frozen BN backbone stays one forward pass that writes nothing).
   bn_updates = bool(models.bn_training_layers(config)) and not on_features
+  smoothing = float(config.get("label_smoothing", 0.0))
+  mixup = float(config.get("mixup_alpha", 0.0))
 
   def train_step(state: TrainState, batch, rng):
     step_rng = jax.random.fold_in(rng, state.step)
@@ -144,6 +173,11 @@ def make_train_step(config, model, *, on_features: bool = False) -> Callable:
     labels = batch["label"]
     mask = batch["mask"]
     maskf = mask.astype(jnp.float32)
+    targets = None  # hard labels (the exact Keras loss) unless smoothing or mixup asks otherwise
+    if smoothing or mixup:
+      targets = soft_targets(labels.astype(jnp.int32), num_classes, smoothing)
+      if mixup:  # its own stream: the augmentation and dropout draws stay as without mixup
+        x, targets = mix_batch(jax.random.fold_in(step_rng, 2), x, targets, mask, mixup)
 
     # Labels and optimizer are pure functions of (config, param structure): built at trace time.
     label_tree = optim.param_labels(state.params, config)
@@ -162,6 +196,8 @@ def make_train_step(config, model, *, on_features: bool = False) -> Callable:
         logits = model.apply(variables, x, train=True, rngs={"dropout": dropout_rng},
                              method="classify" if on_features else None)
       loss, pred = per_example_loss(logits, labels, num_classes)
+      if targets is not None:
+        loss = soft_target_loss(logits, targets, num_classes)
       loss_sum = jnp.sum(loss * maskf)
       count = jnp.sum(maskf)
       return loss_sum / jnp.maximum(count, 1.0), (loss_sum, pred, new_stats)

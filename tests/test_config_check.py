@@ -10,7 +10,7 @@ def _load(repo_root, name):
   return config_base.load_sibling(str(repo_root / "configs" / "x.py"), name).get_config()
 
 
-@pytest.mark.parametrize("name", ["rps", "catsdogs", "rps_tuned", "catsdogs_small_data"])
+@pytest.mark.parametrize("name", ["rps", "catsdogs", "rps_avgpool", "catsdogs_small_data"])
 def test_recipes_are_valid(repo_root, name):
   check_config(_load(repo_root, name))
 

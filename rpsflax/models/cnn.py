@@ -30,11 +30,12 @@ class CatsDogsCNN(nn.Module):
   @nn.compact
   def __call__(self, x):
     x = jnp.asarray(x, self.dtype)
-    for filters, name in zip(CNN_FILTERS, cnn_conv_names()):
+    for i, (filters, name) in enumerate(zip(CNN_FILTERS, cnn_conv_names())):
       x = nn.relu(nn.Conv(filters, (3, 3), padding="VALID", dtype=self.dtype, name=name)(x))
       # Keras MaxPooling2D(2) floors odd sizes ('valid'), e.g. 148 -> 74, 72 -> 36, 34 -> 17, 15 -> 7.
       x = max_pool_2x2(x)
-      self.sow("intermediates", name, x)
+      # Keras' name of the pool layer (a conv's name here clashes with the conv's own scope).
+      self.sow("intermediates", "max_pooling2d" + (f"_{i}" if i else ""), x)
     return x
 
 
