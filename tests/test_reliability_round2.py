@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import random
+import re
 import shutil
 import signal
 import socket
@@ -184,14 +185,14 @@ def full_disk(runs) -> dict:
 # machine and not on CI, where orbax wrote a few 4 KiB chunks fewer.)
 TMPFS_SCRIPT = """
 set -u
-MNT=$1; OUT=$2; HOOKS=$3; shift 3
+MNT=$1; OUT=$2; HOOKS=$3; PY=$4; shift 4
 mount -t tmpfs -o size=8m tmpfs "$MNT" || exit 90
-RPSFLAX_HOOK="fill:$((STEPS + 1)):$MNT/filler:32" python "$HOOKS" "$@" --workdir="$MNT/run" \\
+RPSFLAX_HOOK="fill:$((STEPS + 1)):$MNT/filler:32" "$PY" "$HOOKS" "$@" --workdir="$MNT/run" \\
   > /dev/null 2> "$OUT/first.err"
 echo $? > "$OUT/first.rc"
 cp -a "$MNT/run" "$OUT/after_first"
 rm "$MNT/filler" || exit 91
-python -m rpsflax.main "$@" --workdir="$MNT/run" > /dev/null 2> "$OUT/second.err"
+"$PY" -m rpsflax.main "$@" --workdir="$MNT/run" > /dev/null 2> "$OUT/second.err"
 echo $? > "$OUT/second.rc"
 cp -a "$MNT/run" "$OUT/final"
 """
@@ -214,7 +215,7 @@ def real_full_disk(runs) -> dict:
   script = tmp / "inner.sh"
   script.write_text(TMPFS_SCRIPT)
   proc = subprocess.run(["unshare", "-Urm", "sh", str(script), str(tmp / "mnt"), str(tmp / "out"),
-                         str(rel.HOOKS), f"--config={rel.RECIPE}",
+                         str(rel.HOOKS), sys.executable, f"--config={rel.RECIPE}",
                          f"--config.data.dir={runs.data_dir}"],
                         cwd=REPO, env=rel._env(STEPS=str(STEPS)), capture_output=True,
                         text=True, timeout=2 * TIMEOUT)
@@ -386,13 +387,16 @@ def test_the_lock_file_names_its_holder(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # 2. Damaged checkpoints
 
-@pytest.mark.parametrize("how, why", [("truncate", "OUT_OF_RANGE"), ("flip", "checksum")])
+# A flip is caught by OCDBT's checksum or, where the bytes land in a compressed chunk (which file
+# is biggest varies with how orbax split the arrays), by zstd: either way the read names it.
+@pytest.mark.parametrize("how, why", [("truncate", "OUT_OF_RANGE"),
+                                      ("flip", "checksum|Data corruption detected")])
 def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(runs, how, why):
   out = runs.result(f"damaged_{how}")
   proc, workdir = out["proc"], out["workdir"]
   rel.expect_ok(proc)
   damaged = workdir / "checkpoints" / "latest" / str(2 * STEPS)
-  assert f"checkpoint {damaged} is damaged" in proc.stderr and why in proc.stderr, \
+  assert f"checkpoint {damaged} is damaged" in proc.stderr and re.search(why, proc.stderr), \
       proc.stderr[-3000:]
   assert rel.resumed_from(proc.stderr) == STEPS
   aside = [p.name for p in damaged.parent.iterdir() if p.name.startswith(f"{2 * STEPS}.damaged-")]
