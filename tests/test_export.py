@@ -1,0 +1,194 @@
+"""rpsflax.export: each format, for each backbone family, against rpsflax.predict's probabilities.
+
+Workdirs are made without training (as tests/test_predict.py does): the recipe's config at the
+smallest input size, seeded random parameters with the output layer scaled up (a random head
+answers ~1/C everywhere, which would hide a class-order or channel mix-up), random BatchNorm
+statistics for ResNet50 and MobileNetV2 (so a format that dropped them would show), and a 'best'
+checkpoint. The parity images are the real sample images in ../shared/data when present (the
+workdir's config.data.dir points there), else a seeded synthetic batch.
+
+Bounds: PARITY_BOUND (rpsflax.export.parity.DEFAULT_MAX_DIFF, 1e-4, justified there) for the
+artifact against rpsflax.predict; each test also shows a deliberate break (channels swapped,
+classes reordered, preprocessing missing) moves probabilities by far more than the bound, so the
+comparison can fail.
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from commands import cli_env, run_cmd
+from keras_reference import SHARED_DATA
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PARITY_COUNT = 6   # images per parity check: enough for both classes, cheap on 2 cores
+BREAK_MIN = 1e-2   # a deliberate break must move some probability by at least this
+
+# family -> (recipe, sample folder under ../shared/data, class names, config overrides)
+FAMILIES = {
+    "vgg16": ("rps", "rps/train", ["paper", "rock", "scissors"], {}),
+    "resnet50": ("rps_resnet50", "rps/train", ["paper", "rock", "scissors"], {}),
+    "mobilenet_v2": ("catsdogs_mobilenetv2", "catsdogs/train", ["cat", "dog"],
+                     {"alpha": 0.35}),
+    "cnn": ("catsdogs", "catsdogs/train", ["cat", "dog"], {"hidden": (16,)}),
+}
+
+
+def parity_bound():
+  from rpsflax.export import parity
+
+  return parity.DEFAULT_MAX_DIFF
+
+
+def make_workdir(root: pathlib.Path, family: str, seed: int = 0) -> pathlib.Path:
+  """config.json + a 'best' checkpoint of a seeded, untrained model of `family`."""
+  import jax
+
+  from rpsflax import checkpoint, config_base, config_check, models, report, steps
+
+  recipe, sample, class_names, over = FAMILIES[family]
+  config = config_base.load_sibling(str(REPO / "configs" / "x.py"), recipe).get_config()
+  config.data.image_size = config_check.min_image_size(config.model.name)
+  config.weights = ""
+  data = SHARED_DATA / sample
+  config.data.dir = str(data) if data.is_dir() else ""
+  if "alpha" in over:
+    config.model.alpha = over["alpha"]
+  if "hidden" in over:
+    config.head.hidden = over["hidden"]
+  workdir = root / family
+  report.write_config(workdir, config)
+  model = models.build_model(config)
+  state = steps.create_train_state(config, model, rng=jax.random.PRNGKey(seed))
+  params = jax.tree.map(np.asarray, state.params)
+  images = parity_images_of(config)
+  stats = _calibrated_bn(config, params, state.batch_stats, images)
+  _spread_logits(config, model, params, stats, images)
+  state = state.replace(params=params, batch_stats=stats)
+  with checkpoint.Checkpoints(workdir, async_save=False) as ckpts:
+    ckpts.save(state, {"step": 7, "epoch": 2, "class_names": class_names},
+               which=checkpoint.BEST)
+  return workdir
+
+
+def _calibrated_bn(config, params, stats, images):
+  """BatchNorm moving statistics set to the statistics of the parity images at each layer, as a
+  trained model's are (far from Flax's init of mean 0, var 1, so dropping them would show). With
+  the init values a random MobileNetV2's activations fade layer by layer to a constant output.
+
+  One train-mode call returns new = m * old + (1 - m) * batch for each statistic; called with
+  old = 0 and with old = 1 it gives m and then the batch statistic itself."""
+  import jax
+
+  from rpsflax import models, steps
+
+  if not stats:
+    return {}
+  bn_config = config.copy_and_resolve_references()
+  bn_config.model.bn_trainable, bn_config.trainable = True, (".*",)
+  model = models.build_model(bn_config)  # every BatchNorm layer in training mode when train=True
+  x = steps.prepare_images(config, images)
+
+  def updated(fill):
+    old = jax.tree.map(lambda s: np.full(s.shape, fill, s.dtype), stats)
+    _, new = model.apply({"params": params, "batch_stats": old}, x, train=True,
+                         mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(0)})
+    return jax.tree.map(np.asarray, new["batch_stats"])
+
+  zeros, ones = updated(0.0), updated(1.0)
+  return jax.tree.map(lambda z, o: (z / (1.0 - (o - z))).astype(np.float32), zeros, ones)
+
+
+def parity_images_of(config):
+  from rpsflax.export import parity
+
+  return parity.pick_images(config, count=PARITY_COUNT)[0]
+
+
+def _spread_logits(config, model, params, stats, images):
+  """Rescale the output layer so that, on the parity images, each logit has mean 0 and std 2
+  across images: a random head's logits are nearly constant (or saturated when merely scaled up),
+  so neither a channel swap nor a class mix-up would move its probabilities."""
+  from rpsflax import steps
+
+  logits = np.asarray(model.apply(steps.model_variables(params, stats),
+                                  steps.prepare_images(config, images), train=False), np.float64)
+  centred = logits - logits.mean(0)
+  scale = 2.0 / max(float(centred.std()), 1e-12)
+  out = params["head"]["predictions"]
+  out["kernel"] = (out["kernel"] * scale).astype(np.float32)
+  out["bias"] = (-logits.mean(0) * scale).astype(np.float32)  # bias is 0 at init
+
+
+@pytest.fixture(scope="module")
+def workdirs(tmp_path_factory):
+  """family -> workdir, made on first use."""
+  root = tmp_path_factory.mktemp("export_runs")
+  made = {}
+
+  def get(family):
+    if family not in made:
+      made[family] = make_workdir(root, family)
+    return made[family]
+  return get
+
+
+def reference(workdir, images):
+  """rpsflax.predict's probabilities for uint8 images (its Predictor, as the command runs it)."""
+  from rpsflax import prediction
+
+  return prediction.Predictor(workdir, batch_size=len(images)).probabilities(images)
+
+
+def assert_breaks_show(run, images, ref, class_names):
+  """A swapped channel order and a reordered class list each move probabilities past BREAK_MIN,
+  far beyond the parity bound: so the parity comparison of these images can fail."""
+  swapped = np.abs(run(images[..., ::-1]) - ref).max()
+  reordered = np.abs(ref[:, ::-1] - ref).max()
+  assert swapped > BREAK_MIN, f"channels swapped moved probabilities by only {swapped}"
+  assert reordered > BREAK_MIN, f"classes reordered moved probabilities by only {reordered}"
+
+
+def read_manifest(path) -> dict:
+  return json.loads(pathlib.Path(str(path) + ".manifest.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# StableHLO
+
+@pytest.mark.parametrize("family", ["cnn", "vgg16", "resnet50", "mobilenet_v2"])
+def test_stablehlo_round_trip(tmp_path, workdirs, family):
+  import jax
+
+  from rpsflax.export import exporter
+
+  workdir = workdirs(family)
+  out = tmp_path / f"{family}.stablehlo"
+  m = exporter.export(workdir, "stablehlo", out, count=PARITY_COUNT)
+  assert out.is_file() and read_manifest(out) == m
+  names = FAMILIES[family][2]
+  assert m["class_names"] == names and m["source"]["step"] == 7 and m["source"]["epoch"] == 2
+  assert m["preprocessing"]["inside_model"] and m["input"]["dtype"] == "uint8"
+  assert m["parity"]["max_abs_diff"] <= parity_bound()
+  assert m["parity"]["images"]["source"] == ("data_dir" if SHARED_DATA.is_dir() else "synthetic")
+
+  # Load it as a user would (no rpsflax) and compare with rpsflax.predict on the same images.
+  exp = jax.export.deserialize(bytearray(out.read_bytes()))
+  run = lambda x: np.asarray(exp.call(x), np.float64)
+  images = parity_images(workdir)
+  ref = reference(workdir, images)
+  np.testing.assert_allclose(run(images), ref, atol=parity_bound(), rtol=0)
+  np.testing.assert_allclose(run(images[:1]), ref[:1], atol=parity_bound(), rtol=0)  # any batch
+  assert np.ptp(ref) > 0.05  # informative answers
+  assert_breaks_show(run, images, ref, names)
+
+
+def parity_images(workdir):
+  from rpsflax import report
+  from rpsflax.export import parity
+
+  return parity.pick_images(report.read_config(workdir), count=PARITY_COUNT)[0]
