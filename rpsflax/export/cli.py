@@ -27,8 +27,9 @@ def define_flags() -> None:
   flags.DEFINE_list("images", [], "Image files or folders for the parity check (default: the "
                     "workdir's data folder, else a seeded synthetic batch).")
   flags.DEFINE_integer("parity_images", 16, "At most this many images for the parity check.")
-  flags.DEFINE_float("max_diff", 1e-4, "Refuse to write when any probability differs from "
-                     "rpsflax.predict's by more than this.")
+  flags.DEFINE_float("max_diff", None, "Refuse to write when any probability differs from "
+                     "rpsflax.predict's by more than this (default: the format's bound, 1e-5 "
+                     "for stablehlo, 1e-3 for the TensorFlow/ONNX kernels).")
   flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"], "stablehlo: platforms to lower for.")
   for name in ("workdir", "format", "output"):
     flags.mark_flag_as_required(name)

@@ -21,14 +21,16 @@ def format_module(fmt: str):
 
 
 def export(workdir, fmt: str, out, *, which: str = "best", images=(), count: int = parity.DEFAULT_COUNT,
-           max_diff: float = parity.DEFAULT_MAX_DIFF, options: dict | None = None) -> dict:
+           max_diff: float | None = None, options: dict | None = None) -> dict:
   """Write `out` and `out`.manifest.json; return the manifest."""
-  options = dict(options or {})
+  options = dict(options or {}, format=fmt)
   module = format_module(fmt)
   if which not in CHECKPOINTS:
     raise ExportError(f"--checkpoint={which!r}: use one of {', '.join(CHECKPOINTS)}")
   if not count >= 1:
     raise ExportError(f"--parity_images={count}: use at least 1")
+  if max_diff is None:
+    max_diff = module.DEFAULT_MAX_DIFF
   path = output.check(out, module.SUFFIX)
   source_lib.check_workdir(workdir, which)
   module.check(report.read_config(workdir), options)  # before the slow part: loading, tracing

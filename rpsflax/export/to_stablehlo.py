@@ -11,7 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rpsflax.export import parity
+
 SUFFIX = ""
+DEFAULT_MAX_DIFF = parity.TIGHT_MAX_DIFF  # justified in parity.py
 PREPROCESSING_INSIDE = True
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 RUNTIME = "jax.export.deserialize(...).call(images)"
