@@ -15,10 +15,13 @@ comparison can fail.
 
 import json
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from commands import cli_env, run_cmd
 from keras_reference import SHARED_DATA
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -241,6 +244,135 @@ def errors_mod():
   from rpsflax import errors
 
   return errors
+
+
+# ---------------------------------------------------------------------------------------------
+# SavedModel and ONNX: one TensorFlow graph (uint8 in, preprocessing inside, probabilities out).
+# Run for the CNN and MobileNetV2 (BatchNorm statistics, depthwise convs, alpha): the route is
+# the Keras model's, which test_keras_round_trip holds for every family.
+
+def _run_savedmodel(path):
+  import tensorflow as tf
+
+  serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+  return lambda x: serve(images=tf.constant(x))["probabilities"].numpy().astype(np.float64)
+
+
+def _run_onnx(path):
+  import onnxruntime as ort
+
+  session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+  return lambda x: session.run(["probabilities"], {"images": x})[0].astype(np.float64)
+
+
+@pytest.mark.parametrize("fmt,suffix,load", [("savedmodel", "", _run_savedmodel),
+                                             ("onnx", ".onnx", _run_onnx)])
+@pytest.mark.parametrize("family", ["cnn", "mobilenet_v2"])
+def test_tf_graph_round_trip(tmp_path, workdirs, family, fmt, suffix, load):
+  from rpsflax.export import exporter
+
+  workdir = workdirs(family)
+  out = tmp_path / f"{family}{suffix}"
+  m = exporter.export(workdir, fmt, out, count=PARITY_COUNT)
+  assert m["preprocessing"]["inside_model"] and m["input"]["dtype"] == "uint8"
+  assert m["class_names"] == FAMILIES[family][2]
+  assert m["parity"]["max_abs_diff"] <= parity_bound(fmt)
+  print(f"{fmt} {family}: max |p - p_predict| = {m['parity']['max_abs_diff']:.2e}")
+  run = load(out)
+  images = parity_images(workdir)
+  ref = reference(workdir, images)
+  np.testing.assert_allclose(run(images), ref, atol=parity_bound(fmt), rtol=0)
+  np.testing.assert_allclose(run(images[:1]), ref[:1], atol=parity_bound(fmt), rtol=0)
+  assert_breaks_show(run, images, ref, FAMILIES[family][2])
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line naming the flag, exit 2, nothing written
+
+def _no_leftovers(folder, allowed=()):
+  left = sorted(p.name for p in pathlib.Path(folder).iterdir() if p.name not in allowed)
+  assert left == [], f"left behind: {left}"
+
+
+def test_refusals_name_the_flag(tmp_path, workdirs):
+  from rpsflax.export import exporter
+
+  ExportError = errors_mod().ExportError
+  workdir = workdirs("cnn")
+  out = tmp_path / "out"
+  out.mkdir()
+  with pytest.raises(ExportError, match="--format='tflite'"):
+    exporter.export(workdir, "tflite", out / "m")
+  with pytest.raises(ExportError, match="--checkpoint='first'"):
+    exporter.export(workdir, "stablehlo", out / "m", which="first")
+  (tmp_path / "empty_run").mkdir()
+  with pytest.raises(ExportError, match="--workdir=.*no config.json"):
+    exporter.export(tmp_path / "empty_run", "stablehlo", out / "m")
+  no_ckpt = tmp_path / "no_ckpt"
+  no_ckpt.mkdir()
+  (no_ckpt / "config.json").write_text((workdir / "config.json").read_text())
+  with pytest.raises(ExportError, match="--workdir=.*no best checkpoint"):
+    exporter.export(no_ckpt, "stablehlo", out / "m")
+  (out / "taken").write_bytes(b"keep me")
+  with pytest.raises(ExportError, match="--output=.*exists"):
+    exporter.export(workdir, "stablehlo", out / "taken")
+  assert (out / "taken").read_bytes() == b"keep me"
+  with pytest.raises(ExportError, match="--output=.*is a file, not a folder"):
+    exporter.export(workdir, "stablehlo", out / "taken" / "m")
+  with pytest.raises(ExportError, match=r"--output=.*must end in \.keras"):
+    exporter.export(workdir, "keras", out / "m.h5")
+  _no_leftovers(out, allowed=("taken",))
+
+
+def test_failed_parity_writes_nothing(tmp_path, workdirs, monkeypatch):
+  """An artifact that disagrees with rpsflax.predict (here: its class order reversed) is refused
+  and nothing is left under --output, nor the hidden folder it was built in."""
+  from rpsflax.export import exporter, to_stablehlo
+
+  good = to_stablehlo.runner
+  monkeypatch.setattr(to_stablehlo, "runner",
+                      lambda *a: (lambda x, run=good(*a): run(x)[:, ::-1]))
+  with pytest.raises(errors_mod().ExportError, match="--format=stablehlo: .* disagrees"):
+    exporter.export(workdirs("cnn"), "stablehlo", tmp_path / "m.stablehlo", count=PARITY_COUNT)
+  _no_leftovers(tmp_path)
+
+
+def test_cli_exit_codes_and_files(tmp_path, workdirs):
+  workdir = workdirs("cnn")
+  bad = run_cmd("rpsflax.export", f"--workdir={workdir}", "--format=pickle",
+                f"--output={tmp_path / 'm'}", expect_rc=2)
+  assert bad.stderr.strip().splitlines()[-1].startswith("error: --format='pickle'")
+  out = tmp_path / "cats.stablehlo"
+  run_cmd("rpsflax.export", f"--workdir={workdir}", "--format=stablehlo", f"--output={out}",
+          "--parity_images=2")
+  m = read_manifest(out)
+  assert m["export_format"] == "stablehlo" and m["parity"]["count"] == 2
+  again = run_cmd("rpsflax.export", f"--workdir={workdir}", "--format=stablehlo",
+                  f"--output={out}", expect_rc=2)
+  assert "--output=" in again.stderr and "exists" in again.stderr
+
+
+def test_docs_stablehlo_loader_runs_as_written(tmp_path, workdirs):
+  """docs/export.md's StableHLO loader, run as written (no rpsflax import) on an exported CNN."""
+  import re
+
+  from rpsflax.export import exporter
+
+  text = (REPO / "docs" / "export.md").read_text()
+  snippet = re.search(r"<!-- tested: stablehlo loader -->\n```python\n(.*?)```", text, re.S)[1]
+  assert "rpsflax" not in snippet and len(snippet.strip().splitlines()) <= 14
+  exporter.export(workdirs("cnn"), "stablehlo", tmp_path / "rps.stablehlo", count=2)
+  from PIL import Image
+
+  image = parity_images(workdirs("cnn"))[0]
+  Image.fromarray(image).save(tmp_path / "hand.png")
+  proc = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, env=cli_env(),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  printed = eval(proc.stdout.strip().splitlines()[-1])  # {'cat': p, 'dog': 1 - p}
+  ref = reference(workdirs("cnn"), image[None])[0]
+  assert list(printed) == ["cat", "dog"]
+  np.testing.assert_allclose(list(printed.values()), ref, atol=1e-4)  # printed rounded to 4
 
 
 def parity_images(workdir):

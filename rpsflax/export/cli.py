@@ -13,6 +13,7 @@ when the artifact and rpsflax.predict disagree by more than --max_diff.
 from absl import app, flags
 
 from rpsflax import cli  # first: TensorFlow's environment, before anything imports it
+from rpsflax.export import FORMATS  # a dict: imports nothing heavy
 
 FLAGS = flags.FLAGS
 
@@ -39,11 +40,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}: use --images=a.png,b.png")
   cli.setup_logging()
+  if FLAGS.format not in FORMATS:  # one line, before JAX or TensorFlow load
+    cli.fail(f"--format={FLAGS.format!r}: use one of {', '.join(FORMATS)}")
   with cli.exit_on_errors():
-    from rpsflax.export import exporter, FORMATS  # noqa: PLC0415  (JAX loads after the flags parse)
+    from rpsflax.export import exporter  # noqa: PLC0415  (JAX loads after the flags parse)
 
-    if FLAGS.format not in FORMATS:  # before JAX or TensorFlow load
-      cli.fail(f"--format={FLAGS.format!r}: use one of {', '.join(FORMATS)}")
     exporter.export(FLAGS.workdir, FLAGS.format, FLAGS.output, which=FLAGS.checkpoint,
                     images=FLAGS.images, count=FLAGS.parity_images, max_diff=FLAGS.max_diff,
                     options={"platforms": FLAGS.platforms})
