@@ -46,7 +46,6 @@ def parity_bound(fmt):
 
 def make_workdir(root: pathlib.Path, family: str, seed: int = 0) -> pathlib.Path:
   """config.json + a 'best' checkpoint of a seeded, untrained model of `family`."""
-  import jax
 
   from rpsflax import checkpoint, config_base, config_check, models, report, steps
 
@@ -63,16 +62,36 @@ def make_workdir(root: pathlib.Path, family: str, seed: int = 0) -> pathlib.Path
   workdir = root / family
   report.write_config(workdir, config)
   model = models.build_model(config)
-  state = steps.create_train_state(config, model, rng=jax.random.PRNGKey(seed))
-  params = jax.tree.map(np.asarray, state.params)
+  params, stats = _random_variables(config, model, seed)
   images = parity_images_of(config)
-  stats = _calibrated_bn(config, params, state.batch_stats, images)
+  stats = _calibrated_bn(config, params, stats, images)
   _spread_logits(config, model, params, stats, images)
-  state = state.replace(params=params, batch_stats=stats)
+  state = steps.create_train_state(config, model, params=params, batch_stats=stats)
   with checkpoint.Checkpoints(workdir, async_save=False) as ckpts:
     ckpts.save(state, {"step": 7, "epoch": 2, "class_names": class_names},
                which=checkpoint.BEST)
   return workdir
+
+
+def _random_variables(config, model, seed):
+  """(params, batch_stats) drawn with NumPy from the model's shapes: He-normal kernels, zero
+  biases, BatchNorm at identity. Seconds, where compiling the model's init takes ~15 s for
+  ResNet50 on 2 cores."""
+  import jax
+
+  from rpsflax import steps
+
+  shapes = jax.eval_shape(lambda: steps.init_variables(config, model, jax.random.PRNGKey(seed)))
+  rng = np.random.default_rng(seed)
+
+  def draw(path, s):
+    name = path[-1].key
+    if name == "kernel":
+      fan_in = int(np.prod(s.shape[:-1]))
+      return rng.normal(0, np.sqrt(2.0 / fan_in), s.shape).astype(s.dtype)
+    return (np.ones if name in ("scale", "var") else np.zeros)(s.shape, s.dtype)
+  variables = jax.tree_util.tree_map_with_path(draw, shapes)
+  return variables["params"], variables.get("batch_stats", {})
 
 
 def _calibrated_bn(config, params, stats, images):
@@ -93,13 +112,14 @@ def _calibrated_bn(config, params, stats, images):
   model = models.build_model(bn_config)  # every BatchNorm layer in training mode when train=True
   x = steps.prepare_images(config, images)
 
-  def updated(fill):
-    old = jax.tree.map(lambda s: np.full(s.shape, fill, s.dtype), stats)
+  @jax.jit  # one compilation: op by op, ResNet50 in train mode takes far longer
+  def updated(old):
     _, new = model.apply({"params": params, "batch_stats": old}, x, train=True,
                          mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(0)})
-    return jax.tree.map(np.asarray, new["batch_stats"])
+    return new["batch_stats"]
 
-  zeros, ones = updated(0.0), updated(1.0)
+  zeros, ones = (jax.tree.map(np.asarray, updated(jax.tree.map(lambda s: np.full(
+      s.shape, fill, s.dtype), stats))) for fill in (0.0, 1.0))
   batch = jax.tree.map(lambda z, o: z / (1.0 - (o - z)), zeros, ones)
   # Six images at a 1x1 feature map can give a channel ~0 variance, which a trained model's
   # statistics (over thousands of images) never have: floor it, or the random net amplifies
@@ -117,11 +137,15 @@ def parity_images_of(config):
 def _spread_logits(config, model, params, stats, images):
   """Rescale the output layer so that, on the parity images, each logit has mean 0 and std 2
   across images: a random head's logits are nearly constant (or saturated when merely scaled up),
-  so neither a channel swap nor a class mix-up would move its probabilities."""
+  so neither a channel swap nor a class mix-up would move its probabilities.
+
+  The logits are read back from rpsflax.predict's own function (log p: softmax is blind to the
+  per-image constant that differs), the very program the exporter's reference runs, so the
+  persistent compilation cache the tests share compiles it once."""
   from rpsflax import steps
 
-  logits = np.asarray(model.apply(steps.model_variables(params, stats),
-                                  steps.prepare_images(config, images), train=False), np.float64)
+  p = np.asarray(steps.make_predict_fn(config, model, stats)(params, images), np.float64)
+  logits = np.log(p[:, 1:] / p[:, :1]) if config.head.num_classes == 1 else np.log(p)
   centred = logits - logits.mean(0)
   scale = 2.0 / max(float(centred.std()), 1e-12)
   out = params["head"]["predictions"]
@@ -142,11 +166,18 @@ def workdirs(tmp_path_factory):
   return get
 
 
+_REFERENCES = {}
+
+
 def reference(workdir, images):
-  """rpsflax.predict's probabilities for uint8 images (its Predictor, as the command runs it)."""
+  """rpsflax.predict's probabilities for uint8 images (its Predictor, as the command runs it);
+  one Predictor per workdir (each compiles its model once)."""
   from rpsflax import prediction
 
-  return prediction.Predictor(workdir, batch_size=len(images)).probabilities(images)
+  key = str(workdir)
+  if key not in _REFERENCES:
+    _REFERENCES[key] = prediction.Predictor(workdir, batch_size=PARITY_COUNT)
+  return _REFERENCES[key].probabilities(images)
 
 
 def assert_breaks_show(run, images, ref, class_names):
@@ -187,7 +218,8 @@ def test_stablehlo_round_trip(tmp_path, workdirs, family):
   images = parity_images(workdir)
   ref = reference(workdir, images)
   np.testing.assert_allclose(run(images), ref, atol=parity_bound("stablehlo"), rtol=0)
-  np.testing.assert_allclose(run(images[:1]), ref[:1], atol=parity_bound("stablehlo"), rtol=0)  # any batch
+  if family == "cnn":  # any batch size (one more compilation: the cheap model only)
+    np.testing.assert_allclose(run(images[:1]), ref[:1], atol=parity_bound("stablehlo"), rtol=0)
   assert np.ptp(ref) > 0.05  # informative answers
   assert_breaks_show(run, images, ref, names)
 
@@ -282,7 +314,8 @@ def test_tf_graph_round_trip(tmp_path, workdirs, family, fmt, suffix, load):
   images = parity_images(workdir)
   ref = reference(workdir, images)
   np.testing.assert_allclose(run(images), ref, atol=parity_bound(fmt), rtol=0)
-  np.testing.assert_allclose(run(images[:1]), ref[:1], atol=parity_bound(fmt), rtol=0)
+  if family == "cnn":
+    np.testing.assert_allclose(run(images[:1]), ref[:1], atol=parity_bound(fmt), rtol=0)
   assert_breaks_show(run, images, ref, FAMILIES[family][2])
 
 

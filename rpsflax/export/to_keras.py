@@ -64,8 +64,10 @@ def build_model(config):
     return k.Sequential([k.Input((size, size, 3)), *keras_models.cnn_layers(),
                          *keras_models.head_layers(head, _head_names(config)[0])],
                         name="sequential")
-  model, _ = keras_models.classifier(keras_spec(config))
-  return model
+  compiled, _ = keras_models.classifier(keras_spec(config))
+  # The same layers as an uncompiled model: the file holds no optimizer (whose unbuilt state
+  # Keras would warn about on every load).
+  return k.Model(compiled.inputs, compiled.outputs, name=f"{config.model.name}_classifier")
 
 
 def _head_spec(config) -> dict:
