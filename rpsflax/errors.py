@@ -36,6 +36,11 @@ class PredictError(UserError, ValueError):
   """Bad input to `rpsflax.predict` (no image files, an unknown class name)."""
 
 
+class ExportError(UserError, ValueError):
+  """`rpsflax.export` cannot write the artifact asked for (flag, output path, or a model the
+  format cannot express)."""
+
+
 class StoppedError(Exception):
   """Training stopped on purpose with its last good checkpoints kept."""
 
