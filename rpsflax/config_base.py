@@ -50,6 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.tfds_data_dir = ""
   c.data.image_size = 224
   c.data.resize_method = "nearest"
+  c.data.decoder = "pil"
   c.data.val_fraction = 0.2
   c.data.holdout = 0
   c.data.cache = True
@@ -141,6 +142,8 @@ MEANINGS = {
     "data.tfds_name": "TensorFlow Datasets name, used when data.dir is ''",
     "data.tfds_data_dir": "where TFDS keeps its data ('' = ~/tensorflow_datasets)",
     "data.image_size": "images are resized to this square size (pixels)",
+    "data.decoder": "'pil' (PIL in worker processes; no TensorFlow import) | 'tf' (tf.data): "
+                    "the same pixels, Keras' load_img's",
     "data.resize_method": "interpolation: 'nearest' (Keras flow_from_directory's default), "
                           "'bilinear', 'bicubic', 'area', 'lanczos3', ...",
     "data.val_fraction": "seeded share of train held out for validation when there is no "

@@ -91,6 +91,7 @@ def check_config(config) -> None:
   _check_choice(problems, "config.augment.fill_mode", c.augment.fill_mode, augment.FILL_MODES)
   _check_choice(problems, "config.data.resize_method", c.data.resize_method,
                 tuple(data_files.RESIZE_METHODS))
+  _check_choice(problems, "config.data.decoder", c.data.decoder, data_files.DECODERS)
   _check_choice(problems, "config.data.device_cache",  # (absent from older workdirs' configs)
                 c.data.device_cache, data_files.DEVICE_CACHE_MODES)
 

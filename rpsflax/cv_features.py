@@ -112,7 +112,7 @@ def json_plain(fields: dict) -> dict:
 
 def taps_for(config) -> tuple[str, ...]:
   """The taps cached for `config`'s backbone (the recipes of rpsflax/cv_recipes.py read them)."""
-  if config.model.name == "vgg16":
+  if models.get_spec(config.model.name).keras_application == "VGG16":  # the taps' layer names
     return VGG16_TAPS
   raise ValueError(f"config.model.name={config.model.name!r}: cross-validation caches VGG16 "
                    "taps only (name them in rpsflax/cv_features.py)")

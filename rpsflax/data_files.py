@@ -36,6 +36,7 @@ RESIZE_METHODS = {"nearest": "nearest", "bilinear": "bilinear", "bicubic": "bicu
                   "area": "area", "mitchellcubic": "mitchellcubic", "gaussian": "gaussian"}
 # config.data.device_cache: whether the decoded data lives on the devices (rpsflax/resident.py).
 DEVICE_CACHE_MODES = ("auto", "on", "off")
+DECODERS = ("pil", "tf")  # config.data.decoder: PIL (no TensorFlow import) or tf.data
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif"})
 VALIDATION_DIRS = ("validation", "valid", "val")

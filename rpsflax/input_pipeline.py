@@ -38,21 +38,49 @@ from tqdm import tqdm
 from rpsflax import config_base, data_files, decode_pool, pil_decode, pil_image, quiet
 from rpsflax.errors import DataError
 
-# TensorFlow's C++ start-up lines (no CUDA driver, cuInit failed, CPU features) are not for the
-# user: rpsflax.quiet drops them and writes back anything else (RPSFLAX_VERBOSE=1 keeps them all).
-with quiet.native_stderr():
-  try:  # the default decoder; JAX-only machines (no TensorFlow) decode with PIL
-    import tensorflow as tf
-    TF_MISSING = None
-  except Exception as e:  # pylint: disable=broad-except  (ImportError, or a broken install)
-    tf = None
-    TF_MISSING = f"{type(e).__name__}: {e}"
+_tf_module = None
+_tf_missing = None
 
-  if tf is not None:
-    try:
-      tf.config.set_visible_devices([], "GPU")  # lists the GPUs: cuInit's error on a CPU machine
-    except RuntimeError as e:  # TF already initialised by someone else: say so, carry on
-      logging.warning("could not hide GPUs from TensorFlow (%s); it may take GPU memory", e)
+
+def import_tensorflow():
+  """TensorFlow, imported the first time the tf.data decoder or TFDS needs it (5-8 s on a CPU
+  machine: a run decoding with PIL never pays it), or None where it does not import."""
+  global _tf_module, _tf_missing
+  if _tf_module is None and _tf_missing is None:
+    # TensorFlow's C++ start-up lines (no CUDA driver, cuInit failed, CPU features) are not for
+    # the user: rpsflax.quiet drops them and writes back anything else (RPSFLAX_VERBOSE=1: all).
+    with quiet.native_stderr():
+      try:
+        import tensorflow  # noqa: PLC0415  (seconds; only the tf.data decoder and TFDS need it)
+      except Exception as e:  # pylint: disable=broad-except  (ImportError, or a broken install)
+        _tf_missing = f"{type(e).__name__}: {e}"
+        return None
+      try:
+        tensorflow.config.set_visible_devices([], "GPU")  # cuInit's error on a CPU machine
+      except RuntimeError as e:  # TF already initialised by someone else: say so, carry on
+        logging.warning("could not hide GPUs from TensorFlow (%s); it may take GPU memory", e)
+    _tf_module = tensorflow
+  return _tf_module
+
+
+def tensorflow_missing() -> Optional[str]:
+  """Why TensorFlow does not import here (imports it to find out), or None."""
+  import_tensorflow()
+  return _tf_missing
+
+
+class _LazyTensorFlow:
+  """`tf` in this module: TensorFlow at first attribute use (see import_tensorflow)."""
+
+  def __getattr__(self, name):
+    module = import_tensorflow()
+    if module is None:
+      raise ImportError(f"TensorFlow does not import here ({_tf_missing})")
+    return getattr(module, name)
+
+
+tf = _LazyTensorFlow()
+_decoder = "pil"  # config.data.decoder (data_files.DECODERS), set by use_decoder
 
 _CODES = {"jpeg": 0, "png": 1, "pil": 2}
 _KNOWN_TFDS_SPLITS = {"rock_paper_scissors": ("train", "test"), "cats_vs_dogs": ("train",)}
@@ -61,15 +89,28 @@ _PROGRESS_MIN = 2000
 _decoder_logged = False
 
 
+def use_decoder(name: str) -> None:
+  """config.data.decoder: 'pil' (the default: PIL in worker processes, no TensorFlow import) or
+  'tf' (tf.data). Both give Keras' load_img pixels (tests/test_no_tensorflow.py)."""
+  global _decoder, _decoder_logged
+  if name not in data_files.DECODERS:
+    raise DataError(f"config.data.decoder={name!r}: use one of {list(data_files.DECODERS)}")
+  if name == "tf" and import_tensorflow() is None:
+    raise DataError(f"config.data.decoder='tf' needs TensorFlow, which does not import here "
+                    f"({_tf_missing}): use 'pil'")
+  if name != _decoder:
+    _decoder, _decoder_logged = name, False
+
+
 def decoder_name() -> str:
-  """'tf.data' where TensorFlow imports, else 'pil' (logged once, at first use)."""
+  """'pil' or 'tf.data': what decodes images in this process (logged once, at first use)."""
   global _decoder_logged
-  name = "pil" if tf is None else "tf.data"
+  name = "pil" if _decoder == "pil" else "tf.data"
   if not _decoder_logged:
     _decoder_logged = True
-    if tf is None:
-      logging.info("decoding images with PIL, %d workers (rpsflax/decode_pool.py): "
-                   "TensorFlow does not import (%s)", pil_decode.num_threads(-1), TF_MISSING)
+    if name == "pil":
+      logging.info("decoding images with PIL, %d workers (rpsflax/decode_pool.py)",
+                   pil_decode.num_threads(-1))
     else:
       logging.info("decoding images with tf.data (TensorFlow %s)", tf.__version__)
   return name
@@ -177,9 +218,9 @@ def _check_method(method: str):
   if method not in data_files.RESIZE_METHODS:
     raise DataError(f"config.data.resize_method={method!r}: use one of "
                     f"{sorted(data_files.RESIZE_METHODS)} ('nearest' is Keras' flow_from_directory default)")
-  if tf is None and method not in pil_image.PIL_FILTERS:
-    raise DataError(f"config.data.resize_method={method!r} needs TensorFlow, which does not "
-                    f"import here ({TF_MISSING}): use one of {sorted(pil_image.PIL_FILTERS)}")
+  if _decoder == "pil" and method not in pil_image.PIL_FILTERS:
+    raise DataError(f"config.data.resize_method={method!r} needs config.data.decoder='tf' "
+                    f"(tf.image.resize): with PIL use one of {sorted(pil_image.PIL_FILTERS)}")
 
 
 def decoder_codes(infos: Sequence[data_files.ImageInfo]) -> np.ndarray:
@@ -515,6 +556,7 @@ def create_datasets(config, workdir=None, *, process_index: Optional[int] = None
   that config.head.num_classes cannot represent).
   """
   pi, pc = _process(process_index, process_count)
+  use_decoder(config.data.decoder)
   _check_method(config.data.resize_method)
   _check_batches(config.batch_size, config.eval_batch_size, pc)
   common = dict(image_size=config.data.image_size, resize_method=config.data.resize_method,
@@ -546,6 +588,7 @@ def create_eval_dataset(config, path, class_names: Optional[Sequence[str]] = Non
   classes; the folder may hold a subset), else the folder's own sorted classes.
   """
   pi, pc = _process(process_index, process_count)
+  use_decoder(config.data.decoder)
   _check_method(config.data.resize_method)
   path = os.path.abspath(os.fspath(path))
   if not os.path.isdir(path):
@@ -589,7 +632,7 @@ def _offline_message(name: str, data_dir, error: Exception) -> str:
 
 def _import_tfds(name: str):
   """tensorflow_datasets, or the DataError that says to pass a folder instead."""
-  why = f"TensorFlow does not import ({TF_MISSING})" if tf is None else None
+  why = None if import_tensorflow() is not None else f"TensorFlow does not import ({_tf_missing})"
   if why is None:
     try:
       import tensorflow_datasets as tfds  # noqa: PLC0415  (optional; seconds to import)

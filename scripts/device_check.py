@@ -167,7 +167,7 @@ def stage_env(args, work) -> dict:
           "devices": [str(x) for x in d], "device_kind": d[0].device_kind,
           "cpu_run": jax.default_backend() == "cpu", "host_cpu": cpu_model(),
           "host_cpus": os.cpu_count(), "ml_collections_from": ml_collections.__file__,
-          "decoder": input_pipeline.decoder_name(), "tensorflow": input_pipeline.TF_MISSING
+          "decoder": input_pipeline.decoder_name(), "tensorflow": input_pipeline.tensorflow_missing()
           or "importable", "quick": args.quick, "sizes": sizes(args)}
 
 

@@ -211,7 +211,8 @@ def test_stablehlo_round_trip(tmp_path, workdirs, family):
   m = exporter.export(workdir, "stablehlo", out, count=PARITY_COUNT)
   assert out.is_file() and read_manifest(out) == m
   names = FAMILIES[family][2]
-  assert m["class_names"] == names and m["source"]["step"] == 7 and m["source"]["epoch"] == 2
+  assert m["class_names"] == names and m["source"]["checkpoint"] == {
+      "which": "best", "epoch": 2, "step": 7, "path": "checkpoints/best/7"}
   assert m["preprocessing"]["inside_model"] and m["input"]["dtype"] == "uint8"
   assert m["parity"]["max_abs_diff"] <= parity_bound("stablehlo")
   assert m["parity"]["images"]["source"] == ("data_dir" if SHARED_DATA.is_dir() else "synthetic")
@@ -249,7 +250,7 @@ def test_keras_round_trip(tmp_path, workdirs, family):
   # As the docs load it: plain Keras, the manifest's preprocess_input by the caller.
   model = keras.saving.load_model(out)
   fn = m["preprocessing"]["keras_function"]
-  preprocess = keras_models.PREPROCESS[m["preprocessing"]["name"]]
+  preprocess = keras_models.PREPROCESS[m["preprocessing"]["mode"]]
 
   def run(images):
     p = np.asarray(model.predict(preprocess(keras, images.astype(np.float32)), verbose=0))

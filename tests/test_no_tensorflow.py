@@ -95,9 +95,13 @@ def untidy(tmp_path_factory):
 
 @pytest.mark.parametrize("size", [(32, 32), (24, 40), (64, 50)], ids=str)
 def test_pil_decoder_gives_the_tf_decoders_bits(untidy, size):
-  if input_pipeline.tf is None:
+  if input_pipeline.import_tensorflow() is None:
     pytest.skip("TensorFlow is not installed here: nothing to compare with")
-  want, ok, skipped = input_pipeline.load_images(untidy, size, "nearest")
+  input_pipeline.use_decoder("tf")
+  try:
+    want, ok, skipped = input_pipeline.load_images(untidy, size, "nearest")
+  finally:
+    input_pipeline.use_decoder("pil")
   assert not skipped and len(ok) == len(untidy)
   got = np.full_like(want, 7)
   assert not pil_decode.decode_files(np.asarray(ok, dtype=object), size, "nearest", -1, got)
@@ -155,8 +159,9 @@ def test_tiny_recipe_without_tensorflow_is_bit_identical(folders, tmp_path, reci
   config = REPO / "configs" / f"{recipe}.py"
   args = (f"--config.data.dir={data}", *extra)
   cache = tmp_path / "jax_cache"
-  run_together(dict(workdir=tmp_path / "tf", config=config, blocked=False, args=args,
-                    jax_cache=cache))
+  err_tf, = run_together(dict(workdir=tmp_path / "tf", config=config, blocked=False,
+                             args=(*args, "--config.data.decoder=tf"), jax_cache=cache))
+  assert "decoding images with tf.data" in err_tf
   err, = run_together(dict(workdir=tmp_path / "pil", config=config, blocked=True, args=args,
                            jax_cache=cache))
   assert "decoding images with PIL" in err

@@ -38,7 +38,10 @@ QUICK = ("pytest tests/test_first_hour.py tests/test_config_check.py tests/test_
          "tests/test_preprocess.py")
 CROSS_VALIDATE = ("python scripts/cv_rps.py --data_dir=../shared/data/rps_large/train "
                   "--weights=../shared/weights/vgg16_mri_notop.h5 --views=3 --out=cv.json")
-RUN_HERE = {FIRST_RUN, EVALUATE, PREDICT, SHOW_CONFIG, HELP, CONVERT, OWN_FOLDER, CROSS_VALIDATE}
+EXPORT = ("python -m rpsflax.export --workdir=/tmp/rps_tiny --format=stablehlo "
+          "--output=/tmp/rps.stablehlo")
+RUN_HERE = {FIRST_RUN, EVALUATE, PREDICT, SHOW_CONFIG, HELP, CONVERT, OWN_FOLDER, CROSS_VALIDATE,
+            EXPORT}
 BY_CI = {"python3 -m venv .venv", ". .venv/bin/activate", 'pip install -e ".[test]"', "pytest"}
 
 # Added to the own-folder command (see SUBSTITUTIONS for why).
@@ -53,6 +56,7 @@ SUBSTITUTIONS = {
     "/tmp/rps_tiny": "a fresh tmp_path workdir: /tmp/rps_tiny may hold a user's own run, which the "
                      "command would resume instead of training",
     "/tmp/grid.png": "a file under tmp_path, for the same reason",
+    "/tmp/rps.stablehlo": "a file under tmp_path: an existing output is refused",
     "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5": "a seeded random file in the release's "
                      "legacy HDF5 layout: the 58 MB release is not in the checkout (nor online here)",
     "weights/vgg16_notop": "--output / --config.weights under tmp_path, not the checkout's weights/",
@@ -108,7 +112,7 @@ def test_the_readme_is_a_front_page_whose_links_resolve():
   assert len(text.splitlines()) <= 200
   for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
     assert (REPO / target).exists(), target
-  assert "Export: see docs/export.md" in text  # the placeholder another change fills
+  assert "](docs/export.md)" in text
 
 
 def _args(command: str, **replace) -> list[str]:
@@ -172,6 +176,13 @@ def test_evaluate_and_predict_agree_on_the_checkpoint(first_run, tmp_path):
   assert said in ev.stderr and said in pred.stderr
   assert "showing 32 of 33 images" in pred.stderr
   assert not foreign_lines(ev.stderr) and not foreign_lines(pred.stderr)
+  # The README's export: the same checkpoint, out as StableHLO with its manifest.
+  out = tmp_path / "rps.stablehlo"
+  exp = run_user("rpsflax.export", *_args(EXPORT, **{"/tmp/rps_tiny": workdir,
+                                                     "/tmp/rps.stablehlo": out}))
+  assert exp.returncode == 0, exp.stderr[-3000:]
+  manifest = json.loads(out.with_name(out.name + ".manifest.json").read_text())
+  assert manifest["source"]["checkpoint"] == trained, manifest["source"]
 
 
 @pytest.mark.parametrize("command", [SHOW_CONFIG, HELP])

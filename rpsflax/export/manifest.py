@@ -7,22 +7,20 @@ import importlib.metadata
 import json
 import pathlib
 
-from rpsflax import report
+from rpsflax import preprocess, report
 
 FORMAT = "rpsflax-export/1"
 SUFFIX = ".manifest.json"
 
-# config.preprocess -> what it does, and the Keras function that does it (the caller's job for
-# --format=keras; inside the model for the others).
+# Keras' preprocessing mode (preprocess.PREPROCESS_MODES of config.preprocess) -> the Keras
+# function that does it, and what it does (the caller's job for --format=keras; inside the model
+# for the others). Each application's own preprocess_input is this function in its mode.
 PREPROCESSING = {
-    "vgg16": ("keras.applications.vgg16.preprocess_input",
+    "caffe": ("keras.applications.imagenet_utils.preprocess_input(x, mode='caffe')",
               "caffe mode: float32, RGB -> BGR, minus the ImageNet BGR mean "
               "[103.939, 116.779, 123.68], no scaling"),
-    "resnet50": ("keras.applications.resnet50.preprocess_input",
-                 "caffe mode: float32, RGB -> BGR, minus the ImageNet BGR mean "
-                 "[103.939, 116.779, 123.68], no scaling"),
-    "mobilenet_v2": ("keras.applications.mobilenet_v2.preprocess_input",
-                     "tf mode: float32, x / 127.5 - 1 (pixels to [-1, 1]), RGB kept"),
+    "tf": ("keras.applications.imagenet_utils.preprocess_input(x, mode='tf')",
+           "tf mode: float32, x / 127.5 - 1 (pixels to [-1, 1]), RGB kept"),
     "rescale": ("x * np.float32(1 / 255)",
                 "float32, x * (1/255) (pixels to [0, 1]), as ImageDataGenerator(rescale=1./255)"),
     "none": ("np.float32(x)", "float32 pixels in [0, 255], nothing else"),
@@ -37,8 +35,10 @@ def path_for(output) -> pathlib.Path:
 
 def preprocessing(config, inside: bool) -> dict:
   name = config.preprocess
-  keras_fn, what = PREPROCESSING[name]
-  return {"name": name, "inside_model": inside, "what": what, "keras_function": keras_fn}
+  mode = preprocess.PREPROCESS_MODES[name]
+  keras_fn, what = PREPROCESSING[mode]
+  return {"name": name, "mode": mode, "inside_model": inside, "what": what,
+          "keras_function": keras_fn}
 
 
 def _versions() -> dict:
@@ -63,10 +63,10 @@ def build(source, fmt: str, output, *, interface: dict, images: dict, parity: di
       "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "class_names": source.class_names,
       **interface,
-      "model": {"name": config.model.name, "alpha": float(config.model.get("alpha", 1.0)),
+      "model": {"name": config.model.name, "alpha": float(config.model.alpha),
                 "dtype": config.model.dtype, "head": report.config_to_dict(config.head)},
-      "source": {"workdir": str(source.workdir), "checkpoint": meta.checkpoint,
-                 "epoch": meta.epoch, "step": meta.step,
+      # The checkpoint as eval.json and predict record it (which, epoch, step, path).
+      "source": {"workdir": str(source.workdir), "checkpoint": meta.checkpoint_record(),
                  "val_accuracy": meta.val_accuracy},
       "parity": {"reference": "rpsflax.predict's probabilities (JAX, the workdir's checkpoint)",
                  "images": images, "bound": bound, **parity},

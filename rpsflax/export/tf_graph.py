@@ -8,7 +8,7 @@ Built from the Keras model rather than by jax2tf, so the graph is ordinary Tenso
 Serving of any recent version, TFLite and tf2onnx all take it.
 """
 
-from rpsflax import keras_models
+from rpsflax import keras_models, preprocess
 from rpsflax.errors import ExportError
 from rpsflax.export import to_keras
 
@@ -42,7 +42,8 @@ def serving_function(source):
 
   @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name=INPUT_NAME)])
   def serve(images):
-    x = keras_models.PREPROCESS[name](keras, tf.cast(images, tf.float32))
+    x = keras_models.PREPROCESS[preprocess.PREPROCESS_MODES[name]](keras,
+                                                                  tf.cast(images, tf.float32))
     p = model(x, training=False)
     if sigmoid:
       p = tf.concat([1.0 - p, p], axis=-1)

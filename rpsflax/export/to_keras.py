@@ -18,7 +18,7 @@ read in reverse: every Keras layer is matched by name and shape, nothing by posi
 
 import numpy as np
 
-from rpsflax import keras_models, models, weights
+from rpsflax import keras_models, models, preprocess, weights
 from rpsflax.benchmark.keras_peer import keras_spec
 from rpsflax.errors import ExportError
 from rpsflax.export import parity
@@ -50,15 +50,16 @@ def _keras():
 def _head_names(config) -> tuple[list[str], list[str]]:
   """(Keras names, Flax names) of the head's dense layers."""
   flax_names = [f"hidden_{i}" for i in range(len(config.head.hidden))] + ["predictions"]
-  if config.model.name == "cnn" and len(config.head.hidden) == 1:
-    return list(keras_models.TUTORIAL_DENSE_NAMES), flax_names
+  tutorial = models.get_spec(config.model.name).head_layers  # the tutorial's Sequential's
+  if tutorial and len(config.head.hidden) == len(tutorial) - 1:
+    return list(tutorial), [tutorial[k] for k in tutorial]
   return flax_names, flax_names
 
 
 def build_model(config):
   """The Keras model, random weights."""
   k = _keras()
-  if config.model.name == "cnn":
+  if not models.get_spec(config.model.name).keras_application:  # the tutorial's Sequential
     size = int(config.data.image_size)
     head = _head_spec(config)
     return k.Sequential([k.Input((size, size, 3)), *keras_models.cnn_layers(),
@@ -78,11 +79,8 @@ def _head_spec(config) -> dict:
 
 def layer_map(config) -> dict[str, tuple[str, ...]]:
   """Keras layer name -> Flax module path, backbone and head."""
-  if config.model.name == "cnn":
-    out = {n: ("backbone", n) for n in models.cnn_conv_names()}
-  else:
-    out = {n: ("backbone", n) for n in models.backbone_layer_names(
-        config.model.name, False, config.model.get("alpha", 1.0))}
+  out = {n: ("backbone", n) for n in models.backbone_layer_names(
+      config.model.name, False, config.model.alpha)}
   keras_names, flax_names = _head_names(config)
   out.update({k: ("head", f) for k, f in zip(keras_names, flax_names)})
   return out
@@ -130,7 +128,7 @@ def write(source, path, options: dict) -> None:
 def probabilities(model, config, images) -> np.ndarray:
   """[N, C] probabilities of the tutorial's model on uint8 images, preprocessed as the manifest
   says (a sigmoid output p becomes [1 - p, p])."""
-  x = keras_models.preprocess(config.preprocess, np.asarray(images))
+  x = keras_models.preprocess(preprocess.PREPROCESS_MODES[config.preprocess], np.asarray(images))
   p = np.asarray(model.predict(x, verbose=0), np.float64)
   return np.concatenate([1.0 - p, p], axis=-1) if p.shape[-1] == 1 else p
 
