@@ -26,8 +26,8 @@ def rgb_image(data: bytes, max_pixels: int) -> Image.Image:
   except Image.UnidentifiedImageError:  # its message names a BytesIO object, not the file
     raise ValueError("not an image (PIL cannot identify the file)") from None
   if im.width * im.height > int(max_pixels):
-    raise ValueError(f"{im.width}x{im.height} pixels, over config.data.max_image_pixels="
-                     f"{int(max_pixels)}")
+    raise ValueError(f"declares {im.width}x{im.height} pixels, over "
+                     f"config.data.max_image_pixels={int(max_pixels)}")
   if im.format == "PNG" and im.mode in SIXTEEN_BIT:  # tf.io keeps the high byte
     import numpy as np  # noqa: PLC0415  (only here: a decoding worker starts without NumPy)
     grey = (np.asarray(im, np.uint32) >> 8).clip(0, 255).astype(np.uint8)
