@@ -114,11 +114,11 @@ def check_config(config) -> None:
   for key in ("rho", "momentum"):
     if not 0.0 <= c.optim[key] < 1.0:
       problems.append(f"config.optim.{key}={c.optim[key]}: must be in [0, 1)")
-  if not 0.0 <= c.optim.get("weight_decay", 0.0) < math.inf:
+  if not 0.0 <= c.optim.weight_decay < math.inf:
     problems.append(f"config.optim.weight_decay={c.optim.weight_decay}: must be 0 or more")
-  if not 0.0 <= c.get("label_smoothing", 0.0) < 1.0:
+  if not 0.0 <= c.label_smoothing < 1.0:
     problems.append(f"config.label_smoothing={c.label_smoothing}: must be in [0, 1)")
-  if not 0.0 <= c.get("mixup_alpha", 0.0) < math.inf:
+  if not 0.0 <= c.mixup_alpha < math.inf:
     problems.append(f"config.mixup_alpha={c.mixup_alpha}: must be 0 (off) or more")
   if not c.optim.epsilon > 0:
     problems.append(f"config.optim.epsilon={c.optim.epsilon}: must be positive")

@@ -163,8 +163,8 @@ def make_train_step(config, model, *, on_features: bool = False) -> Callable:
   # BN layers in training mode update their moving statistics: only then is batch_stats mutable
   # (a frozen BN backbone stays one forward pass that writes nothing).
   bn_updates = bool(models.bn_training_layers(config)) and not on_features
-  smoothing = float(config.get("label_smoothing", 0.0))
-  mixup = float(config.get("mixup_alpha", 0.0))
+  smoothing = float(config.label_smoothing)
+  mixup = float(config.mixup_alpha)
 
   def train_step(state: TrainState, batch, rng):
     step_rng = jax.random.fold_in(rng, state.step)

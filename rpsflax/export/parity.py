@@ -44,7 +44,7 @@ def pick_images(config, user_paths: Sequence[str] = (), count: int = DEFAULT_COU
                 seed: int = SYNTHETIC_SEED) -> tuple[np.ndarray, dict]:
   """(uint8 [N, H, W, 3] images, a description for the manifest)."""
   size, method = int(config.data.image_size), config.data.resize_method
-  data_dir = config.data.get("dir", "")
+  data_dir = config.data.dir
   if user_paths:
     source, where = "user", [str(p) for p in user_paths]
     try:
