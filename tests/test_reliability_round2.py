@@ -106,11 +106,16 @@ def second_run_on_a_live_workdir(runs) -> dict:
   tmp = runs.tmp("lock")
   workdir = tmp / "run"
   args = rel.main_args(workdir, runs.data_dir)
-  epoch1 = workdir / "checkpoints" / "latest" / str(STEPS)
+  ckpts = workdir / "checkpoints"
   live = rel.Parked(tmp, f"step:{STEPS + 2}", args)  # inside epoch 2, epoch 1 committed
   out = {"pid": live.proc.pid}
+
+  def epoch1_committed():  # both of epoch 1's checkpoints (saved asynchronously) and its report
+    return ((ckpts / "latest" / str(STEPS)).is_dir() and (ckpts / "best" / str(STEPS)).is_dir()
+            and not any(ckpts.glob("*/*.orbax-checkpoint-tmp*"))
+            and (workdir / "history.json").exists())
   try:
-    live.wait_parked(until=lambda: epoch1.is_dir() and (workdir / "history.json").exists())
+    live.wait_parked(until=epoch1_committed)
     # The live run's own TensorBoard writer flushes on a timer: its events file may grow.
     before = hashes(workdir, skip=("tensorboard",))
     t0 = time.time()
