@@ -25,6 +25,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
   _CACHE = tempfile.mkdtemp(prefix="rpsflax-tests-xla-cache-")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+  # Every compilation, not only those over JAX's default 1 s: the tiny models' steps compile in
+  # well under a second each, and the same ones are compiled again in process after process.
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 import pytest  # noqa: E402
