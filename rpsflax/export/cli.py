@@ -30,7 +30,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("parity_images", 16, "At most this many images for the parity check.")
   flags.DEFINE_float("max_diff", None, "Refuse to write when any probability differs from "
                      "rpsflax.predict's by more than this (default: the format's bound, 1e-5 "
-                     "for stablehlo, 1e-3 for the TensorFlow/ONNX kernels).")
+                     "for stablehlo, 1e-3 for TensorFlow's kernels, 2e-3 for ONNX Runtime).")
   flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"], "stablehlo: platforms to lower for.")
   for name in ("workdir", "format", "output"):
     flags.mark_flag_as_required(name)

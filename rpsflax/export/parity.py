@@ -24,10 +24,15 @@ from rpsflax.errors import DataError, ExportError
 #   this port at up to 2.5e-5 of the largest activation per layer (MobileNetV2, 53 layers deep)
 #   and 1.25e-3 for single elements; a logit of a few units moves by ~1e-4 and a probability by
 #   at most a quarter of that per unit of logit. 1e-3 covers that with room.
-# Both stay ten times under what a real mistake does (a swapped channel order, a missing
+# - onnx: the same graph after tf2onnx's rewrites, run by ONNX Runtime's kernels: on a random
+#   ResNet50 whose BatchNorm statistics are calibrated on six images (tests/test_export.py, 32 px)
+#   it measured 1.10e-3 (mean 1.2e-4) where Keras and the SavedModel measured 6.95e-4, and 4e-6
+#   on VGG16 (2026-12-05, 16 real images); 2e-3 covers that, five times under a real mistake.
+# All stay well under what a real mistake does (a swapped channel order, a missing
 # preprocessing step or a wrong class order moves probabilities by 1e-2 or more: the tests check).
 TIGHT_MAX_DIFF = 1e-5
 KERNELS_MAX_DIFF = 1e-3
+ONNX_MAX_DIFF = 2e-3
 DEFAULT_COUNT = 16
 SYNTHETIC_SEED = 0
 

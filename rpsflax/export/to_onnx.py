@@ -13,7 +13,7 @@ from rpsflax.errors import ExportError
 from rpsflax.export import parity, tf_graph
 
 SUFFIX = ".onnx"
-DEFAULT_MAX_DIFF = parity.KERNELS_MAX_DIFF  # justified in parity.py
+DEFAULT_MAX_DIFF = parity.ONNX_MAX_DIFF  # justified in parity.py
 PREPROCESSING_INSIDE = True
 OPSET = 17
 RUNTIME = "onnxruntime.InferenceSession(path).run(['probabilities'], {'images': images})"
