@@ -426,9 +426,9 @@ def check_starting_point(config, workdir: pathlib.Path) -> None:
   path = workdir / report.CONFIG_FILE
   if not (path.exists() and ckpt_lib.has_checkpoint(workdir, ckpt_lib.LATEST)):
     return
-  saved = report.read_json(path)
-  changed = [f"config.{k}={config.get(k, '')!r} (it was started with {saved.get(k, '')!r})"
-             for k in STARTING_POINT_KEYS if str(saved.get(k, "")) != str(config.get(k, ""))]
+  saved = report.read_config(workdir)  # over the base: an older run's missing key reads its default
+  changed = [f"config.{k}={config[k]!r} (it was started with {saved[k]!r})"
+             for k in STARTING_POINT_KEYS if str(saved[k]) != str(config[k])]
   if changed:
     raise errors.CheckpointError(
         f"{workdir} holds a run that resumes from its checkpoint, so {'; '.join(changed)} would "

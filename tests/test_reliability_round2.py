@@ -106,13 +106,11 @@ def second_run_on_a_live_workdir(runs) -> dict:
   tmp = runs.tmp("lock")
   workdir = tmp / "run"
   args = rel.main_args(workdir, runs.data_dir)
-  ckpts = workdir / "checkpoints"
   live = rel.Parked(tmp, f"step:{STEPS + 2}", args)  # inside epoch 2, epoch 1 committed
   out = {"pid": live.proc.pid}
 
   def epoch1_committed():  # both of epoch 1's checkpoints (saved asynchronously) and its report
-    return ((ckpts / "latest" / str(STEPS)).is_dir() and (ckpts / "best" / str(STEPS)).is_dir()
-            and not any(ckpts.glob("*/*.orbax-checkpoint-tmp*"))
+    return (all(STEPS in rel.steps_on_disk(workdir, which) for which in ("latest", "best"))
             and (workdir / "history.json").exists())
   try:
     live.wait_parked(until=epoch1_committed)
