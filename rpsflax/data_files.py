@@ -537,10 +537,12 @@ def check_listings(listings: dict[str, FolderListing]) -> list[str]:
 def prepare_folder(data_dir, workdir=None, *, seed: int = 0, holdout: int = 0,
                    val_fraction: float = 0.2, write: bool = True,
                    num_threads: Optional[int] = None,
-                   max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> FolderData:
-  """List, check and split a data folder; write splits and report into `workdir` if given."""
+                   max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                   listings: Optional[dict[str, FolderListing]] = None) -> FolderData:
+  """List, check and split a data folder; write splits and report into `workdir` if given.
+  `listings`: `find_split_folders(data_dir)` when the caller has it already."""
   data_dir = os.path.abspath(os.fspath(data_dir))
-  listings = find_split_folders(data_dir)
+  listings = find_split_folders(data_dir) if listings is None else listings
   class_names = check_listings(listings)
   all_files = [f for l in listings.values() for f in l.files]
   infos, skipped = scan_images(all_files, num_threads=num_threads, max_pixels=max_pixels)

@@ -54,8 +54,10 @@ def evaluate_checkpoint(config, workdir, split: str = "validation", data_dir: Op
     # Every labelled image under the folder: the folder itself, or each of its split folders
     # (train/, validation/, test/) when it is laid out like a data set. Labels index the
     # model's classes by name, so a folder may hold a subset of them.
-    folders = [f.path for f in data_files.find_split_folders(data_dir).values()]
-    sets = [input_pipeline.create_eval_dataset(config, f, class_names) for f in folders]
+    listings = list(data_files.find_split_folders(data_dir).values())
+    folders = [l.path for l in listings]
+    sets = [input_pipeline.create_eval_dataset(config, l.path, class_names, listing=l)
+            for l in listings]
     batches = itertools.chain.from_iterable(d.eval_batches("eval") for d in sets)
     split_name = str(data_dir)
     name = f"folder-{pathlib.Path(data_dir).resolve().name}"

@@ -546,8 +546,12 @@ def max_image_pixels(config) -> int:
 
 def create_datasets(config, workdir=None, *, process_index: Optional[int] = None,
                     process_count: Optional[int] = None, check_head: bool = True,
-                    write: bool = True) -> Datasets:
+                    write: bool = True,
+                    listings: Optional[dict[str, data_files.FolderListing]] = None) -> Datasets:
   """The train/validation(/holdout/test) splits of config.data.dir, or of TFDS when it is ''.
+
+  `listings`: config.data.dir's split folders when the caller has listed them already
+  (train.preflight), so that a run lists its folder once.
 
   Checks every file, draws or reuses the splits, writes workdir/splits/*.txt and
   workdir/data_report.json (process 0 only; nothing when workdir is None or `write` is False:
@@ -568,7 +572,7 @@ def create_datasets(config, workdir=None, *, process_index: Optional[int] = None
                                    holdout=config.data.holdout,
                                    val_fraction=config.data.val_fraction,
                                    write=write and pi == 0,
-                                   max_pixels=max_image_pixels(config))
+                                   max_pixels=max_image_pixels(config), listings=listings)
     if check_head:
       _check_head(config, fd.class_names)
     splits = _split_objects(fd.splits, lambda p: _CODES[fd.infos[p].decoder])
@@ -581,11 +585,13 @@ def create_datasets(config, workdir=None, *, process_index: Optional[int] = None
 
 def create_eval_dataset(config, path, class_names: Optional[Sequence[str]] = None, *,
                         process_index: Optional[int] = None,
-                        process_count: Optional[int] = None) -> Datasets:
+                        process_count: Optional[int] = None,
+                        listing: Optional[data_files.FolderListing] = None) -> Datasets:
   """Every readable labelled image of one folder (either layout) as split 'eval'.
 
   For evaluating a trained model on another folder: labels index `class_names` (the model's
-  classes; the folder may hold a subset), else the folder's own sorted classes.
+  classes; the folder may hold a subset), else the folder's own sorted classes. `listing`: the
+  folder's, when the caller has listed it already.
   """
   pi, pc = _process(process_index, process_count)
   use_decoder(config.data.decoder)
@@ -593,7 +599,7 @@ def create_eval_dataset(config, path, class_names: Optional[Sequence[str]] = Non
   path = os.path.abspath(os.fspath(path))
   if not os.path.isdir(path):
     raise DataError(f"{path}: no such folder to evaluate on")
-  listing = data_files.list_folder(path)
+  listing = data_files.list_folder(path) if listing is None else listing
   if listing.layout not in ("classes", "flat"):
     raise DataError(f"{path} has no labelled images ({listing.layout}): use class folders or "
                     "class-prefixed file names; to label unlabelled images use rpsflax.predict")

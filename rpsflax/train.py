@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import itertools
 import math
+import os
 import pathlib
 import signal
 import time
@@ -35,7 +36,22 @@ from rpsflax.errors import NonFiniteError
 from rpsflax.run_meta import RunMeta
 
 
-def preflight(config, mesh) -> None:
+@dataclasses.dataclass(frozen=True)
+class Preflight:
+  """What `preflight` found, handed on so that a run lists its data folder and resolves its
+  weights once."""
+  weights: str                    # config.weights resolved: a Keras file or converted folder
+                                  # ('imagenet': the release, downloaded), or '' for none
+  listings: Optional[dict] = None  # config.data.dir's split folders; None for TFDS
+
+
+def resolve_weights(config) -> str:
+  """config.weights as a file or converted folder ('' for none), 'imagenet' meaning
+  config.model's release: `weights.check_spec`, which raises WeightsError with the fix."""
+  return weights.check_spec(config.weights, weights.imagenet_release(config))
+
+
+def preflight(config, mesh) -> Preflight:
   """The checks that need more than the config's own values, once, in seconds, before any model
   is built or data decoded: cached-feature settings, the batch for `mesh`, the weights (an
   'imagenet' download, a file, a converted folder) and a local data folder's listing. When the
@@ -44,28 +60,30 @@ def preflight(config, mesh) -> None:
   features.check_config(config)  # cached features need a frozen backbone (no-op when disabled)
   sharding.check_batch_sizes(config, mesh)
   restore.check_init_from(config)  # a warm start's source run exists
-  listing_error = None
+  listings, listing_error = None, None
   if config.data.dir:  # a listing only (no decoding): missing, empty or mismatched folders fail here
     try:
-      data_files.check_listings(data_files.find_split_folders(config.data.dir))
+      listings = data_files.find_split_folders(os.path.abspath(config.data.dir))
+      data_files.check_listings(listings)
     except errors.DataError as e:
       listing_error = e
   try:
-    weights.check_spec(config.weights, weights.imagenet_release(config))
+    source = resolve_weights(config)
   except errors.WeightsError as weights_error:
     if listing_error is not None:
       raise errors.WeightsError(f"{weights_error}\nAlso: {listing_error}") from weights_error
     raise
   if listing_error is not None:
     raise listing_error
+  return Preflight(weights=source, listings=listings)
 
 
-def initial_state(config, model, init_rng, mesh) -> steps.TrainState:
-  """A fresh TrainState: random parameters, then the configured weights (or config.init_from's
-  trained ones) over them."""
-  v = weights.load_variables_for_model(config.weights, steps.init_variables(config, model, init_rng),
-                                       models.keras_layer_map(config),
-                                       rel=weights.imagenet_release(config))
+def initial_state(config, model, init_rng, mesh, weights_source: str) -> steps.TrainState:
+  """A fresh TrainState: random parameters, then the weights at `weights_source`
+  (`resolve_weights`) over them, or config.init_from's trained ones (a warm start)."""
+  v = weights.load_variables_for_model(weights_source,
+                                       steps.init_variables(config, model, init_rng),
+                                       models.keras_layer_map(config))
   if config.init_from:  # a trained run's backbone and head instead (a warm start)
     v = restore.warm_start_variables(config, v, mesh)
   return jax.device_put(steps.create_train_state(config, model, params=v["params"],
@@ -92,18 +110,20 @@ def train_and_evaluate(config, workdir, *, started: Optional[float] = None) -> d
       sharding.initialize_distributed(config)
       mesh = sharding.make_mesh()
     with timer.phase("checks"):
-      preflight(config, mesh)
+      checked = preflight(config, mesh)
       check_starting_point(config, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     with workdir_lock.hold(workdir, enabled=sharding.is_chief()):
-      return run(config, workdir, mesh, timer)
+      return run(config, workdir, mesh, checked, timer)
 
 
-def run(config, workdir: pathlib.Path, mesh, timer: Optional[timing.RunTimer] = None) -> dict:
-  """The run itself, checked and holding the workdir's lock (`train_and_evaluate`)."""
+def run(config, workdir: pathlib.Path, mesh, checked: Preflight,
+        timer: Optional[timing.RunTimer] = None) -> dict:
+  """The run itself, checked (`preflight`) and holding the workdir's lock
+  (`train_and_evaluate`)."""
   timer = timing.RunTimer() if timer is None else timer
   with timer.phase("data"):
-    datasets = input_pipeline.create_datasets(config, workdir)  # checks the class count vs head
+    datasets = input_pipeline.create_datasets(config, workdir, listings=checked.listings)
     class_names = list(datasets.class_names)
   config = with_num_classes(config, class_names)
   steps_per_epoch = int(datasets.steps_per_epoch)
@@ -121,9 +141,10 @@ def run(config, workdir: pathlib.Path, mesh, timer: Optional[timing.RunTimer] = 
       # A damaged newest checkpoint is set aside (renamed, never deleted) for the one before it;
       # a lost frozen store is rebuilt from the configured weights when they hold the same.
       restored = ckpts.restore_for_resume(
-          abstract, frozen_from=lambda: initial_state(config, model, init_rng, mesh))
+          abstract,
+          frozen_from=lambda: initial_state(config, model, init_rng, mesh, checked.weights))
       if restored is None:
-        state, meta = initial_state(config, model, init_rng, mesh), RunMeta()
+        state, meta = initial_state(config, model, init_rng, mesh, checked.weights), RunMeta()
       else:
         state, meta = restored[0], RunMeta.from_json(restored[1])
         if meta.steps_per_epoch not in (None, steps_per_epoch):

@@ -285,3 +285,30 @@ def test_augmented_views_need_augmentation(tmp_path):
     features.check_config(config)
   config.cached_features.augmented_views = 0
   features.check_config(config)
+
+
+def test_a_run_lists_its_data_folder_and_resolves_its_weights_once(run, tmp_path, monkeypatch):
+  """preflight hands its folder listing and its resolved 'imagenet' release to the run: one
+  listing of the data folder, one md5 of the release file (Keras' cache) per run."""
+  from rpsflax import data_files, weights
+  from rpsflax.models import vgg
+
+  _, data, _, _ = run
+  notop = {name: [np.zeros(w.shape, np.float32) for w in (p["kernel"], p["bias"])]
+           for name, p in weights.vgg16_target(False)[0].items()}
+  fname = vgg.VGG16_RELEASES[False][0]
+  layers = [(n, notop[n]) for n in vgg.vgg16_layer_names(False)]
+  (tmp_path / "models").mkdir()  # Keras' cache, where 'imagenet' finds the release offline
+  path = kr.write_legacy_arrays(tmp_path / "models" / fname, layers)
+  monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+  monkeypatch.setitem(vgg.VGG16_RELEASES, False, (fname, "http://unused", weights.file_md5(path)))
+  monkeypatch.setattr(weights.releases, "WEIGHTS_DIR", tmp_path / "no_weights_dir")
+  listed, downloads = [], []
+  list_folder, download = data_files.list_folder, weights.releases.download_release
+  monkeypatch.setattr(data_files, "list_folder", lambda p: listed.append(p) or list_folder(p))
+  monkeypatch.setattr(weights.releases, "download_release",
+                      lambda rel: downloads.append(rel.fname) or download(rel))
+  config = _config(data, num_epochs=1, views=0)
+  config.weights = "imagenet"
+  train.train_and_evaluate(config, tmp_path / "wd")
+  assert listed == [str(data / "train")] and downloads == [fname]

@@ -275,6 +275,7 @@ def test_init_from_and_a_lost_store_rebuilt_by_the_run(runs, tmp_path):
   warm = _config(data, 1)
   warm.init_from = str(workdir)
   model = models.build_model(warm)
-  state = train.initial_state(warm, model, jax.random.PRNGKey(1), sharding.make_mesh())
+  state = train.initial_state(warm, model, jax.random.PRNGKey(1), sharding.make_mesh(),
+                              train.resolve_weights(warm))
   best, _ = checkpoint.restore_best(root / "straight", steps.abstract_train_state(warm, model))
   _same(state.params, best.params)

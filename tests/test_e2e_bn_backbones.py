@@ -60,7 +60,8 @@ SCRIPT = textwrap.dedent("""
       config = report.read_config(wd)
       mesh = sharding.make_mesh()
       init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))  # as train.run
-      initial = flat(train.initial_state(config, models.build_model(config), init_rng, mesh))
+      initial = flat(train.initial_state(config, models.build_model(config), init_rng, mesh,
+                                         train.resolve_weights(config)))
       final = flat(restore.restore_state(config, wd, which="latest", mesh=mesh)[0])
       assert initial.keys() == final.keys(), (sorted(initial), sorted(final))
       changed = sorted(k for k in initial if not np.array_equal(initial[k], final[k]))

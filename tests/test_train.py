@@ -547,7 +547,7 @@ def test_init_from_starts_from_a_trained_runs_best_parameters(straight_run, tmp_
   config.optim.name = "sgd"
   model = models.build_model(config)
   state = jax.device_get(train.initial_state(config, model, jax.random.PRNGKey(1),
-                                             sharding.make_mesh()))
+                                             sharding.make_mesh(), train.resolve_weights(config)))
   best, _ = checkpoint.restore_best(source, steps.abstract_train_state(_tiny_config(data, 2), model))
   _assert_states_equal(state.params, jax.device_get(best.params))
   assert int(state.step) == 0
@@ -555,7 +555,7 @@ def test_init_from_starts_from_a_trained_runs_best_parameters(straight_run, tmp_
   config.head.hidden = (8,)
   with pytest.raises(errors.ConfigError, match=r"config.init_from=.*parameters differ"):
     train.initial_state(config, models.build_model(config), jax.random.PRNGKey(1),
-                        sharding.make_mesh())
+                        sharding.make_mesh(), train.resolve_weights(config))
   config.init_from = str(tmp_path / "never_trained")
   with pytest.raises(errors.ConfigError, match=r"config.init_from=.*no checkpoint"):
     restore.check_init_from(config)
