@@ -34,6 +34,7 @@ multi-host writes); restore places arrays with the shardings of the target you p
 import contextlib
 import dataclasses
 import datetime
+import logging as pylogging
 import os
 import pathlib
 import re
@@ -74,6 +75,20 @@ def disk_error(error: BaseException) -> Optional[str]:
   return None
 
 
+class _QuietUnretrievedDiskErrors(pylogging.Filter):
+  """Drops asyncio's 'Task exception was never retrieved' for an Orbax write task that failed
+  for the disk's sake: the save already stops the run with one WriteError (path, reason, free
+  space); the task's own traceback, printed when it is collected, would come beside it."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not (error is not None and disk_error(error) is not None
+                and record.getMessage().startswith("Task exception was never retrieved"))
+
+
+_QUIET_DISK_TASKS = _QuietUnretrievedDiskErrors()
+
+
 def _manager(directory: pathlib.Path, max_to_keep: int, async_save: bool,
              read_only: bool = False) -> ocp.CheckpointManager:
   # The latest and best managers save the same step at once: without their own barrier prefix,
@@ -99,6 +114,7 @@ class Checkpoints:
     empty): saves hold the whole state. Restores read either layout whatever this says."""
     root = pathlib.Path(workdir).resolve() / "checkpoints"
     self.directory = root
+    pylogging.getLogger("asyncio").addFilter(_QUIET_DISK_TASKS)  # once: filters are a set
     self._latest = _manager(root / LATEST, keep_latest, async_save, read_only)
     self._best = _manager(root / BEST, 1, async_save, read_only)
     self._store = frozen_store.Store(root)

@@ -1,5 +1,9 @@
 """Orbax checkpoints: round trip, latest/best retention, unfinished writes ignored, donation-safe saves."""
 
+import asyncio
+import errno
+import gc
+import logging
 import shutil
 
 import jax
@@ -141,3 +145,28 @@ def test_a_checkpoint_from_before_batch_stats_still_restores(tmp_path):
   assert isinstance(restored, steps.TrainState) and restored.batch_stats == {}
   _assert_same(restored, state)
   assert meta == {"epoch": 1, "step": 3}
+
+
+def test_an_unretrieved_disk_error_of_a_write_task_prints_no_traceback(tmp_path, caplog):
+  """A full disk is reported once, as the save's WriteError: an Orbax write task that failed
+  for the same reason and was never awaited prints no traceback beside it when collected, while
+  any other unretrieved task error still does."""
+  checkpoint.Checkpoints(tmp_path).close()  # a run's checkpoints quiet them
+
+  async def fail(error):
+    raise error
+
+  async def leave_unretrieved():
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(fail(e)) for e in (
+        OSError(errno.ENOSPC, "No space left on device"),
+        ValueError("RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']"),
+        RuntimeError("a bug in a write task"))]
+    await asyncio.sleep(0)
+    del tasks
+
+  with caplog.at_level(logging.ERROR, logger="asyncio"):
+    asyncio.run(leave_unretrieved())
+    gc.collect()
+  reported = [r.exc_info[1] for r in caplog.records if "never retrieved" in r.getMessage()]
+  assert [type(e) for e in reported] == [RuntimeError], reported
