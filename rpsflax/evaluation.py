@@ -70,8 +70,8 @@ def evaluate_checkpoint(config, workdir, split: str = "validation", data_dir: Op
                              "pick another --split")
     batches, name, split_name = datasets.eval_batches(split), split, split
   logging.info("evaluating %s on %s", run_meta.describe_checkpoint(extra["checkpoint"]), split_name)
-  evaluation = evaluate_batches(steps.compile_steps(config, model, mesh).eval, state, batches, mesh,
-                                config)
+  eval_step = steps.compile_steps(config, model, mesh).eval
+  evaluation = evaluate_batches(eval_step, state, batches, mesh, config)
   record = report.EvalRecord.from_evaluation(evaluation, class_names, split_name, **extra)
   outputs = {}
   if sharding.is_chief():

@@ -57,7 +57,7 @@ def pools_features(config) -> bool:
   return config.head.pooling in ("max", "avg")
 
 
-def check_config(config, model=None) -> None:
+def check_settings(config) -> None:
   """ConfigError naming the key unless the cached-feature settings can work (no-op when disabled).
 
   The backbone must be frozen: features computed once would be stale after any backbone update,
@@ -82,7 +82,7 @@ def check_config(config, model=None) -> None:
         "their moving statistics every step: set --config.model.bn_trainable=False, or "
         "--config.cached_features.enabled=False")
   labels = traverse_util.flatten_dict(optim.param_labels(
-      steps.abstract_params(config, models.build_model(config) if model is None else model),
+      steps.abstract_params(config, models.build_model(config)),
       config))
   trained = [optim.path_str(p) for p, label in labels.items()
              if p[0] == "backbone" and label != optim.FROZEN]
@@ -154,18 +154,6 @@ def view_key(seed: int, view: int) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), _AUG_TAG), view)
 
 
-def feature_shape(config, model=None) -> tuple[int, ...]:
-  """Shape of one image's cached features."""
-  model = models.build_model(config) if model is None else model
-  size = config.data.image_size
-  v = jax.eval_shape(lambda rng: steps.init_variables(config, model, rng), jax.random.PRNGKey(0))
-  out = jax.eval_shape(make_feature_fn(config, model, augmented=False), v["params"],
-                       v["batch_stats"], jax.ShapeDtypeStruct((1, size, size, 3), jnp.uint8),
-                       jax.ShapeDtypeStruct((2,), jnp.uint32),
-                       jax.ShapeDtypeStruct((1,), jnp.int32))
-  return tuple(out.shape[1:])
-
-
 def _global_rows(n: int, batch: int, process_count: int, local_devices: int) -> np.ndarray:
   """[steps, rows] example index of every row of the global arrays that `shard_batch(pad=True)`
   builds from eval_batches (each process' slice padded to its local devices), -1 = padding."""
@@ -182,28 +170,29 @@ def _host(x) -> np.ndarray:
   return np.asarray(x.addressable_shards[0].data)
 
 
-def compute_split(config, datasets, split: str, params, mesh, views: int, model=None,
-                  fns=None, batch_stats=None) -> np.ndarray:
+def compute_split(config, datasets, split: str, params, mesh, views: int, fns,
+                  batch_stats=None) -> np.ndarray:
   """float32 [views, n, ...]: view 0 clean, views 1.. augmented (train only). `fns`: the
-  `feature_fns` to reuse across splits (compiled once). `batch_stats`: the state's BatchNorm
-  statistics (needed for BN backbones; None for models without BN)."""
-  model = models.build_model(config) if model is None else model
+  model's `feature_fns`, reused across splits (compiled once). `batch_stats`: the state's
+  BatchNorm statistics (needed for BN backbones; None for models without BN)."""
   n = datasets.num_examples[split]
-  fns = feature_fns(config, model, mesh) if fns is None else fns
   rows = _global_rows(n, datasets.eval_batch_size, datasets.process_count,
                       sharding.local_device_count(mesh))
-  out = np.zeros((views, n) + feature_shape(config, model), np.float32)
+  out = None  # [views, n, ...], once the first batch gives the features' shape
   repl = sharding.replicated(mesh)
   view_keys = [jax.device_put(np.asarray(view_key(config.seed, v)), repl) for v in range(views)]
   stats = batch_stats or {}
   pending = collections.deque()
 
   def drain(limit):
+    nonlocal out
     while len(pending) > limit:
       b, v, f = pending.popleft()
-      r = rows[b]
+      r, f = rows[b], _host(f)
+      if out is None:
+        out = np.zeros((views, n) + f.shape[1:], np.float32)
       ok = r >= 0
-      out[v, r[ok]] = _host(f)[ok]
+      out[v, r[ok]] = f[ok]
 
   batches = sharding.prefetch_to_mesh(datasets.eval_batches(split), mesh, pad=True)
   for b, batch in enumerate(batches):
@@ -330,7 +319,7 @@ def save_cache(directory, fields: dict, arrays: dict, seconds: float) -> pathlib
   return directory
 
 
-def build_or_load(config, workdir, datasets, params, mesh, model=None,
+def build_or_load(config, workdir, datasets, params, mesh, model,
                   batch_stats=None) -> tuple[dict, dict]:
   """({split: [views, n, ...] float32}, info) from the cache, computed now when it does not fit.
   `batch_stats`: the state's BatchNorm statistics (None for models without BN)."""
@@ -346,13 +335,11 @@ def build_or_load(config, workdir, datasets, params, mesh, model=None,
   views = 1 + int(config.cached_features.augmented_views)
   t0 = time.time()
   arrays, images = {}, 0
-  model = models.build_model(config) if model is None else model
   fns = feature_fns(config, model, mesh)
   for split, n in sorted(datasets.num_examples.items()):
     if n:
       v = views if split == "train" else 1
-      arrays[split] = compute_split(config, datasets, split, params, mesh, v, model, fns,
-                                    batch_stats)
+      arrays[split] = compute_split(config, datasets, split, params, mesh, v, fns, batch_stats)
       images += v * n
   seconds = time.time() - t0
   if sharding.is_chief():
@@ -427,7 +414,7 @@ class FeatureDatasets:
 
 def prepare(config, workdir, datasets, state, mesh, model) -> tuple["FeatureDatasets", steps.Steps]:
   """(FeatureDatasets, the head-only steps) for train_and_evaluate's loop (config checked by
-  `check_config` before the run started)."""
+  `check_settings` before the run started)."""
   if config.augment.enabled and not config.cached_features.augmented_views:
     logging.info("cached features: config.cached_features.augmented_views=0, so the head trains "
                  "on un-augmented features only (config.augment is not applied)")

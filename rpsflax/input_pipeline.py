@@ -35,7 +35,7 @@ from absl import logging
 from PIL import Image
 from tqdm import tqdm
 
-from rpsflax import config_base, data_files, decode_pool, pil_decode, pil_image, quiet
+from rpsflax import data_files, decode_pool, pil_decode, pil_image, quiet
 from rpsflax.errors import DataError
 
 _tf_module = None
@@ -761,25 +761,3 @@ def load_images(paths: Sequence[str], image_size, resize_method: str = "nearest"
   for p, r in skipped:
     logging.warning("skipped %s: %s", p, r)
   return out, ok, skipped
-
-
-def folder_datasets(data_dir, image_size=224, batch_size=32, *, cache: bool = True,
-                    seed: int = 0, resize_method: str = "nearest", val_fraction: float = 0.0,
-                    num_parallel_calls: int = -1) -> Datasets:
-  """For benchmarks: a folder's Datasets, checked and split, nothing decoded or written yet.
-
-  Time `ds.prepare()` (decode-once cache) and `ds.train_batches(epoch)` separately.
-  """
-  c = config_base.get_config()
-  c.seed, c.batch_size, c.eval_batch_size = seed, batch_size, batch_size
-  c.data.dir, c.data.image_size, c.data.cache = os.fspath(data_dir), image_size, cache
-  c.data.resize_method, c.data.val_fraction = resize_method, val_fraction
-  c.data.num_parallel_calls = num_parallel_calls
-  return create_datasets(c, None, process_index=0, process_count=1, check_head=False)
-
-
-def folder_train_iterator(data_dir, image_size=224, batch_size=32, *, epoch: int = 0,
-                          **kw) -> tuple[Datasets, Iterator[dict]]:
-  """For benchmarks: (datasets, training batches of `epoch`) of a folder (see folder_datasets)."""
-  ds = folder_datasets(data_dir, image_size, batch_size, **kw)
-  return ds, ds.train_batches(epoch)

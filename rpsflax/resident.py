@@ -251,7 +251,7 @@ class Resident:
     return Feed(self._chunks.train, self._stored["train"], rows, views, n, rng, every,
                 self._train_sums)
 
-  def evaluate(self, state, split: str) -> dict:
+  def evaluate_split(self, state, split: str) -> dict:
     """What evaluation.evaluate_batches returns for the host batches of `split`."""
     if split not in self._eval_rows:
       self._eval_rows[split] = self._rows(*self._datasets.eval_rows(split), pad=True)

@@ -51,21 +51,16 @@ def model_variables(params, batch_stats) -> dict:
 # State
 
 
-def init_params(config, model, rng) -> dict:
-  """Random initial parameters for `config.data.image_size` inputs (jit-compiled: op-by-op init
-  of VGG16 is slower on a CPU)."""
-  return init_variables(config, model, rng)["params"]
-
-
 def init_variables(config, model, rng) -> dict:
-  """{'params', 'batch_stats'} of a random init ('batch_stats' {} for models without BN)."""
+  """{'params', 'batch_stats'} of a random init ('batch_stats' {} for models without BN) for
+  `config.data.image_size` inputs (jit-compiled: op-by-op init of VGG16 is slower on a CPU)."""
   size = config.data.image_size
   x = jnp.zeros((1, size, size, 3), jnp.float32)
   v = jax.jit(lambda rng, x: model.init(rng, x, train=False))(rng, x)
   return {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
 
 def abstract_params(config, model) -> dict:
-  """Shapes and dtypes of `init_params` (nothing computed)."""
+  """Shapes and dtypes of `init_variables`'s params (nothing computed)."""
   size = config.data.image_size
   return jax.eval_shape(lambda rng, x: model.init(rng, x, train=False)["params"],
                         jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
@@ -150,7 +145,7 @@ def prepare_images(config, images, rng=None):
   return preprocess.get_preprocessor(config.preprocess)(images, dtype=dtype)
 
 def make_train_step(config, model, *, on_features: bool = False) -> Callable:
-  """train_step(state, batch, rng) -> (state, metrics), pure; jit it (see `jit_train_step`).
+  """train_step(state, batch, rng) -> (state, metrics), pure; jit it (see `compile_steps`).
 
   `rng` is the run's training key; the step folds in state.step, so it is the same every call.
   metrics: loss_sum (float32), correct, count (int32, real examples only), nonfinite (1 when the
@@ -327,11 +322,3 @@ def compile_steps(config, model, mesh: Mesh, *, on_features: bool = False) -> St
   evaluate = jax.jit(make_eval_step(config, model, on_features=on_features),
                      in_shardings=(repl, data), out_shardings=repl)
   return Steps(train=train, eval=evaluate, on_features=on_features)
-
-def jit_train_step(config, model, mesh: Mesh) -> Callable:
-  """The jit-compiled train step alone (the benchmark times it without an eval step)."""
-  return compile_steps(config, model, mesh).train
-
-
-def jit_eval_step(config, model, mesh: Mesh) -> Callable:
-  return compile_steps(config, model, mesh).eval

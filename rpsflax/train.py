@@ -57,7 +57,7 @@ def preflight(config, mesh) -> Preflight:
   'imagenet' download, a file, a converted folder) and a local data folder's listing. When the
   weights are missing and the folder is too, one message says both, so an offline user fixes
   the command once."""
-  features.check_config(config)  # cached features need a frozen backbone (no-op when disabled)
+  features.check_settings(config)  # cached features need a frozen backbone (no-op when disabled)
   sharding.check_batch_sizes(config, mesh)
   restore.check_init_from(config)  # a warm start's source run exists
   listings, listing_error = None, None
@@ -177,10 +177,10 @@ def run(config, workdir: pathlib.Path, mesh, checked: Preflight,
       with timer.phase("decoding"):  # now, rather than inside epoch 1 and the first evaluation
         datasets.prepare(resident.used_splits(datasets))
 
-    def evaluate(state, split: str) -> dict:
+    def evaluate_on(state, split: str) -> dict:
       with timer.phase("evaluation"):
         if on_device is not None:
-          return on_device.evaluate(state, split)
+          return on_device.evaluate_split(state, split)
         return evaluation.evaluate_batches(run_steps.eval, state, datasets.eval_batches(split),
                                            mesh, config)
 
@@ -213,7 +213,7 @@ def run(config, workdir: pathlib.Path, mesh, checked: Preflight,
               stop.signum)
         train = steps.summarize(sums)
         if datasets.num_examples.get("validation", 0):
-          last_eval = evaluate(state, "validation")
+          last_eval = evaluate_on(state, "validation")
           val_loss, val_acc = last_eval["loss"], last_eval["accuracy"]
         else:
           last_eval, val_loss, val_acc = None, None, None
@@ -251,7 +251,7 @@ def run(config, workdir: pathlib.Path, mesh, checked: Preflight,
     if final_split == "validation" and last_eval is not None and final_state is state:
       result = last_eval
     else:
-      result = evaluate(final_state, final_split)
+      result = evaluate_on(final_state, final_split)
     extra = {"checkpoint": used, "epochs_trained": len(meta.history)}
     extra["timing"] = timer.summary()  # up to eval.json; the log line below adds the reports
     record = report.EvalRecord.from_evaluation(result, class_names, final_split, **extra)

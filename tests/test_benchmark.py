@@ -151,7 +151,8 @@ def step_flops_over_forward(config) -> tuple[float, float]:
 
   def step_flops(cfg):
     state = steps.create_train_state(cfg, model, params=v["params"], batch_stats=v["batch_stats"])
-    return steps.jit_train_step(cfg, model, mesh).lower(state, batch, rng).cost_analysis()["flops"]
+    step = steps.compile_steps(cfg, model, mesh).train
+    return step.lower(state, batch, rng).cost_analysis()["flops"]
   forward = jax.jit(jax_figures.forward_fn(config, model)).lower(
       steps.model_variables(v["params"], v["batch_stats"]), batch["image"])
   forward = forward.cost_analysis()["flops"]

@@ -29,7 +29,7 @@ def xla_counts(config, model, batch: int = 4) -> tuple[float, float]:
   fwd = jax.jit(jax_figures.forward_fn(config, model)).lower(
       steps.model_variables(v["params"], v["batch_stats"]), b["image"]).cost_analysis()["flops"]
   state = steps.create_train_state(config, model, params=v["params"], batch_stats=v["batch_stats"])
-  step = steps.jit_train_step(config, model, mesh).lower(
+  step = steps.compile_steps(config, model, mesh).train.lower(
       state, b, jax.random.PRNGKey(0)).cost_analysis()["flops"]
   return fwd, step
 

@@ -133,7 +133,7 @@ def test_bf16_train_step_keeps_params_float32(trainable):
   if trainable == (".*",):
     new, metrics = jax.eval_shape(steps.make_train_step(config, model), state, batch, rng)
   else:
-    step = steps.jit_train_step(config, model, mesh)
+    step = steps.compile_steps(config, model, mesh).train
     before = jax.device_get(state.params)
     new, metrics = step(jax.device_put(state, sharding.replicated(mesh)),
                         sharding.shard_batch(batch, mesh), rng)

@@ -219,7 +219,7 @@ def test_two_devices_with_padded_batches_compute_the_same_features(run, tmp_path
   script = textwrap.dedent("""
       import sys
       import jax, numpy as np
-      from rpsflax import features, input_pipeline, report, restore, sharding
+      from rpsflax import features, input_pipeline, models, report, restore, sharding
       wd, out = sys.argv[1:]
       config = report.read_config(wd)
       config.eval_batch_size = 3
@@ -228,7 +228,9 @@ def test_two_devices_with_padded_batches_compute_the_same_features(run, tmp_path
       state, _ = restore.restore_state(config, wd, which="latest", mesh=mesh)
       datasets = input_pipeline.create_datasets(config, None)
       views = 1 + config.cached_features.augmented_views
-      np.save(out, features.compute_split(config, datasets, "train", state.params, mesh, views))
+      model = models.build_model(config)
+      np.save(out, features.compute_split(config, datasets, "train", state.params, mesh, views,
+                                          features.feature_fns(config, model, mesh)))
   """)
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
@@ -275,16 +277,16 @@ def test_refuses_a_trainable_backbone(tmp_path, override):
     train.train_and_evaluate(config, tmp_path / "wd")
   assert not (tmp_path / "wd").exists()  # refused before touching anything
   config.cached_features.enabled = False
-  features.check_config(config)  # no-op when disabled
+  features.check_settings(config)  # no-op when disabled
 
 
 def test_augmented_views_need_augmentation(tmp_path):
   config = _config(tmp_path)
   config.augment.enabled = False
   with pytest.raises(errors.ConfigError, match="config.cached_features.augmented_views"):
-    features.check_config(config)
+    features.check_settings(config)
   config.cached_features.augmented_views = 0
-  features.check_config(config)
+  features.check_settings(config)
 
 
 def test_a_run_lists_its_data_folder_and_resolves_its_weights_once(run, tmp_path, monkeypatch):

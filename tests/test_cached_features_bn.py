@@ -63,7 +63,7 @@ def runs(tmp_path_factory):
   data_factory.class_folders(root / "data" / "train", {"cats": 8, "dogs": 8}, size=(56, 56))
   initial = {}
 
-  def seeded_state(config, model, init_rng, mesh):
+  def seeded_state(config, model, init_rng, mesh, weights_source):
     v = initial.setdefault("variables", seeded_variables(config, model))
     state = steps.create_train_state(config, model, params=v["params"],
                                      batch_stats=v["batch_stats"])
@@ -130,9 +130,9 @@ def test_cache_key_covers_the_moving_statistics(runs):
 
 def test_refuses_bn_layers_in_training_mode(tmp_path):
   config = _config(tmp_path / "nodata", True)
-  features.check_config(config)  # frozen BN: accepted
+  features.check_settings(config)  # frozen BN: accepted
   config.model.bn_trainable = True
-  features.check_config(config)  # bn_trainable, but no BN layer trains: still inference mode
+  features.check_settings(config)  # bn_trainable, but no BN layer trains: still inference mode
   config.trainable = ("head/.*", "backbone/block_16_project_BN/.*")
   with pytest.raises(errors.ConfigError, match=r"config\.cached_features\.enabled.*BatchNorm.*"
                      r"config\.model\.bn_trainable=True runs 1 of them in training mode "

@@ -2,7 +2,6 @@
 
 import asyncio
 import errno
-import gc
 import logging
 import shutil
 
@@ -152,21 +151,14 @@ def test_an_unretrieved_disk_error_of_a_write_task_prints_no_traceback(tmp_path,
   for the same reason and was never awaited prints no traceback beside it when collected, while
   any other unretrieved task error still does."""
   checkpoint.Checkpoints(tmp_path).close()  # a run's checkpoints quiet them
-
-  async def fail(error):
-    raise error
-
-  async def leave_unretrieved():
-    loop = asyncio.get_running_loop()
-    tasks = [loop.create_task(fail(e)) for e in (
-        OSError(errno.ENOSPC, "No space left on device"),
-        ValueError("RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']"),
-        RuntimeError("a bug in a write task"))]
-    await asyncio.sleep(0)
-    del tasks
-
+  loop = asyncio.new_event_loop()
   with caplog.at_level(logging.ERROR, logger="asyncio"):
-    asyncio.run(leave_unretrieved())
-    gc.collect()
+    for error in (OSError(errno.ENOSPC, "No space left on device"),
+                  ValueError("RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']"),
+                  RuntimeError("a bug in a write task")):
+      # what a collected Task with an unretrieved exception calls (asyncio.Task.__del__)
+      loop.call_exception_handler({"message": "Task exception was never retrieved",
+                                   "exception": error})
+  loop.close()
   reported = [r.exc_info[1] for r in caplog.records if "never retrieved" in r.getMessage()]
   assert [type(e) for e in reported] == [RuntimeError], reported

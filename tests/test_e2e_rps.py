@@ -280,7 +280,7 @@ def offline(monkeypatch, tmp_path):
   monkeypatch.setattr(keras.utils, "get_file", _fail("keras.utils.get_file"))
   monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
   monkeypatch.setattr(weights.releases, "WEIGHTS_DIR", tmp_path / "no_weights_dir")
-  for name in ("init_params", "create_train_state", "compile_steps"):
+  for name in ("init_variables", "create_train_state", "compile_steps"):
     monkeypatch.setattr(steps, name, _forbid(f"steps.{name}"))
   return tmp_path
 

@@ -242,12 +242,13 @@ def test_eval_dataset_for_another_folder(tmp_path):
 
 
 def test_benchmark_entry_point(tmp_path):
+  from rpsflax.benchmark import pipeline
   data = _folder(tmp_path, {"a": 4, "b": 4})
-  ds = ip.folder_datasets(data, image_size=16, batch_size=4)
+  ds = pipeline.folder_datasets(data, image_size=16, batch_size=4)
   ds.prepare()
   assert ds.steps_per_epoch == 2 and sum(b["mask"].sum() for b in ds.train_batches(0)) == 8
-  ds, batches = ip.folder_train_iterator(data, image_size=16, batch_size=4, cache=False)
-  assert sum(b["mask"].sum() for b in batches) == 8
+  ds = pipeline.folder_datasets(data, image_size=16, batch_size=4, cache=False)
+  assert sum(b["mask"].sum() for b in ds.train_batches(0)) == 8
 
 
 # -- TFDS ----------------------------------------------------------------------------------------

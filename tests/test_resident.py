@@ -192,7 +192,7 @@ def test_four_devices_train_and_evaluate_as_one_and_gather_the_host_batches_bit_
           ev = evaluation.evaluate_batches(compiled.eval, state, fd.eval_batches("validation"),
                                            mesh, c)
         else:
-          ev = res.evaluate(state, "validation")
+          ev = res.evaluate_split(state, "validation")
         return jax.device_get(state), sums, ev
 
       r4, h4, r1 = epoch(mesh4, "on"), epoch(mesh4, "off"), epoch(mesh1, "on")

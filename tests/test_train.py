@@ -74,7 +74,7 @@ def _run_steps(config, params, batches, mesh=None, step=None, first_step=0):
   state = jax.device_put(state.replace(step=jnp.asarray(first_step, jnp.int32)),
                          sharding.replicated(mesh))
   before = jax.device_get(state.params)
-  step = steps.jit_train_step(config, model, mesh) if step is None else step
+  step = steps.compile_steps(config, model, mesh).train if step is None else step
   metrics = []
   for batch in batches:
     state, m = step(state, sharding.shard_batch(batch, mesh), jax.random.PRNGKey(42))
@@ -218,7 +218,7 @@ def test_same_seed_same_result_and_rng_depends_on_step():
   config.augment.rotation_range = 10.0
   config.augment.horizontal_flip = True
   params = _random_params(config)
-  step = steps.jit_train_step(config, models.build_model(config), sharding.make_mesh())
+  step = steps.compile_steps(config, models.build_model(config), sharding.make_mesh()).train
   batches = [_batch(seed=0, size=CNN_IMAGE), _batch(seed=1, size=CNN_IMAGE)]
   _, a, ma = _run_steps(config, params, batches, step=step)
   _, b, mb = _run_steps(config, params, batches, step=step)

@@ -56,8 +56,8 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
     runners[name] = (call, b)
     return compiled, state
 
-  c_train, state0 = step_runner("train", config, step_fns.jit_train_step(config, model, mesh),
-                                batch)
+  c_train, state0 = step_runner("train", config,
+                                step_fns.compile_steps(config, model, mesh).train, batch)
   first_leaf = jax.tree.leaves(state0.params)[0]
   runners["train"][0]()
   out["train_step_donates_state"] = bool(first_leaf.is_deleted())
@@ -73,7 +73,7 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
 
   state = step_fns.TrainState(step=None, params=variables["params"], opt_state=None,
                               batch_stats=variables.get("batch_stats", {}))
-  ev, compile_s["eval"] = _compile(step_fns.jit_eval_step(config, model, mesh), state, batch)
+  ev, compile_s["eval"] = _compile(step_fns.compile_steps(config, model, mesh).eval, state, batch)
   runners["eval"] = (lambda: ev(state, batch)["count"], b)
 
   fwd, compile_s["forward"] = _compile(jax.jit(forward_fn(config, model),
@@ -92,20 +92,21 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
   out["finetune_step_flops"] = out["xla_finetune_step_flops"] = None
   if finetune:
     ft = inputs.finetune_config(config)
-    c_ft, _ = step_runner("finetune", ft, step_fns.jit_train_step(ft, model, mesh), batch)
+    c_ft, _ = step_runner("finetune", ft, step_fns.compile_steps(ft, model, mesh).train, batch)
     out["finetune_step_flops"] = flops.train_step_flops(ft, model, b)
     out["xla_finetune_step_flops"] = _flops(c_ft)
 
   if bf16_config is not None:
     m16 = models.build_model(bf16_config)
-    step_runner("train_bf16", bf16_config, step_fns.jit_train_step(bf16_config, m16, mesh), batch,
-                step_model=m16)
+    step_runner("train_bf16", bf16_config,
+                step_fns.compile_steps(bf16_config, m16, mesh).train, batch, step_model=m16)
 
   out["cached_features_unavailable"] = _not_cacheable(config) if cached else "not asked for"
   if out["cached_features_unavailable"] is None:
     cfg = _cached(config)
-    fb = {**host, "image": np.zeros((b,) + features.feature_shape(cfg, model), np.float32)}
-    step_runner("cached_head", cfg, step_fns.compile_steps(cfg, model, mesh, on_features=True).train,
+    fb = {**host, "image": np.zeros((b,) + _feature_shape(cfg, model), np.float32)}
+    step_runner("cached_head", cfg,
+                step_fns.compile_steps(cfg, model, mesh, on_features=True).train,
                 sharding.shard_batch(fb, mesh))
 
   log(f"JAX: compiled {', '.join(compile_s)} in {sum(compile_s.values()):.0f}s; timing")
@@ -166,10 +167,22 @@ def host_ops(compiled) -> list[str]:
 def _not_cacheable(config) -> Optional[str]:
   """Why cached features do not apply to `config` (e.g. it trains the backbone), or None."""
   try:
-    features.check_config(_cached(config))
+    features.check_settings(_cached(config))
     return None
   except errors.ConfigError as e:
     return str(e)
+
+
+def _feature_shape(config, model) -> tuple[int, ...]:
+  """Shape of one image's cached features (the head-only step's input)."""
+  size = config.data.image_size
+  v = jax.eval_shape(lambda rng: step_fns.init_variables(config, model, rng),
+                     jax.random.PRNGKey(0))
+  out = jax.eval_shape(features.make_feature_fn(config, model, augmented=False), v["params"],
+                       v["batch_stats"], jax.ShapeDtypeStruct((1, size, size, 3), np.uint8),
+                       jax.ShapeDtypeStruct((2,), np.uint32),
+                       jax.ShapeDtypeStruct((1,), np.int32))
+  return tuple(out.shape[1:])
 
 
 def _cached(config):
@@ -222,7 +235,7 @@ def bench_scaling(config, *, steps: int, repeats: int, warmup: int,
                            repl)
     batch = sharding.shard_batch(inputs.synthetic_batch(c, c.batch_size), mesh)
     rng = jax.device_put(jax.random.PRNGKey(0), repl)
-    compiled, _ = _compile(step_fns.jit_train_step(c, model, mesh), state, batch, rng)
+    compiled, _ = _compile(step_fns.compile_steps(c, model, mesh).train, state, batch, rng)
     holder = {"state": state}
 
     def call():

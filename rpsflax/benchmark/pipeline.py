@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from rpsflax import data_files, decode_pool, pil_decode
+from rpsflax import config_base, data_files, decode_pool, pil_decode
 from rpsflax.benchmark import environment
 from rpsflax.errors import DataError
 
@@ -131,9 +131,22 @@ def _mode(decoder: str) -> str:
           "tf": "tf.data map(num_parallel_calls=workers)"}[decoder]
 
 
+def folder_datasets(data_dir, image_size=224, batch_size=32, *, cache: bool = True,
+                    seed: int = 0, resize_method: str = "nearest", val_fraction: float = 0.0,
+                    num_parallel_calls: int = -1):
+  """A folder's input_pipeline.Datasets, checked and split, nothing decoded or written yet:
+  time `ds.prepare()` (decode-once cache) and `ds.train_batches(epoch)` separately."""
+  c = config_base.get_config()
+  c.seed, c.batch_size, c.eval_batch_size = seed, batch_size, batch_size
+  c.data.dir, c.data.image_size, c.data.cache = os.fspath(data_dir), image_size, cache
+  c.data.resize_method, c.data.val_fraction = resize_method, val_fraction
+  c.data.num_parallel_calls = num_parallel_calls
+  return _input_pipeline().create_datasets(c, None, process_index=0, process_count=1,
+                                           check_head=False)
+
+
 def bench_pipeline(config, data_dir: str, *, repeats: int, epochs: int = 2) -> dict:
   """Decode-once, cached-epoch and uncached-epoch images/s on a real folder (train split)."""
-  input_pipeline = _input_pipeline()
   kw = dict(image_size=config.data.image_size, batch_size=int(config.batch_size),
             resize_method=config.data.resize_method,
             num_parallel_calls=config.data.num_parallel_calls)
@@ -146,14 +159,14 @@ def bench_pipeline(config, data_dir: str, *, repeats: int, epochs: int = 2) -> d
 
   decode, cached, uncached, n = [], [], [], 0
   for r in range(repeats):
-    ds = input_pipeline.folder_datasets(data_dir, cache=True, **kw)
+    ds = folder_datasets(data_dir, cache=True, **kw)
     n = ds.num_examples["train"]
     t0 = time.perf_counter()
     ds.prepare(["train"])
     decode.append(n / (time.perf_counter() - t0))
     cached.append(statistics.median(epoch_rate(ds, e) for e in range(epochs)))
     del ds
-  ds = input_pipeline.folder_datasets(data_dir, cache=False, **kw)
+  ds = folder_datasets(data_dir, cache=False, **kw)
   for r in range(repeats):
     uncached.append(epoch_rate(ds, r))
   out = {"decode_images_per_sec": statistics.median(decode),
