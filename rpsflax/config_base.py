@@ -119,12 +119,12 @@ def get_config() -> ml_collections.ConfigDict:
 # The paragraphs above the groups in get_config say why; these say what.
 MEANINGS = {
     "seed": "seeds the initial parameters, the data order and splits, augmentation and dropout",
-    "model.name": "backbone: 'vgg16' | 'resnet50' | 'mobilenet_v2' | 'cnn' (the Keras blog's "
-                  "small convnet)",
+    "model.name": "backbone, one file each in rpsflax/models/ (cnn: the Keras blog's small "
+                  "convnet)",
     "model.alpha": "mobilenet_v2 width (Keras' alpha); ignored by the others",
     "model.bn_trainable": "BatchNorm of trainable layers in training mode (batch statistics) when "
                           "True; False keeps every BN layer in inference mode, as Keras' guide",
-    "model.dtype": "computation dtype: 'float32' | 'bfloat16' (parameters stay float32)",
+    "model.dtype": "computation dtype (parameters stay float32)",
     "head.num_classes": "outputs: one per class; 1 = a sigmoid output for two classes (binary "
                         "cross-entropy); None = one per class found in the data (configs/folder.py)",
     "head.pooling": "how the backbone's feature map is reduced: 'max' | 'avg' | 'flatten'",
@@ -136,7 +136,8 @@ MEANINGS = {
                "Keras .h5/.weights.h5/.keras file, or '' for random initialisation",
     "init_from": "'' or the --workdir of a finished run of the same model: its best checkpoint "
                  "replaces `weights` in a fresh run (a warm start)",
-    "preprocess": "'vgg16' (Keras caffe mode) | 'rescale' (1/255) | 'none'",
+    "preprocess": "input scaling: a backbone's name (its Keras application's mode), 'rescale' "
+                  "(1/255) or 'none'",
     "data.dir": "a folder of images: DIR/train/<class>/..., flat Kaggle-style names, or DIR "
                 "itself; '' = the TFDS data set below",
     "data.tfds_name": "TensorFlow Datasets name, used when data.dir is ''",
@@ -144,8 +145,7 @@ MEANINGS = {
     "data.image_size": "images are resized to this square size (pixels)",
     "data.decoder": "'pil' (PIL in worker processes; no TensorFlow import) | 'tf' (tf.data): "
                     "the same pixels, Keras' load_img's",
-    "data.resize_method": "interpolation: 'nearest' (Keras flow_from_directory's default), "
-                          "'bilinear', 'bicubic', 'area', 'lanczos3', ...",
+    "data.resize_method": "interpolation ('nearest': Keras flow_from_directory's default)",
     "data.val_fraction": "seeded share of train held out for validation when there is no "
                          "validation folder",
     "data.holdout": "examples drawn (seeded) before anything else, for a final test",

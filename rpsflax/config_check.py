@@ -57,9 +57,25 @@ def _same_kind(value, ref) -> bool:
   return isinstance(value, type(ref))
 
 
-def _check_choice(problems, key, value, choices):
-  if value not in choices:
-    problems.append(f"{key}={value!r}: use one of {', '.join(map(repr, choices))}")
+def choices(config) -> dict[str, tuple]:
+  """Each key whose values form a fixed set -> that set, from the module that owns it: the check
+  and --show_config (`describe`) both read it. model.alpha's set is the backbone's widths."""
+  out = {"model.name": models.BACKBONES, "model.dtype": models.DTYPES,
+         "head.pooling": heads.POOLINGS, "head.hidden_activation": tuple(heads.ACTIVATIONS),
+         "preprocess": tuple(preprocess.PREPROCESSORS), "optim.name": optim.OPTIMIZERS,
+         "augment.fill_mode": augment.FILL_MODES,
+         "data.resize_method": tuple(data_files.RESIZE_METHODS),
+         "data.decoder": data_files.DECODERS, "data.device_cache": data_files.DEVICE_CACHE_MODES}
+  spec = models.REGISTRY.get(config.model.name)
+  if spec and spec.alphas:  # a backbone with widths
+    out["model.alpha"] = spec.alphas
+  return out
+
+
+def _value(config, key: str):
+  for part in key.split("."):
+    config = config[part]
+  return config
 
 
 def _check_patterns(problems, key, patterns):
@@ -78,22 +94,10 @@ def check_config(config) -> None:
     raise ConfigError(_message(problems))
 
   c = config
-  _check_choice(problems, "config.model.name", c.model.name, models.BACKBONES)
-  _check_choice(problems, "config.model.dtype", c.model.dtype, models.DTYPES)
-  spec = models.REGISTRY.get(c.model.name)
-  if spec and spec.alphas:  # a backbone with widths
-    _check_choice(problems, "config.model.alpha", c.model.alpha, spec.alphas)
-  _check_choice(problems, "config.head.pooling", c.head.pooling, heads.POOLINGS)
-  _check_choice(problems, "config.head.hidden_activation", c.head.hidden_activation,
-                tuple(heads.ACTIVATIONS))
-  _check_choice(problems, "config.preprocess", c.preprocess, tuple(preprocess.PREPROCESSORS))
-  _check_choice(problems, "config.optim.name", c.optim.name, optim.OPTIMIZERS)
-  _check_choice(problems, "config.augment.fill_mode", c.augment.fill_mode, augment.FILL_MODES)
-  _check_choice(problems, "config.data.resize_method", c.data.resize_method,
-                tuple(data_files.RESIZE_METHODS))
-  _check_choice(problems, "config.data.decoder", c.data.decoder, data_files.DECODERS)
-  _check_choice(problems, "config.data.device_cache",  # (absent from older workdirs' configs)
-                c.data.device_cache, data_files.DEVICE_CACHE_MODES)
+  for key, allowed in choices(c).items():
+    if _value(c, key) not in allowed:
+      problems.append(f"config.{key}={_value(c, key)!r}: use one of "
+                      f"{', '.join(map(repr, allowed))}")
 
   for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps"):
     if c[key] < 1:
@@ -177,12 +181,18 @@ def unknown_key(dotted: str) -> Optional[str]:
 def describe(config) -> str:
   """Every key of `config` with its value and its meaning (config_base.MEANINGS), one a line, in
   the base config's order: what `python -m rpsflax.main --config=... --show_config` prints."""
-  values = _leaves(config)
+  values, allowed = _leaves(config), choices(config)
   keys = [k for k in config_base.MEANINGS if k in values] + sorted(set(values) - set(config_base.MEANINGS))
   shown = {k: f"{k} = {values[k]!r}" for k in keys}
   width = min(48, max(map(len, shown.values())))
-  return "\n".join(f"{shown[k].ljust(width)}  # {config_base.MEANINGS.get(k, '(no description)')}"
-                   for k in keys)
+
+  def meaning(k):
+    text = config_base.MEANINGS.get(k, "(no description)")
+    names = [repr(v) for v in allowed.get(k, ())]
+    if names and not all(n in text for n in names):  # the allowed values, unless it names them
+      text += f" [one of {', '.join(names)}]"
+    return text
+  return "\n".join(f"{shown[k].ljust(width)}  # {meaning(k)}" for k in keys)
 
 
 def _leaves(config, prefix: str = "") -> dict:

@@ -143,6 +143,21 @@ def test_show_config_lists_every_key_with_value_and_meaning():
   assert not foreign_lines(proc.stderr), proc.stderr
 
 
+def test_show_config_names_every_allowed_value_from_the_table_the_check_reads():
+  """Each key with a fixed set of values shows all of them, read from config_check.choices (the
+  owning modules' tables) as the check does: a backbone added to the registry appears unedited."""
+  from rpsflax import config_base, config_check, models
+
+  config = config_base.get_config()
+  config.model.name = "mobilenet_v2"  # a backbone with widths: model.alpha has a set too
+  lines = {line.split(" = ")[0]: line.split("  # ", 1)[1]
+           for line in config_check.describe(config).splitlines()}
+  allowed = config_check.choices(config)
+  assert allowed["model.name"] == models.BACKBONES and "model.alpha" in allowed
+  for key, values in allowed.items():
+    assert all(repr(v) in lines[key] for v in values), (key, lines[key])
+
+
 def test_a_mistyped_key_points_at_show_config():
   proc = run_user("rpsflax.main", "--config=configs/rps.py", "--workdir=/nonexistent/run",
                   "--config.optim.learnin_rate=0.01")
