@@ -77,13 +77,19 @@ def disk_error(error: BaseException) -> Optional[str]:
 
 class _QuietUnretrievedDiskErrors(pylogging.Filter):
   """Drops asyncio's 'Task exception was never retrieved' for an Orbax write task that failed
-  for the disk's sake: the save already stops the run with one WriteError (path, reason, free
-  space); the task's own traceback, printed when it is collected, would come beside it."""
+  for the disk's sake, and, once a save has (`disk_full`), for any Orbax task: the run stops with
+  one WriteError (path, reason, free space), while its write tasks, and those that the
+  interpreter's shutdown then refuses ('cannot schedule new futures after interpreter
+  shutdown'), would each print a traceback beside it when collected."""
+
+  disk_full = False
 
   def filter(self, record: pylogging.LogRecord) -> bool:
     error = record.exc_info[1] if record.exc_info else None
-    return not (error is not None and disk_error(error) is not None
-                and record.getMessage().startswith("Task exception was never retrieved"))
+    message = record.getMessage()
+    if error is None or not message.startswith("Task exception was never retrieved"):
+      return True
+    return not (disk_error(error) is not None or (self.disk_full and "orbax" in message))
 
 
 _QUIET_DISK_TASKS = _QuietUnretrievedDiskErrors()
@@ -181,6 +187,7 @@ class Checkpoints:
       why = disk_error(e)
       if why is None:
         raise
+      _QUIET_DISK_TASKS.disk_full = True  # this process stops with the message below
       path = self._writing.get(directory, directory)
       kept = ", ".join(f"{w} steps {steps_on_disk(self.directory / w)}" for w in (LATEST, BEST))
       raise WriteError(

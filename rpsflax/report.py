@@ -12,8 +12,6 @@ import pathlib
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from rpsflax import atomic, run_meta
 
@@ -181,13 +179,18 @@ class EvalRecord:
 # ---------------------------------------------------------------------------------------------
 # Figures
 
-def _new_figure(width: float, height: float, layout: str | None = None) -> Figure:
+def _new_figure(width: float, height: float, layout: str | None = None):
+  # matplotlib is imported here, when a figure is drawn: a second of every start otherwise,
+  # which a command that stops at a mistake, or does not plot, need not pay
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+  from matplotlib.figure import Figure  # noqa: PLC0415
+
   fig = Figure(figsize=(width, height), dpi=100, layout=layout)
   FigureCanvasAgg(fig)
   return fig
 
 
-def _save(fig: Figure, path) -> pathlib.Path:
+def _save(fig, path) -> pathlib.Path:
   """Write the figure atomically (see rpsflax.atomic): a kill leaves the old picture or the new."""
   path = pathlib.Path(path)
   with atomic.replacing(path) as tmp:

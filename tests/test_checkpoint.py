@@ -146,19 +146,46 @@ def test_a_checkpoint_from_before_batch_stats_still_restores(tmp_path):
   assert meta == {"epoch": 1, "step": 3}
 
 
-def test_an_unretrieved_disk_error_of_a_write_task_prints_no_traceback(tmp_path, caplog):
-  """A full disk is reported once, as the save's WriteError: an Orbax write task that failed
-  for the same reason and was never awaited prints no traceback beside it when collected, while
-  any other unretrieved task error still does."""
-  checkpoint.Checkpoints(tmp_path).close()  # a run's checkpoints quiet them
+class _OrbaxTask:  # how asyncio names the task of an unretrieved exception in its message
+  def __repr__(self):
+    return ("<Task finished name='Task-195' coro=<Store.write() done, defined at "
+            ".../orbax/checkpoint/_src/metadata/array_metadata_store.py:176>>")
+
+
+def _unretrieved(caplog, errors, future=None) -> list:
+  """The errors asyncio still logs when tasks that raised `errors` are collected unretrieved
+  (it calls this very handler from asyncio.Task.__del__)."""
   loop = asyncio.new_event_loop()
+  caplog.clear()
   with caplog.at_level(logging.ERROR, logger="asyncio"):
-    for error in (OSError(errno.ENOSPC, "No space left on device"),
-                  ValueError("RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']"),
-                  RuntimeError("a bug in a write task")):
-      # what a collected Task with an unretrieved exception calls (asyncio.Task.__del__)
-      loop.call_exception_handler({"message": "Task exception was never retrieved",
-                                   "exception": error})
+    for error in errors:
+      context = {"message": "Task exception was never retrieved", "exception": error}
+      loop.call_exception_handler({**context, "future": future} if future else context)
   loop.close()
-  reported = [r.exc_info[1] for r in caplog.records if "never retrieved" in r.getMessage()]
-  assert [type(e) for e in reported] == [RuntimeError], reported
+  return [r.exc_info[1] for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+def test_an_unretrieved_disk_error_of_a_write_task_prints_no_traceback(tmp_path, caplog,
+                                                                       monkeypatch):
+  """A full disk is reported once, as the save's WriteError: an Orbax write task that failed
+  for the same reason and was never awaited prints no traceback beside it when collected, nor,
+  once a save has failed so, an Orbax task that the interpreter's shutdown refused; any other
+  unretrieved task error still prints."""
+  ckpts = checkpoint.Checkpoints(tmp_path)  # a run's checkpoints quiet them
+  monkeypatch.setattr(checkpoint._QUIET_DISK_TASKS, "disk_full", False)  # noqa: SLF001
+  shutdown = RuntimeError("cannot schedule new futures after interpreter shutdown")
+  bug = RuntimeError("a bug in a write task")
+  disk = [OSError(errno.ENOSPC, "No space left on device"),
+          ValueError("RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']")]
+  assert _unretrieved(caplog, [*disk, bug]) == [bug]
+  assert _unretrieved(caplog, [shutdown], _OrbaxTask()) == [shutdown]  # no disk error yet
+
+  def full(*args, **kwargs):
+    raise ValueError("RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']")
+  with monkeypatch.context() as m:
+    m.setattr(checkpoint.ocp.CheckpointManager, "wait_until_finished", full)
+    with pytest.raises(errors.WriteError, match="No space left on device"):
+      ckpts.wait()
+  ckpts.close()
+  assert _unretrieved(caplog, [shutdown], _OrbaxTask()) == []
+  assert _unretrieved(caplog, [bug]) == [bug]  # not an Orbax task

@@ -103,7 +103,9 @@ def test_prediction_grid(tmp_path):
 
 def test_prediction_grid_marks_wrong_in_red(tmp_path, monkeypatch):
   colors = []
-  orig = report.Figure.subplots
+  from matplotlib.figure import Figure  # what report draws on (imported when it draws)
+
+  orig = Figure.subplots
 
   def spy(self, *a, **k):
     axes = orig(self, *a, **k)
@@ -113,7 +115,7 @@ def test_prediction_grid_marks_wrong_in_red(tmp_path, monkeypatch):
                                                              _o(text, *aa, **kk))[1]
     return axes
 
-  monkeypatch.setattr(report.Figure, "subplots", spy)
+  monkeypatch.setattr(Figure, "subplots", spy)
   images = np.zeros((3, 8, 8, 3), np.uint8)
   report.plot_prediction_grid(images, ["cat", "dog", "dog"], [0.9, 0.8, 0.7], tmp_path / "g.png",
                               true_labels=["cat", "cat", None])
