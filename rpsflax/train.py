@@ -128,6 +128,7 @@ def run(config, workdir: pathlib.Path, mesh, checked: Preflight,
   config = with_num_classes(config, class_names)
   steps_per_epoch = int(datasets.steps_per_epoch)
   total_steps = steps_per_epoch * int(config.num_epochs)
+  final_split = _final_split(datasets)  # what the end of the run evaluates
 
   model = models.build_model(config)
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -157,7 +158,6 @@ def run(config, workdir: pathlib.Path, mesh, checked: Preflight,
       save_config(config, workdir)  # fails on either keeps the config.json it names
     meta.steps_per_epoch, meta.class_names = steps_per_epoch, class_names
     step = meta.step
-    final_split = _final_split(datasets)
 
     if step >= total_steps and meta.partial is None:
       eval_path = workdir / "eval.json"
