@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from rpsflax import config_base, errors, evaluation, models, sharding, steps, train
+from rpsflax import config_base, data_files, errors, evaluation, models, sharding, steps, train
 from rpsflax.timing import PHASES
 
 IMAGE = 32
@@ -511,7 +511,7 @@ def test_num_classes_none_follows_the_data_and_a_set_one_must_match(straight_run
     train.train_and_evaluate(wrong, tmp_path / "wrong")
 
 
-def test_evaluate_restores_best_and_reads_a_folder(straight_run):
+def test_evaluate_restores_best_and_reads_a_folder(straight_run, monkeypatch):
   import json
 
   root, data, _ = straight_run
@@ -527,7 +527,12 @@ def test_evaluate_restores_best_and_reads_a_folder(straight_run):
   (folder / "rock").mkdir(parents=True)
   for p in sorted((data / "train" / "rock").iterdir())[:3]:
     (folder / "rock" / p.name).write_bytes(p.read_bytes())
-  out = evaluation.evaluate_checkpoint(config, workdir, data_dir=str(folder))
+  listed = []
+  with monkeypatch.context() as m:  # each folder listed once: its listing is handed on
+    m.setattr(data_files, "list_folder",
+              lambda p, real=data_files.list_folder: listed.append(p) or real(p))
+    out = evaluation.evaluate_checkpoint(config, workdir, data_dir=str(folder))
+  assert listed == [str(folder)]
   assert out["num_examples"] == 3
   assert sum(out["confusion_matrix"][1]) == 3  # every example counted in the 'rock' row
   # A data set folder (train/ inside): every labelled image under it, once.
