@@ -274,7 +274,9 @@ def test_predictions_name_their_checkpoint_and_the_grid_its_count(tmp_path, cats
     return real_plot(images, *args, **kwargs)
 
   monkeypatch.setattr(report, "plot_prediction_grid", spy)
-  with caplog.at_level(logging.INFO):
+  # absl's logger has a level of its own, which code run earlier in this worker may have set to
+  # WARNING (absl.logging.set_verbosity): open both for the INFO line asserted below
+  with caplog.at_level(logging.INFO), caplog.at_level(logging.INFO, logger="absl"):
     rows = prediction.run(workdir, [kaggle_test_folder], output=str(out_json), grid=str(grid),
                           grid_max=4, quiet=True)
   record = json.loads(out_json.read_text())
