@@ -49,9 +49,10 @@ def repo_root() -> pathlib.Path:
   return REPO
 
 
-# CI runs whole files per xdist worker (--dist loadfile) in collection order: the longest files
-# go first so that the workers finish together instead of one running a long file alone at the
-# end. The order is each file's summed test time in a full run (`pytest --junitxml=F`, 2 workers,
+# CI runs whole files per xdist worker (--dist loadfile) in collection order (--no-loadscope-reorder:
+# by default xdist re-sorts files by their number of tests, which ignored this order): the longest
+# files go first so that the workers finish together instead of one running a long file alone at
+# the end. The order is each file's summed test time in a full run (`pytest --junitxml=F`, 2 workers,
 # 2026-12-05); files under 10 s keep their alphabetical place at the end.
 LONGEST_FILES_FIRST = (
     "test_export.py", "test_readme.py", "test_benchmark.py", "test_reliability_round2.py",
