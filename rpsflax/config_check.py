@@ -72,12 +72,6 @@ def choices(config) -> dict[str, tuple]:
   return out
 
 
-def _value(config, key: str):
-  for part in key.split("."):
-    config = config[part]
-  return config
-
-
 def _check_patterns(problems, key, patterns):
   for p in patterns:
     try:
@@ -94,9 +88,10 @@ def check_config(config) -> None:
     raise ConfigError(_message(problems))
 
   c = config
+  values = _leaves(c)
   for key, allowed in choices(c).items():
-    if _value(c, key) not in allowed:
-      problems.append(f"config.{key}={_value(c, key)!r}: use one of "
+    if values[key] not in allowed:
+      problems.append(f"config.{key}={values[key]!r}: use one of "
                       f"{', '.join(map(repr, allowed))}")
 
   for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps"):

@@ -56,8 +56,8 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
     runners[name] = (call, b)
     return compiled, state
 
-  c_train, state0 = step_runner("train", config,
-                                step_fns.compile_steps(config, model, mesh).train, batch)
+  run_steps = step_fns.compile_steps(config, model, mesh)  # the train and eval steps of one run
+  c_train, state0 = step_runner("train", config, run_steps.train, batch)
   first_leaf = jax.tree.leaves(state0.params)[0]
   runners["train"][0]()
   out["train_step_donates_state"] = bool(first_leaf.is_deleted())
@@ -73,7 +73,7 @@ def bench_steps(config, mesh, *, steps: int, repeats: int, warmup: int, finetune
 
   state = step_fns.TrainState(step=None, params=variables["params"], opt_state=None,
                               batch_stats=variables.get("batch_stats", {}))
-  ev, compile_s["eval"] = _compile(step_fns.compile_steps(config, model, mesh).eval, state, batch)
+  ev, compile_s["eval"] = _compile(run_steps.eval, state, batch)
   runners["eval"] = (lambda: ev(state, batch)["count"], b)
 
   fwd, compile_s["forward"] = _compile(jax.jit(forward_fn(config, model),
