@@ -1,6 +1,7 @@
 r"""Where a step's time goes, layer by layer, and which way of computing each conv is fastest on
-this CPU: every 3x3 conv (+ bias + ReLU + the 2x2 pool where the model pools) of the recipes'
-backbones, timed alone forward and with its gradient, in each of these variants:
+this CPU: every 3x3 conv (with its bias and ReLU, and the 2x2 pool where the model pools, in the
+models' order: conv, pool, bias, ReLU) of the recipes' backbones, timed alone forward and with
+its gradient, in each of these variants:
 
   eigen           conv_general_dilated on XLA's Eigen path (YNNPACK's convolutions and reductions
                   off: --xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-reduce)
@@ -116,9 +117,9 @@ def worker(args) -> int:
         k = jnp.asarray(rng.standard_normal((3, 3, cin, cout)) / np.sqrt(9 * cin), dtype)
         bias = jnp.zeros((cout,), dtype)
 
-        def layer(x, k, bias, conv=conv, pad=pad, pools=pools):
-          y = jax.nn.relu(conv(x, k, pad) + bias)
-          return max_pool_2x2(y) if pools else y
+        def layer(x, k, bias, conv=conv, pad=pad, pools=pools):  # models.layers.ConvReLU's order
+          y = conv(x, k, pad)
+          return jax.nn.relu((max_pool_2x2(y) if pools else y) + bias)
         row = {"config": config_path, "variant": args.worker, "dtype": dtype, "layer": name,
                "input": [n, size, size, cin], "out_channels": cout}
         fwd = jax.jit(layer)

@@ -1,9 +1,12 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from rpsflax import config_base
 from rpsflax.models import build_model
+from rpsflax.models.layers import ConvReLU, max_pool_2x2
 
 
 @pytest.mark.parametrize("name,size,classes,feat", [("vgg16", 64, 3, (2, 2, 512)),
@@ -35,3 +38,48 @@ def test_registry_is_the_one_list_of_backbones():
       assert spec.release(False, 224, 1.0).backbone == name
   with pytest.raises(ValueError, match="no such backbone; use one of .*'vgg16'"):
     models.get_spec("vgg61")
+
+
+class _ConvReLUThenPool(nn.Module):
+  """What models.layers.ConvReLU replaces: nn.Conv -> ReLU -> max_pool_2x2, in that order."""
+
+  features: int
+  padding: str
+
+  @nn.compact
+  def __call__(self, x):
+    return max_pool_2x2(nn.relu(nn.Conv(self.features, (3, 3), padding=self.padding,
+                                        name="conv")(x)))
+
+
+class _PoolThenBiasAndReLU(nn.Module):
+  features: int
+  padding: str
+
+  @nn.compact
+  def __call__(self, x):
+    return ConvReLU(self.features, padding=self.padding, pool=True, name="conv")(x)
+
+
+@pytest.mark.parametrize("padding,side,cin", [("VALID", 15, 3), ("SAME", 12, 8)])
+def test_pooling_before_bias_and_relu_gives_the_same_bits(padding, side, cin):
+  """ConvReLU(pool=True) pools, then adds the bias and applies the ReLU: the same parameters
+  and initialisation as nn.Conv, the same output bits as conv -> ReLU -> pool (odd sides
+  included), the same kernel and input gradients; the bias gradient equal to rounding."""
+  x = jax.random.normal(jax.random.key(1), (4, side, side, cin))
+  ref = _ConvReLUThenPool(16, padding)
+  fast = _PoolThenBiasAndReLU(16, padding)
+  v_ref, v_fast = ref.init(jax.random.key(0), x), fast.init(jax.random.key(0), x)
+  assert jax.tree.map(lambda a, b: bool((a == b).all()), v_ref, v_fast) == jax.tree.map(
+      lambda a: True, v_ref)
+  # A bias that makes the ReLU cut some windows wholly, some partly, some not at all.
+  v_ref["params"]["conv"]["bias"] = jnp.linspace(-1.0, 1.0, 16)
+  out_ref, out_fast = jax.jit(ref.apply)(v_ref, x), jax.jit(fast.apply)(v_ref, x)
+  assert (out_ref == out_fast).all()
+  w = jax.random.normal(jax.random.key(2), out_ref.shape)
+  g_ref, g_fast = (jax.jit(jax.grad(lambda v, x, f=f: jnp.sum(f(v, x) * w), argnums=(0, 1)))(
+      v_ref, x) for f in (ref.apply, fast.apply))
+  assert (g_ref[1] == g_fast[1]).all()
+  assert (g_ref[0]["params"]["conv"]["kernel"] == g_fast[0]["params"]["conv"]["kernel"]).all()
+  np.testing.assert_allclose(g_fast[0]["params"]["conv"]["bias"],
+                             g_ref[0]["params"]["conv"]["bias"], rtol=1e-5, atol=1e-6)

@@ -12,7 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from rpsflax.models.layers import max_pool_2x2
+from rpsflax.models.layers import ConvReLU
 from rpsflax.models.spec import BackboneSpec
 
 CNN_FILTERS = (32, 64, 128, 128)
@@ -31,9 +31,8 @@ class CatsDogsCNN(nn.Module):
   def __call__(self, x):
     x = jnp.asarray(x, self.dtype)
     for i, (filters, name) in enumerate(zip(CNN_FILTERS, cnn_conv_names())):
-      x = nn.relu(nn.Conv(filters, (3, 3), padding="VALID", dtype=self.dtype, name=name)(x))
       # Keras MaxPooling2D(2) floors odd sizes ('valid'), e.g. 148 -> 74, 72 -> 36, 34 -> 17, 15 -> 7.
-      x = max_pool_2x2(x)
+      x = ConvReLU(filters, padding="VALID", pool=True, dtype=self.dtype, name=name)(x)
       # Keras' name of the pool layer (a conv's name here clashes with the conv's own scope).
       self.sow("intermediates", "max_pooling2d" + (f"_{i}" if i else ""), x)
     return x

@@ -26,6 +26,36 @@ def max_pool_2x2(x):
   return jnp.max(x, axis=(2, 4))
 
 
+class ConvReLU(nn.Module):
+  """keras Conv2D(features, 3, activation='relu'), followed by MaxPooling2D(2) when `pool`.
+
+  The parameters are `nn.Conv`'s (`kernel` (3, 3, in, features), `bias`, float32, the same
+  initialisers), so weights convert and models initialise as with `nn.Conv` + `nn.relu`. With
+  `pool`, the 2x2 max is taken before the bias and the ReLU: relu(x + b) rises with x, so
+  max(relu(x + b)) = relu(max(x) + b) in floats too (the same bits as conv -> ReLU -> pool), and
+  the bias, the ReLU and their gradients run on a quarter of the values (the cats-vs-dogs CNN's
+  train step: docs/performance_cpu.md, "Figures behind the code's choices"). The kernel and
+  input gradients are the same; the bias gradient sums the same terms in another order.
+  """
+
+  features: int
+  padding: str = "SAME"
+  pool: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (3, 3, x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), self.padding,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if self.pool:
+      y = max_pool_2x2(y)
+    return nn.relu(y + bias)
+
+
 class BatchNorm(nn.Module):
   """keras.layers.BatchNormalization over the last axis, with Flax's variable names.
 

@@ -10,7 +10,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from rpsflax.models.layers import max_pool_2x2
+from rpsflax.models.layers import ConvReLU
 from rpsflax.models.spec import BackboneSpec, Release
 
 # (block, number of 3x3 convs, filters), as keras.applications.vgg16 builds them.
@@ -41,10 +41,7 @@ class VGG16(nn.Module):
     x = jnp.asarray(x, self.dtype)
     for block, convs, filters in VGG16_BLOCKS:
       for i in range(1, convs + 1):
-        x = nn.Conv(filters, (3, 3), padding="SAME", dtype=self.dtype,
-                    name=f"block{block}_conv{i}")(x)
-        x = nn.relu(x)
-      x = max_pool_2x2(x)
+        x = ConvReLU(filters, pool=i == convs, dtype=self.dtype, name=f"block{block}_conv{i}")(x)
       self.sow("intermediates", f"block{block}_pool", x)
     if not self.include_top:
       return x
