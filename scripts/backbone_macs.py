@@ -5,7 +5,7 @@
   python scripts/backbone_macs.py --size 160
 
 Counted by rpsflax/benchmark/flops.py (what the benchmark's GFLOP/s figures use) from the shapes each
-nn.Conv / DepthwiseConv3x3 / nn.Dense sees in an abstract forward (nothing runs): output pixels x
+nn.Conv / ConvReLU / DepthwiseConv3x3 / nn.Dense sees in an abstract forward (nothing runs): output pixels x
 kernel window x input channels per group x output channels. BatchNorm, pooling, activations and
 adds are not counted (as Keras' and the papers' GMAC figures do not).
 """

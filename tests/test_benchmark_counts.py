@@ -106,6 +106,11 @@ def test_peak_is_the_best_measured_product(monkeypatch):
   assert p["theoretical"]["theoretical_float32"]["gflops_per_sec"] > 150.0  # never the peak
   assert (peak.dot_size("cpu"), peak.dot_size("gpu")) == (2048, 8192)
   assert peak.numpy_gemm_gflops(64, 0.0) > 0 and peak.jax_dot_gflops("float32", 64, 0.0) > 0
+  # A peer's rate above every product becomes the peak; a slower one or a missing one does not.
+  seen = peak.with_rates(p, {"keras_forward_bfloat16": 170.0, "keras_train_bfloat16": None})
+  assert seen["peak_gflops_per_sec"] == 170.0 and seen["peak_source"] == "keras_forward_bfloat16"
+  assert "keras_train_bfloat16" not in seen["measured"] and p["peak_gflops_per_sec"] == 150.0
+  assert peak.with_rates(p, {"keras_forward_bfloat16": 20.0})["peak_source"] == "numpy_blas_float32"
 
 
 def test_the_bf16_row_runs_where_the_cpu_has_avx512_bf16(monkeypatch):

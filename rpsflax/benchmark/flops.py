@@ -3,9 +3,10 @@
 XLA's cost analysis cannot be the benchmark's count: on GPUs it leaves out the convolutions it
 hands to cuDNN (docs/performance_cpu.md, "How the benchmark counts"). Here the
 layers are found by walking the Flax model abstractly (`jax.eval_shape` of its init, every
-nn.Conv, DepthwiseConv3x3 and nn.Dense call intercepted: nothing runs) and counted from the
-shapes they see: one multiply-accumulate (MAC) = 2 FLOPs,
+nn.Conv, ConvReLU, DepthwiseConv3x3 and nn.Dense call intercepted: nothing runs) and counted
+from the shapes they see: one multiply-accumulate (MAC) = 2 FLOPs,
   nn.Conv:          output pixels x kernel window x input channels per group x output channels
+  ConvReLU:         the same, its conv's output pixels (before its pool) x 9 x in x out
   DepthwiseConv3x3: output elements x 9
   nn.Dense:         outputs x inputs.
 Activations, pooling, BatchNorm, adds, preprocessing and the optimizer are not counted (the
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from rpsflax import optim
-from rpsflax.models.layers import DepthwiseConv3x3
+from rpsflax.models.layers import ConvReLU, DepthwiseConv3x3
 
 SOURCE = "analytical: conv/dense MACs x 2 (rpsflax/benchmark/flops.py)"
 XLA_SOURCE = "xla cost analysis of the compiled step"
@@ -45,6 +46,11 @@ def layer_macs(module, args, out) -> int:
   if isinstance(module, nn.Conv):
     cin = args[0].shape[-1] // module.feature_group_count
     return math.prod(out.shape[:-1]) * math.prod(module.kernel_size) * cin * out.shape[-1]
+  if isinstance(module, ConvReLU):  # its output may be pooled: count its conv's pixels
+    n, h, w, cin = args[0].shape
+    if module.padding == "VALID":
+      h, w = h - 2, w - 2
+    return n * h * w * 9 * cin * module.features
   if isinstance(module, DepthwiseConv3x3):
     return math.prod(out.shape) * 9
   if isinstance(module, nn.Dense):

@@ -197,6 +197,10 @@ def run(config, *, batch_size: int = 0, image_size: int = 0, dtype: str = "", st
   result["train_step_gflops_per_sec"] = gflops(step, result["train_images_per_sec"])
   result["keras_forward_gflops_per_sec"] = gflops(fwd, result["keras_forward_images_per_sec"])
   result["keras_train_gflops_per_sec"] = gflops(step, result["keras_train_images_per_sec"])
+  result["peak"] = peak.with_rates(result["peak"], {
+      f"keras_{k}_{cfg.model.dtype}": result[f"keras_{k}_gflops_per_sec"]
+      for k in ("forward", "train")})
+  result["peak_gflops_per_sec"] = result["peak"]["peak_gflops_per_sec"]
   result["forward_fraction_of_peak"] = timing.ratio(result["forward_gflops_per_sec"],
                                                     result["peak_gflops_per_sec"])
   result["train_fraction_of_peak"] = timing.ratio(result["train_step_gflops_per_sec"],
