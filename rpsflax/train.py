@@ -172,7 +172,7 @@ def run(config, workdir: pathlib.Path, mesh, checked: Preflight,
     else:
       run_steps = steps.compile_steps(config, model, mesh)
     # The splits on the devices, epochs as a few jitted calls (rpsflax.resident), where they fit.
-    on_device = resident.load(config, datasets, mesh, model, on_features=run_steps.on_features)
+    on_device = resident.load(run_steps, datasets, mesh, config.data.device_cache)
     if on_device is None and datasets.cache and not run_steps.on_features:
       with timer.phase("decoding"):  # now, rather than inside epoch 1 and the first evaluation
         datasets.prepare(resident.used_splits(datasets))
@@ -182,7 +182,7 @@ def run(config, workdir: pathlib.Path, mesh, checked: Preflight,
         if on_device is not None:
           return on_device.evaluate_split(state, split)
         return evaluation.evaluate_batches(run_steps.eval, state, datasets.eval_batches(split),
-                                           mesh, config)
+                                           mesh, run_steps.classes)
 
     writer = _tb_writer(workdir)
     last_eval = None

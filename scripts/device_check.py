@@ -340,7 +340,7 @@ def stage_overhead(args, work) -> dict:
       compiled = step_fns.compile_steps(c, model, mesh)
     prep_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    on_device = resident.load(c, ds, mesh, model, on_features=compiled.on_features)
+    on_device = resident.load(compiled, ds, mesh, c.data.device_cache)
     load_s = time.perf_counter() - t0
     rng = jax.random.PRNGKey(0)
     loop = train.EpochLoop(c, mesh, compiled.train, rng)
