@@ -162,6 +162,12 @@ def make_train_step(config, model, *, on_features: bool = False) -> Callable:
   mixup = float(config.mixup_alpha)
 
   def train_step(state: TrainState, batch, rng):
+    # What trains, and how: labels and optimizer are pure functions of (config, param
+    # structure), built at trace time.
+    label_tree = optim.param_labels(state.params, config)
+    tx = optim.create_optimizer(config, state.params)
+    trainable, frozen = optim.split_by_label(state.params, label_tree)
+
     step_rng = jax.random.fold_in(rng, state.step)
     aug_rng, dropout_rng = jax.random.split(step_rng)
     x = batch["image"] if on_features else prepare_images(config, batch["image"], aug_rng)
@@ -173,11 +179,6 @@ def make_train_step(config, model, *, on_features: bool = False) -> Callable:
       targets = soft_targets(labels.astype(jnp.int32), num_classes, smoothing)
       if mixup:  # its own stream: the augmentation and dropout draws stay as without mixup
         x, targets = mix_batch(jax.random.fold_in(step_rng, 2), x, targets, mask, mixup)
-
-    # Labels and optimizer are pure functions of (config, param structure): built at trace time.
-    label_tree = optim.param_labels(state.params, config)
-    tx = optim.create_optimizer(config, state.params)
-    trainable, frozen = optim.split_by_label(state.params, label_tree)
 
     def loss_fn(trainable_params):
       params = optim.merge(trainable_params, frozen)
