@@ -85,7 +85,7 @@ def initial_state(config, model, init_rng, mesh, weights_source: str) -> steps.T
                                        steps.init_variables(config, model, init_rng),
                                        models.keras_layer_map(config))
   if config.init_from:  # a trained run's backbone and head instead (a warm start)
-    v = restore.warm_start_variables(config, v, mesh)
+    v = restore.warm_start_variables(config.init_from, v, mesh)
   return jax.device_put(steps.create_train_state(config, model, params=v["params"],
                                                  batch_stats=v.get("batch_stats")),
                         sharding.replicated(mesh))
