@@ -139,13 +139,14 @@ def run(config, workdir: pathlib.Path, mesh, checked: Preflight,
   writer = None
   try:
     with timer.phase("weights"):
+      def fresh():  # the state a new run starts from (also what rebuilds a lost frozen store)
+        return initial_state(config, model, init_rng, mesh, checked.weights)
+
       # A damaged newest checkpoint is set aside (renamed, never deleted) for the one before it;
       # a lost frozen store is rebuilt from the configured weights when they hold the same.
-      restored = ckpts.restore_for_resume(
-          abstract,
-          frozen_from=lambda: initial_state(config, model, init_rng, mesh, checked.weights))
+      restored = ckpts.restore_for_resume(abstract, frozen_from=fresh)
       if restored is None:
-        state, meta = initial_state(config, model, init_rng, mesh, checked.weights), RunMeta()
+        state, meta = fresh(), RunMeta()
       else:
         state, meta = restored[0], RunMeta.from_json(restored[1])
         if meta.steps_per_epoch not in (None, steps_per_epoch):
