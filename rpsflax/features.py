@@ -412,7 +412,7 @@ class FeatureDatasets:
       yield {"image": feats, "label": np.where(ok, labels[take], 0).astype(np.int32), "mask": ok}
 
 
-def prepare(config, workdir, datasets, state, mesh, model) -> "FeatureDatasets":
+def feature_datasets(config, workdir, datasets, state, mesh, model) -> "FeatureDatasets":
   """The features of `datasets` for train_and_evaluate's loop, whose head-only steps
   (`steps.compile_steps(on_features=True)`) train on them (config checked by `check_settings`
   before the run started)."""

@@ -169,7 +169,7 @@ def run(config, workdir: pathlib.Path, mesh, checked: Preflight,
     ckpts.write_frozen(state)  # written during epoch 1 (once per workdir), not at its first save
     if features.enabled(config):  # the head trains on cached backbone features (rpsflax.features)
       with timer.phase("feature_cache"):
-        datasets = features.prepare(config, workdir, datasets, state, mesh, model)
+        datasets = features.feature_datasets(config, workdir, datasets, state, mesh, model)
     run_steps = steps.compile_steps(config, model, mesh, on_features=features.enabled(config))
     # The splits on the devices, epochs as a few jitted calls (rpsflax.resident), where they fit.
     on_device = resident.load(run_steps, datasets, mesh, config.data.device_cache)

@@ -335,7 +335,7 @@ def stage_overhead(args, work) -> dict:
         c, model)), sharding.replicated(mesh))
     t0 = time.perf_counter()
     if variant == "cached_features":
-      ds = features.prepare(c, wd, ds, state, mesh, model)
+      ds = features.feature_datasets(c, wd, ds, state, mesh, model)
     compiled = step_fns.compile_steps(c, model, mesh, on_features=variant == "cached_features")
     prep_s = time.perf_counter() - t0
     t0 = time.perf_counter()
