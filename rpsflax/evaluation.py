@@ -17,17 +17,18 @@ from rpsflax.errors import RunError
 
 
 def evaluate_batches(eval_step: Callable, state, batches: Iterable[dict], mesh: Mesh,
-                     config) -> dict:
+                     classes: int) -> dict:
   """Run eval_step over every batch; one device->host transfer at the end.
 
-  Returns loss, accuracy, num_examples and the confusion matrix (NumPy [C, C]).
+  Returns loss, accuracy, num_examples and the confusion matrix (NumPy [C, C], C = `classes`:
+  `steps.Steps.classes`, what the step's matrix has when there is no batch).
   """
   acc = None
   for batch in sharding.prefetch_to_mesh(batches, mesh, pad=True):
     acc = steps.accumulate(acc, eval_step(state, batch))
   if acc is None:
-    c = steps.num_outputs(config)
-    sums = {"loss_sum": 0.0, "correct": 0, "count": 0, "confusion": np.zeros((c, c), np.int64)}
+    sums = {"loss_sum": 0.0, "correct": 0, "count": 0,
+            "confusion": np.zeros((classes, classes), np.int64)}
   else:
     sums = jax.device_get(acc)
   out = steps.summarize(sums)
@@ -70,8 +71,8 @@ def evaluate_checkpoint(config, workdir, split: str = "validation", data_dir: Op
                              "pick another --split")
     batches, name, split_name = datasets.eval_batches(split), split, split
   logging.info("evaluating %s on %s", run_meta.describe_checkpoint(extra["checkpoint"]), split_name)
-  eval_step = steps.compile_steps(config, model, mesh).eval
-  evaluation = evaluate_batches(eval_step, state, batches, mesh, config)
+  run_steps = steps.compile_steps(config, model, mesh)
+  evaluation = evaluate_batches(run_steps.eval, state, batches, mesh, run_steps.classes)
   record = report.EvalRecord.from_evaluation(evaluation, class_names, split_name, **extra)
   outputs = {}
   if sharding.is_chief():

@@ -412,9 +412,10 @@ class FeatureDatasets:
       yield {"image": feats, "label": np.where(ok, labels[take], 0).astype(np.int32), "mask": ok}
 
 
-def prepare(config, workdir, datasets, state, mesh, model) -> tuple["FeatureDatasets", steps.Steps]:
-  """(FeatureDatasets, the head-only steps) for train_and_evaluate's loop (config checked by
-  `check_settings` before the run started)."""
+def feature_datasets(config, workdir, datasets, state, mesh, model) -> "FeatureDatasets":
+  """The features of `datasets` for train_and_evaluate's loop, whose head-only steps
+  (`steps.compile_steps(on_features=True)`) train on them (config checked by `check_settings`
+  before the run started)."""
   if config.augment.enabled and not config.cached_features.augmented_views:
     logging.info("cached features: config.cached_features.augmented_views=0, so the head trains "
                  "on un-augmented features only (config.augment is not applied)")
@@ -427,5 +428,4 @@ def prepare(config, workdir, datasets, state, mesh, model) -> tuple["FeatureData
     logging.info("cached features: the uncached run would run the backbone on %d images x %d "
                  "epochs (>= %.0fs at this rate, plus backward/augmentation); cached: %.0fs once, "
                  "then only the head trains", n, epochs, n * epochs / rate, info["seconds"])
-  return (FeatureDatasets(datasets, arrays, int(config.seed)),
-          steps.compile_steps(config, model, mesh, on_features=True))
+  return FeatureDatasets(datasets, arrays, int(config.seed))

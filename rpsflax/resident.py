@@ -79,10 +79,11 @@ def _batch(data, labels, row, view, mesh: Mesh, float_bits: bool) -> dict:
   return lax.with_sharding_constraint(batch, sharding.data_sharding(mesh))
 
 
-def compile_chunks(config, model, mesh: Mesh, *, on_features: bool = False) -> Chunks:
-  """The train and eval chunks for `mesh`, around the very step functions of rpsflax.steps."""
-  train_step = steps.make_train_step(config, model, on_features=on_features)
-  eval_step = steps.make_eval_step(config, model, on_features=on_features)
+def compile_chunks(run_steps: steps.Steps, mesh: Mesh) -> Chunks:
+  """The train and eval chunks for `mesh`, around the very step functions the run compiled
+  (`steps.compile_steps`)."""
+  train_step, eval_step = run_steps.pure_train, run_steps.pure_eval
+  on_features = run_steps.on_features
 
   def train(state, sums, data, labels, rows, views, start, stop, rng):
     def body(i, carry):
@@ -156,9 +157,9 @@ def bytes_needed(datasets, splits, devices: int) -> tuple[int, int]:
   return total // devices, total
 
 
-def decide(config, datasets, mesh: Mesh, *, on_features: bool = False) -> tuple[bool, str]:
-  """(use it, why): config.data.device_cache against what the run and its devices allow."""
-  mode = config.data.device_cache
+def decide(mode: str, datasets, mesh: Mesh, *, on_features: bool = False) -> tuple[bool, str]:
+  """(use it, why): `mode` (config.data.device_cache) against what the run and its devices
+  allow."""
   if mode == "off":
     return False, "config.data.device_cache='off'"
   # 'auto' on a CPU keeps images on the host: they are in its memory already, and XLA:CPU ran
@@ -225,9 +226,8 @@ def _store(array: np.ndarray, labels: np.ndarray, mesh: Mesh) -> _Stored:
 class Resident:
   """A run's splits on the devices, and the feeds and evaluations that read them."""
 
-  def __init__(self, config, mesh: Mesh, chunks: Chunks, datasets, stored: dict,
-               train_sums, eval_sums):
-    self._config, self._mesh, self._chunks = config, mesh, chunks
+  def __init__(self, mesh: Mesh, chunks: Chunks, datasets, stored: dict, train_sums, eval_sums):
+    self._mesh, self._chunks = mesh, chunks
     self._datasets, self._stored = datasets, stored
     self._train_sums, self._eval_sums = train_sums, eval_sums
     self._eval_rows = {}
@@ -287,10 +287,10 @@ class Feed:
                        self._views, np.int32(start), np.int32(stop), self._rng)
 
 
-def load(config, datasets, mesh: Mesh, model, *, on_features: bool) -> Optional[Resident]:
-  """The run's splits on the devices when config.data.device_cache allows it, else None (the
-  host feeds the batches; the log says why)."""
-  use, why = decide(config, datasets, mesh, on_features=on_features)
+def load(run_steps: steps.Steps, datasets, mesh: Mesh, mode: str) -> Optional[Resident]:
+  """The run's splits on the devices when `mode` (config.data.device_cache) allows it, else
+  None (the host feeds the batches; the log says why). Its epochs run `run_steps`' functions."""
+  use, why = decide(mode, datasets, mesh, on_features=run_steps.on_features)
   if not use:
     logging.info("host-fed batches: %s", why)
     return None
@@ -304,8 +304,8 @@ def load(config, datasets, mesh: Mesh, model, *, on_features: bool) -> Optional[
     jax.block_until_ready([(s.data, s.labels) for s in stored.values()])
   logging.info("device-resident data: %s (%s)", ", ".join(
       f"{s} {datasets.num_examples[s]}" for s in stored), why)
-  chunks = compile_chunks(config, model, mesh, on_features=on_features)
+  chunks = compile_chunks(run_steps, mesh)
   repl = sharding.replicated(mesh)
-  return Resident(config, mesh, chunks, datasets, stored,
-                  jax.device_put(steps.zero_metrics(config, train=True), repl),
-                  jax.device_put(steps.zero_metrics(config, train=False), repl))
+  return Resident(mesh, chunks, datasets, stored,
+                  jax.device_put(steps.zero_metrics(train=True), repl),
+                  jax.device_put(steps.zero_metrics(run_steps.classes, train=False), repl))

@@ -63,11 +63,11 @@ def check_init_from(config) -> None:
         "the --workdir of a trained run of the same model, or set --config.init_from=''")
 
 
-def warm_start_variables(config, variables: dict, mesh: Mesh) -> dict:
-  """`variables` ({'params', 'batch_stats'} of this run) replaced by those of config.init_from's
-  best checkpoint. The source run's config.json builds its state (its optimizer and trainable
-  set may differ); its parameter tree must be this run's, leaf for leaf and shape for shape."""
-  src = config.init_from
+def warm_start_variables(src, variables: dict, mesh: Mesh) -> dict:
+  """`variables` ({'params', 'batch_stats'} of this run) replaced by those of the best
+  checkpoint of workdir `src` (config.init_from). The source run's config.json builds its state
+  (its optimizer and trainable set may differ); its parameter tree must be this run's, leaf for
+  leaf and shape for shape."""
   src_config = report.read_config(src)
   state, meta = restore_state(src_config, src, ckpt_lib.BEST, mesh)
   found = {"params": state.params, "batch_stats": state.batch_stats or {}}

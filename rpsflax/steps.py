@@ -162,6 +162,12 @@ def make_train_step(config, model, *, on_features: bool = False) -> Callable:
   mixup = float(config.mixup_alpha)
 
   def train_step(state: TrainState, batch, rng):
+    # What trains, and how: labels and optimizer are pure functions of (config, param
+    # structure), built at trace time.
+    label_tree = optim.param_labels(state.params, config)
+    tx = optim.create_optimizer(config, state.params)
+    trainable, frozen = optim.split_by_label(state.params, label_tree)
+
     step_rng = jax.random.fold_in(rng, state.step)
     aug_rng, dropout_rng = jax.random.split(step_rng)
     x = batch["image"] if on_features else prepare_images(config, batch["image"], aug_rng)
@@ -173,11 +179,6 @@ def make_train_step(config, model, *, on_features: bool = False) -> Callable:
       targets = soft_targets(labels.astype(jnp.int32), num_classes, smoothing)
       if mixup:  # its own stream: the augmentation and dropout draws stay as without mixup
         x, targets = mix_batch(jax.random.fold_in(step_rng, 2), x, targets, mask, mixup)
-
-    # Labels and optimizer are pure functions of (config, param structure): built at trace time.
-    label_tree = optim.param_labels(state.params, config)
-    tx = optim.create_optimizer(config, state.params)
-    trainable, frozen = optim.split_by_label(state.params, label_tree)
 
     def loss_fn(trainable_params):
       params = optim.merge(trainable_params, frozen)
@@ -278,17 +279,17 @@ def combine_metrics(acc, new):
 
 accumulate = jax.jit(combine_metrics)
 
-def zero_metrics(config, *, train: bool) -> dict:
+def zero_metrics(classes: int = 0, *, train: bool) -> dict:
   """The identity of `combine_metrics` for the train (or eval) step's metrics: zero sums, and
-  "no non-finite step" for first_nonfinite_step. Loops that sum on device start from it."""
+  "no non-finite step" for first_nonfinite_step; the eval step's confusion is [classes, classes]
+  (`num_outputs`). Loops that sum on device start from it."""
   out = {"loss_sum": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.int32),
          "count": jnp.zeros((), jnp.int32)}
   if train:
     out.update(nonfinite=jnp.zeros((), jnp.int32),
                first_nonfinite_step=jnp.full((), _NO_STEP, jnp.int32))
   else:
-    c = num_outputs(config)
-    out["confusion"] = jnp.zeros((c, c), jnp.int32)
+    out["confusion"] = jnp.zeros((classes, classes), jnp.int32)
   return out
 
 def summarize(sums: dict) -> dict:
@@ -304,10 +305,14 @@ def summarize(sums: dict) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Steps:
-  """The jit-compiled steps of one run, built once (`compile_steps`) and passed where needed."""
+  """The steps of one run, built once (`compile_steps`) and passed where needed: jit-compiled,
+  and the pure functions under them for loops that compile their own (rpsflax.resident)."""
   train: Callable      # (state, batch, rng) -> (state, metrics); the state is donated
   eval: Callable       # (state, batch) -> metric sums and confusion
   on_features: bool    # whether batch['image'] holds cached backbone features (head only)
+  pure_train: Callable  # make_train_step's function that `train` compiles
+  pure_eval: Callable   # make_eval_step's function that `eval` compiles
+  classes: int         # rows and columns of the eval step's confusion matrix (`num_outputs`)
 
 
 def compile_steps(config, model, mesh: Mesh, *, on_features: bool = False) -> Steps:
@@ -316,9 +321,10 @@ def compile_steps(config, model, mesh: Mesh, *, on_features: bool = False) -> St
   on_features=True: the head-only steps that train on cached features (rpsflax.features).
   """
   repl, data = replicated(mesh), data_sharding(mesh)
-  train = jax.jit(make_train_step(config, model, on_features=on_features),
-                  in_shardings=(repl, data, repl), out_shardings=(repl, repl),
+  train_step = make_train_step(config, model, on_features=on_features)
+  eval_step = make_eval_step(config, model, on_features=on_features)
+  train = jax.jit(train_step, in_shardings=(repl, data, repl), out_shardings=(repl, repl),
                   donate_argnums=(0,))
-  evaluate = jax.jit(make_eval_step(config, model, on_features=on_features),
-                     in_shardings=(repl, data), out_shardings=repl)
-  return Steps(train=train, eval=evaluate, on_features=on_features)
+  evaluate = jax.jit(eval_step, in_shardings=(repl, data), out_shardings=repl)
+  return Steps(train=train, eval=evaluate, on_features=on_features, pure_train=train_step,
+               pure_eval=eval_step, classes=num_outputs(config))

@@ -85,7 +85,7 @@ def initial_state(config, model, init_rng, mesh, weights_source: str) -> steps.T
                                        steps.init_variables(config, model, init_rng),
                                        models.keras_layer_map(config))
   if config.init_from:  # a trained run's backbone and head instead (a warm start)
-    v = restore.warm_start_variables(config, v, mesh)
+    v = restore.warm_start_variables(config.init_from, v, mesh)
   return jax.device_put(steps.create_train_state(config, model, params=v["params"],
                                                  batch_stats=v.get("batch_stats")),
                         sharding.replicated(mesh))
@@ -139,13 +139,14 @@ def run(config, workdir: pathlib.Path, mesh, checked: Preflight,
   writer = None
   try:
     with timer.phase("weights"):
+      def fresh():  # the state a new run starts from (also what rebuilds a lost frozen store)
+        return initial_state(config, model, init_rng, mesh, checked.weights)
+
       # A damaged newest checkpoint is set aside (renamed, never deleted) for the one before it;
       # a lost frozen store is rebuilt from the configured weights when they hold the same.
-      restored = ckpts.restore_for_resume(
-          abstract,
-          frozen_from=lambda: initial_state(config, model, init_rng, mesh, checked.weights))
+      restored = ckpts.restore_for_resume(abstract, frozen_from=fresh)
       if restored is None:
-        state, meta = initial_state(config, model, init_rng, mesh, checked.weights), RunMeta()
+        state, meta = fresh(), RunMeta()
       else:
         state, meta = restored[0], RunMeta.from_json(restored[1])
         if meta.steps_per_epoch not in (None, steps_per_epoch):
@@ -168,11 +169,10 @@ def run(config, workdir: pathlib.Path, mesh, checked: Preflight,
     ckpts.write_frozen(state)  # written during epoch 1 (once per workdir), not at its first save
     if features.enabled(config):  # the head trains on cached backbone features (rpsflax.features)
       with timer.phase("feature_cache"):
-        datasets, run_steps = features.prepare(config, workdir, datasets, state, mesh, model)
-    else:
-      run_steps = steps.compile_steps(config, model, mesh)
+        datasets = features.feature_datasets(config, workdir, datasets, state, mesh, model)
+    run_steps = steps.compile_steps(config, model, mesh, on_features=features.enabled(config))
     # The splits on the devices, epochs as a few jitted calls (rpsflax.resident), where they fit.
-    on_device = resident.load(config, datasets, mesh, model, on_features=run_steps.on_features)
+    on_device = resident.load(run_steps, datasets, mesh, config.data.device_cache)
     if on_device is None and datasets.cache and not run_steps.on_features:
       with timer.phase("decoding"):  # now, rather than inside epoch 1 and the first evaluation
         datasets.prepare(resident.used_splits(datasets))
@@ -182,7 +182,7 @@ def run(config, workdir: pathlib.Path, mesh, checked: Preflight,
         if on_device is not None:
           return on_device.evaluate_split(state, split)
         return evaluation.evaluate_batches(run_steps.eval, state, datasets.eval_batches(split),
-                                           mesh, config)
+                                           mesh, run_steps.classes)
 
     writer = _tb_writer(workdir)
     last_eval = None

@@ -335,12 +335,11 @@ def stage_overhead(args, work) -> dict:
         c, model)), sharding.replicated(mesh))
     t0 = time.perf_counter()
     if variant == "cached_features":
-      ds, compiled = features.prepare(c, wd, ds, state, mesh, model)
-    else:
-      compiled = step_fns.compile_steps(c, model, mesh)
+      ds = features.feature_datasets(c, wd, ds, state, mesh, model)
+    compiled = step_fns.compile_steps(c, model, mesh, on_features=variant == "cached_features")
     prep_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    on_device = resident.load(c, ds, mesh, model, on_features=compiled.on_features)
+    on_device = resident.load(compiled, ds, mesh, c.data.device_cache)
     load_s = time.perf_counter() - t0
     rng = jax.random.PRNGKey(0)
     loop = train.EpochLoop(c, mesh, compiled.train, rng)

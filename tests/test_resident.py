@@ -45,36 +45,30 @@ class _Data:
     return (1, self.num_examples[split], self._image, self._image, 3), np.dtype(np.uint8)
 
 
-def _config(mode):
-  c = config_base.get_config()
-  c.data.device_cache = mode
-  return c
-
-
 def test_modes_and_the_budget(monkeypatch):
   mesh = sharding.make_mesh()
   # Images on a CPU: 'auto' feeds them from the host (they are in its memory already); 'on'
   # still makes them resident. Cached features follow the budget (below).
-  use, why = resident.decide(_config("auto"), _Data(), mesh)
+  use, why = resident.decide("auto", _Data(), mesh)
   assert not use and "feeds images from the host on a CPU" in why
-  assert resident.decide(_config("on"), _Data(), mesh)[0]
+  assert resident.decide("on", _Data(), mesh)[0]
   decide = functools.partial(resident.decide, on_features=True)
-  use, why = decide(_config("auto"), _Data(), mesh)
+  use, why = decide("auto", _Data(), mesh)
   assert use and "within the budget" in why
-  assert decide(_config("off"), _Data(), mesh) == (False, "config.data.device_cache='off'")
+  assert decide("off", _Data(), mesh) == (False, "config.data.device_cache='off'")
   # Nothing decoded up front: 'auto' feeds from the host, 'on' says why it cannot.
-  use, why = decide(_config("auto"), _Data(cache=False), mesh)
+  use, why = decide("auto", _Data(cache=False), mesh)
   assert not use and "config.data.cache=False" in why
   with pytest.raises(errors.ConfigError, match=r"config.data.device_cache='on'.*config.data.cache"):
-    decide(_config("on"), _Data(cache=False), mesh)
+    decide("on", _Data(cache=False), mesh)
   # Over the budget: 'auto' says how much and what the budget is; 'on' goes ahead.
   need = (18 + 6) * 48 * 48 * 3
   monkeypatch.setattr(resident, "budget", lambda mesh: (need - 1, False, "a tiny budget"))
-  use, why = decide(_config("auto"), _Data(), mesh)
+  use, why = decide("auto", _Data(), mesh)
   assert not use and "over the budget (a tiny budget)" in why and "'on' forces it" in why
-  assert decide(_config("on"), _Data(), mesh)[0]
+  assert decide("on", _Data(), mesh)[0]
   monkeypatch.setattr(resident, "budget", lambda mesh: (need, False, "just enough"))
-  assert decide(_config("auto"), _Data(), mesh)[0]
+  assert decide("auto", _Data(), mesh)[0]
 
 
 def test_the_budget_is_device_memory_where_devices_report_it(monkeypatch):
@@ -164,7 +158,8 @@ def test_four_devices_train_and_evaluate_as_one_and_gather_the_host_batches_bit_
 
       # 1. The gathered batches, images and features, on 4 devices.
       for source, on_features in ((ds, False), (fd, True)):
-        res = resident.load(c, source, mesh4, model, on_features=on_features)
+        res = resident.load(steps.compile_steps(c, model, mesh4, on_features=on_features), source,
+                            mesh4, c.data.device_cache)
         stored = res._stored["train"]
         rows, views = source.train_rows(1)
         gather = jax.jit(lambda d, l, r, v: resident._batch(d, l, r, v, mesh4, on_features))
@@ -182,7 +177,7 @@ def test_four_devices_train_and_evaluate_as_one_and_gather_the_host_batches_bit_
         state = jax.device_put(steps.create_train_state(c, model, params=params),
                                sharding.replicated(mesh))
         loop = train.EpochLoop(c, mesh, compiled.train, key)
-        res = resident.load(c, fd, mesh, model, on_features=True)
+        res = resident.load(compiled, fd, mesh, c.data.device_cache)
         if res is None:
           feed = train.HostFeed(loop, fd.train_batches(1), fd.steps_per_epoch)
         else:
@@ -190,7 +185,7 @@ def test_four_devices_train_and_evaluate_as_one_and_gather_the_host_batches_bit_
         state, sums, _ = train.train_epoch(loop, state, feed, epoch=2)
         if res is None:
           ev = evaluation.evaluate_batches(compiled.eval, state, fd.eval_batches("validation"),
-                                           mesh, c)
+                                           mesh, compiled.classes)
         else:
           ev = res.evaluate_split(state, "validation")
         return jax.device_get(state), sums, ev
