@@ -123,7 +123,7 @@ def make_base_optimizer(config, learning_rate: float) -> optax.GradientTransform
   if not learning_rate > 0:
     raise ConfigError(f"config.optim.learning_rate / config.lr_groups: learning rate "
                      f"{learning_rate} must be positive")
-  wd = float(o.get("weight_decay", 0.0))
+  wd = float(o.weight_decay)
   if wd:  # L2 through the gradient, before the optimizer's scaling (Keras' l2 regulariser / 2)
     return optax.chain(optax.add_decayed_weights(wd), _base_optimizer(o, learning_rate))
   return _base_optimizer(o, learning_rate)

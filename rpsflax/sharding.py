@@ -34,8 +34,7 @@ ENV_FLAG = "RPSFLAX_DISTRIBUTED"
 def distributed_requested(config=None) -> bool:
   """True when config.distributed.initialize is set or the environment has RPSFLAX_DISTRIBUTED=1."""
   env = os.environ.get(ENV_FLAG, "").strip().lower() in ("1", "true", "yes", "on")
-  d = getattr(config, "distributed", None) if config is not None else None
-  return env or bool(d is not None and d.get("initialize", False))
+  return env or bool(config is not None and config.distributed.initialize)
 
 
 def initialize_distributed(config=None) -> bool:
@@ -51,14 +50,14 @@ def initialize_distributed(config=None) -> bool:
     return False
   if jax.distributed.is_initialized():
     return True
-  d = getattr(config, "distributed", None) if config is not None else None
   kwargs = {}
-  if d is not None:
-    if d.get("coordinator_address"):
+  if config is not None:
+    d = config.distributed
+    if d.coordinator_address:
       kwargs["coordinator_address"] = str(d.coordinator_address)
-    if int(d.get("num_processes", 0) or 0) > 0:
+    if int(d.num_processes) > 0:
       kwargs["num_processes"] = int(d.num_processes)
-    if int(d.get("process_id", -1)) >= 0:
+    if int(d.process_id) >= 0:
       kwargs["process_id"] = int(d.process_id)
   try:
     jax.distributed.initialize(**kwargs)
