@@ -167,10 +167,11 @@ def run(config, workdir: pathlib.Path, mesh, checked: Preflight,
         return {**report.read_json(eval_path), "outputs": report.training_outputs(workdir)}
 
     ckpts.write_frozen(state)  # written during epoch 1 (once per workdir), not at its first save
-    if features.enabled(config):  # the head trains on cached backbone features (rpsflax.features)
+    on_features = features.enabled(config)  # the head trains on cached backbone features
+    if on_features:
       with timer.phase("feature_cache"):
         datasets = features.feature_datasets(config, workdir, datasets, state, mesh, model)
-    run_steps = steps.compile_steps(config, model, mesh, on_features=features.enabled(config))
+    run_steps = steps.compile_steps(config, model, mesh, on_features=on_features)
     # The splits on the devices, epochs as a few jitted calls (rpsflax.resident), where they fit.
     on_device = resident.load(run_steps, datasets, mesh, config.data.device_cache)
     if on_device is None and datasets.cache and not run_steps.on_features:
