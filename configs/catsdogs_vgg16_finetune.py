@@ -11,10 +11,10 @@ first large gradients would wipe out the pretrained block5 features; a trained h
   python -m rpsflax.main --config=configs/catsdogs_vgg16.py --workdir=runs/catsdogs_vgg16 \
       --config.data.dir=../shared/data/catsdogs_filtered --config.weights=weights/vgg16_mri
   python -m rpsflax.main --config=configs/catsdogs_vgg16_finetune.py \
-      --workdir=runs/catsdogs_vgg16_finetune \
-      --config.data.dir=../shared/data/catsdogs_filtered --config.weights=weights/vgg16_mri
+      --workdir=runs/catsdogs_vgg16_finetune --config.data.dir=../shared/data/catsdogs_filtered
 
 Both use the same seeded 1,600/400 split (config.seed), so the head never saw a validation image.
+The second reads no weights file: config.init_from replaces them.
 """
 
 from rpsflax import config_base

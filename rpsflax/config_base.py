@@ -135,7 +135,8 @@ MEANINGS = {
     "weights": "'imagenet' (download the Keras release), a converted folder (weights/<name>/), a "
                "Keras .h5/.weights.h5/.keras file, or '' for random initialisation",
     "init_from": "'' or the --workdir of a finished run of the same model: its best checkpoint "
-                 "replaces `weights` in a fresh run (a warm start)",
+                 "replaces `weights` (then neither read nor downloaded) in a fresh run (a warm "
+                 "start)",
     "preprocess": "input scaling: a backbone's name (its Keras application's mode), 'rescale' "
                   "(1/255) or 'none'",
     "data.dir": "a folder of images: DIR/train/<class>/..., flat Kaggle-style names, or DIR "

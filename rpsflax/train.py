@@ -41,13 +41,18 @@ class Preflight:
   """What `preflight` found, handed on so that a run lists its data folder and resolves its
   weights once."""
   weights: str                    # config.weights resolved: a Keras file or converted folder
-                                  # ('imagenet': the release, downloaded), or '' for none
+                                  # ('imagenet': the release, downloaded), or '' for none (a
+                                  # warm start too)
   listings: Optional[dict] = None  # config.data.dir's split folders; None for TFDS
 
 
 def resolve_weights(config) -> str:
   """config.weights as a file or converted folder ('' for none), 'imagenet' meaning
-  config.model's release: `weights.check_spec`, which raises WeightsError with the fix."""
+  config.model's release: `weights.check_spec`, which raises WeightsError with the fix.
+  '' under config.init_from: a warm start replaces every parameter, so the weights are neither
+  downloaded nor read."""
+  if config.init_from:
+    return ""
   return weights.check_spec(config.weights, weights.imagenet_release(config))
 
 
@@ -79,13 +84,13 @@ def preflight(config, mesh) -> Preflight:
 
 
 def initial_state(config, model, init_rng, mesh, weights_source: str) -> steps.TrainState:
-  """A fresh TrainState: random parameters, then the weights at `weights_source`
+  """A fresh TrainState: random parameters with the weights at `weights_source`
   (`resolve_weights`) over them, or config.init_from's trained ones (a warm start)."""
-  v = weights.load_variables_for_model(weights_source,
-                                       steps.init_variables(config, model, init_rng),
-                                       models.keras_layer_map(config))
-  if config.init_from:  # a trained run's backbone and head instead (a warm start)
+  v = steps.init_variables(config, model, init_rng)
+  if config.init_from:  # a trained run's backbone and head (a warm start)
     v = restore.warm_start_variables(config.init_from, v, mesh)
+  else:
+    v = weights.load_variables_for_model(weights_source, v, models.keras_layer_map(config))
   return jax.device_put(steps.create_train_state(config, model, params=v["params"],
                                                  batch_stats=v.get("batch_stats")),
                         sharding.replicated(mesh))

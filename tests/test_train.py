@@ -541,13 +541,15 @@ def test_evaluate_restores_best_and_reads_a_folder(straight_run, monkeypatch):
 
 def test_init_from_starts_from_a_trained_runs_best_parameters(straight_run, tmp_path):
   """A warm start (the Keras blog's fine-tuning from a trained head): the trained run's best
-  parameters, whatever its optimizer; another model is refused naming config.init_from."""
+  parameters, whatever its optimizer, and config.weights unread; another model is refused naming
+  config.init_from."""
   from rpsflax import checkpoint, errors, restore
 
   root, data, _ = straight_run
   source = root / "straight"
   config = _tiny_config(data, 1)
   config.init_from = str(source)
+  config.weights = str(tmp_path / "never_written.h5")  # replaced by init_from: never read
   config.trainable = ("head/.*",)   # another trainable set: another optimizer state than the source's
   config.optim.name = "sgd"
   model = models.build_model(config)
