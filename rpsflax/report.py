@@ -12,6 +12,7 @@ import pathlib
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
+from absl import logging
 
 from rpsflax import atomic, run_meta
 
@@ -58,8 +59,14 @@ def config_to_dict(config) -> dict:
 
 
 def write_config(workdir, config) -> pathlib.Path:
-  """config.json: the resolved config of the run (recipe + command-line overrides)."""
-  return write_json(pathlib.Path(workdir) / CONFIG_FILE, config_to_dict(config))
+  """config.json: the resolved config of the run (recipe + command-line overrides). Over a
+  workdir's config.json from another config, the log says what changed."""
+  path, new = pathlib.Path(workdir) / CONFIG_FILE, config_to_dict(config)
+  changes = config_changes(read_json(path), new) if path.exists() else []
+  if changes:
+    logging.warning("The config differs from the one %s was started with:\n  %s", workdir,
+                    "\n  ".join(changes))
+  return write_json(path, new)
 
 
 def read_config(workdir):

@@ -161,7 +161,7 @@ def run(config, workdir: pathlib.Path, mesh, checked: Preflight,
               "data and config.batch_size.")
         logging.info("Resuming %s from step %d (epoch %d done).", workdir, meta.step, meta.epoch)
     if sharding.is_chief():  # once the data and the checkpoint have been read: a run that
-      save_config(config, workdir)  # fails on either keeps the config.json it names
+      report.write_config(workdir, config)  # fails on either keeps the config.json it names
     meta.steps_per_epoch, meta.class_names = steps_per_epoch, class_names
     step = meta.step
 
@@ -474,13 +474,3 @@ def with_num_classes(config, class_names):
                ", ".join(class_names))
   return config
 
-
-def save_config(config, workdir: pathlib.Path) -> None:
-  """Write config.json; for a workdir started with another config, say what changed."""
-  path = workdir / report.CONFIG_FILE
-  if path.exists():
-    changes = report.config_changes(report.read_json(path), report.config_to_dict(config))
-    if changes:
-      logging.warning("The config differs from the one %s was started with:\n  %s", workdir,
-                      "\n  ".join(changes))
-  report.write_config(workdir, config)

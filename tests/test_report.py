@@ -160,6 +160,25 @@ def test_a_saved_config_is_read_over_the_base(tmp_path):
   assert c.cached_features.enabled is False and c.lr_groups == ()
 
 
+def test_config_json_written_over_another_config_says_what_changed(tmp_path, caplog):
+  """A workdir started with one config and run with another: config.json names the new one and
+  the log names each key that changed, old -> new; the same config again says nothing."""
+  import logging
+
+  from rpsflax import config_base
+
+  config = config_base.get_config()
+  report.write_config(tmp_path, config)
+  config.seed, config.data.image_size = 7, 48
+  with caplog.at_level(logging.WARNING):
+    report.write_config(tmp_path, config)
+    report.write_config(tmp_path, config)
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warnings) == 1
+  assert "config.data.image_size: 224 -> 48" in warnings[0] and "config.seed: 0 -> 7" in warnings[0]
+  assert report.read_config(tmp_path).seed == 7
+
+
 def test_run_summary_names_accuracy_checkpoint_and_files():
   """The commands' last log line (issue 24): accuracy, the checkpoint used, one line per file."""
   text = report.run_summary("evaluate", 12.4, {
