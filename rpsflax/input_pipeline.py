@@ -119,19 +119,6 @@ def decoder_name() -> str:
 # ---------------------------------------------------------------------------------------------
 # Decoding and resizing (TF graph functions, used inside tf.data maps).
 
-def _pil_rgb(data: bytes, max_pixels=data_files.DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
-  try:
-    im = Image.open(io.BytesIO(data))  # the header only: nothing decoded yet
-  except Image.DecompressionBombError as e:  # PIL's own limit, above any allowed max_pixels
-    raise ValueError(f"declares too many pixels, over config.data.max_image_pixels="
-                     f"{int(max_pixels)} ({e})") from e
-  with im:
-    if im.width * im.height > int(max_pixels):
-      raise ValueError(f"declares {im.width}x{im.height} pixels, over "
-                       f"config.data.max_image_pixels={int(max_pixels)}")
-    return np.asarray(im.convert("RGB"))  # what keras.utils.load_img does
-
-
 def _declared_pixels(data: tf.Tensor) -> tf.Tensor:
   """width x height (int64) from the header of encoded bytes, read before decoding (a file that
   changed since the scan is checked again). The format is sniffed from the bytes, not taken from
@@ -175,7 +162,7 @@ def decode_image(data: tf.Tensor, code: tf.Tensor,
     return tf.io.decode_png(data, channels=3, dtype=tf.uint8)
 
   def pil():
-    return tf.ensure_shape(tf.numpy_function(_pil_rgb, [data, max_pixels], tf.uint8,
+    return tf.ensure_shape(tf.numpy_function(pil_decode.rgb, [data, max_pixels], tf.uint8,
                                              stateful=False), [None, None, 3])
   return tf.switch_case(tf.cast(code, tf.int32), [jpeg, png, pil])
 
@@ -232,7 +219,7 @@ def _pil_load_resize(path: str, size, method,
                      max_pixels=data_files.DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
   """The slow, sure path for a file tf.io refused: PIL decode, same resize."""
   with open(path, "rb") as f:
-    rgb = _pil_rgb(f.read(), max_pixels)
+    rgb = pil_decode.rgb(f.read(), max_pixels)
   return resize_image(tf.constant(rgb), size, method).numpy()
 
 

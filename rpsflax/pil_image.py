@@ -25,6 +25,9 @@ def rgb_image(data: bytes, max_pixels: int) -> Image.Image:
     im = Image.open(io.BytesIO(data))  # over bytes: no file to close; the header only so far
   except Image.UnidentifiedImageError:  # its message names a BytesIO object, not the file
     raise ValueError("not an image (PIL cannot identify the file)") from None
+  except Image.DecompressionBombError as e:  # PIL's own limit, above any allowed max_pixels
+    raise ValueError(f"declares too many pixels, over config.data.max_image_pixels="
+                     f"{int(max_pixels)} ({e})") from e
   if im.width * im.height > int(max_pixels):
     raise ValueError(f"declares {im.width}x{im.height} pixels, over "
                      f"config.data.max_image_pixels={int(max_pixels)}")
