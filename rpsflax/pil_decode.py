@@ -7,7 +7,7 @@ It gives the same bits as the tf.data decoder for 'nearest' (Keras' flow_from_di
 default): PIL's `convert('RGB')` as Keras' `load_img` does (what tf.io gives on JPEGs and 8-bit
 PNGs), except 16-bit grey PNGs, where it keeps the high byte as tf.io does (README, Data), and
 PIL's NEAREST resize reads the rows and columns input_pipeline's TF resize gathers
-(`nearest_index`). The smooth methods use PIL's own filters: Keras-exact, and within the 1-2
+(tests/test_no_tensorflow.py). The smooth methods use PIL's own filters: Keras-exact, and within the 1-2
 levels of tf.image.resize that the TF path documents.
 
 PIL releases the GIL while it decodes, converts and resizes, so threads decode in parallel,
@@ -21,12 +21,11 @@ import os
 from typing import Iterator
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from rpsflax import data_files
 from rpsflax.errors import DataError
-from rpsflax.pil_image import load_image, resize_image, rgb_image
+from rpsflax.pil_image import load_image, rgb_image
 
 PREFETCH_BATCHES = 2  # uncached: batches decoded ahead of the consumer
 
@@ -41,27 +40,6 @@ def num_threads(num_parallel_calls: int) -> int:
 def rgb(data: bytes, max_pixels: int = data_files.DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
   """Encoded bytes -> uint8 [h, w, 3] (`rgb_image` as an array)."""
   return np.asarray(rgb_image(data, max_pixels))
-
-
-def nearest_index(n_in: int, n_out: int) -> np.ndarray:
-  """Source rows PIL's NEAREST resize reads: x0 = s/2, x_k = x_{k-1} + s, floor (float64)."""
-  s = n_in / n_out
-  steps = np.full(n_out, s, np.float64)
-  steps[0] = s * 0.5
-  return np.minimum(np.cumsum(steps).astype(np.int64), n_in - 1)
-
-
-def resize(image: np.ndarray, size: tuple[int, int], method: str = "nearest") -> np.ndarray:
-  """uint8 [h, w, 3] -> uint8 [size[0], size[1], 3], as PIL's Image.resize(method).
-
-  'nearest' gathers the rows and columns PIL reads (`nearest_index`, as input_pipeline's TF
-  resize does); `load` lets PIL resize instead (the same bits, tests/test_decode_scaling.py)."""
-  h, w = size
-  if method == "nearest":
-    return image[nearest_index(image.shape[0], h)][:, nearest_index(image.shape[1], w)]
-  if image.shape[:2] == (h, w):  # Keras leaves such images untouched
-    return image
-  return np.asarray(resize_image(Image.fromarray(image), size, method))
 
 
 def load(path: str, size, method: str,

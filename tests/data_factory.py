@@ -12,6 +12,7 @@ files; these helpers write such folders in a few milliseconds so any test can us
   png_bomb(path, 40000, 40000)                               a valid PNG of zeros: ~1.5 MB on
                                                              disk, 1.6 G pixels decoded
   lying_png(path, declared=(64, 64), actual=(32, 32))        a PNG whose header lies about its size
+  nearest_gather(image, size)                                PIL's NEAREST resize as a NumPy gather
 
 Images are smooth gradients plus noise, so resizing and decoding differences show up.
 """
@@ -187,3 +188,19 @@ def lying_png(path, declared=(64, 64), actual=(32, 32), seed=0) -> pathlib.Path:
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_bytes(bytes(data))
   return path
+
+
+def nearest_index(n_in: int, n_out: int) -> np.ndarray:
+  """Source rows PIL's NEAREST resize reads: x0 = s/2, x_k = x_{k-1} + s, floor (float64), as
+  input_pipeline's TF resize computes them."""
+  s = n_in / n_out
+  steps = np.full(n_out, s, np.float64)
+  steps[0] = s * 0.5
+  return np.minimum(np.cumsum(steps).astype(np.int64), n_in - 1)
+
+
+def nearest_gather(image: np.ndarray, size) -> np.ndarray:
+  """uint8 [h, w, 3] -> [size[0], size[1], 3]: the rows and columns PIL's NEAREST reads, gathered
+  (how this project resized before PIL resized with the GIL released)."""
+  h, w = size
+  return image[nearest_index(image.shape[0], h)][:, nearest_index(image.shape[1], w)]

@@ -38,7 +38,7 @@ def gathered(path, size) -> np.ndarray:
   NumPy's gather of PIL's nearest rows and columns (tests/test_no_tensorflow.py holds that to the
   tf.data decoder, tests/test_decode_keras.py that one to Keras)."""
   with open(path, "rb") as f:
-    return pil_decode.resize(pil_decode.rgb(f.read()), size, "nearest")
+    return data_factory.nearest_gather(pil_decode.rgb(f.read()), size)
 
 
 def unreadable(paths) -> set:
@@ -70,7 +70,7 @@ def test_pil_resize_is_the_gather_on_real_shapes():
     image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     for size in [(150, 150), (224, 224), (32, 32), (480, 640), (h, w)]:
       by_pil = np.asarray(pil_image.resize_image(Image.fromarray(image), size, "nearest"))
-      np.testing.assert_array_equal(by_pil, pil_decode.resize(image, size, "nearest"),
+      np.testing.assert_array_equal(by_pil, data_factory.nearest_gather(image, size),
                                     err_msg=f"{(h, w)} -> {size}")
 
 
