@@ -99,10 +99,17 @@ def files(tmp_path_factory):
   return files
 
 
+@pytest.mark.parametrize("decoder", ["pil", "tf"])
 @pytest.mark.parametrize("size", TARGETS, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_every_mode_decodes_as_keras_load_img(files, size):
+def test_every_mode_decodes_as_keras_load_img(files, size, decoder):
+  """Both decoders (config.data.decoder): tf.data hands what tf.io does not read (CMYK JPEGs,
+  GIFs, BMPs) to the PIL decode the TF-free decoder uses."""
   paths = list(files.values())
-  images, ok, skipped = ip.load_images(paths, size, "nearest")
+  ip.use_decoder(decoder)
+  try:
+    images, ok, skipped = ip.load_images(paths, size, "nearest")
+  finally:
+    ip.use_decoder("pil")
   assert not skipped and ok == [str(p) for p in paths]
   assert len(images) == len(paths)
   for img, (name, path) in zip(images, files.items(), strict=True):
