@@ -7,8 +7,8 @@ It gives the same bits as the tf.data decoder for 'nearest' (Keras' flow_from_di
 default): PIL's `convert('RGB')` as Keras' `load_img` does (what tf.io gives on JPEGs and 8-bit
 PNGs), except 16-bit grey PNGs, where it keeps the high byte as tf.io does (README, Data), and
 PIL's NEAREST resize reads the rows and columns input_pipeline's TF resize gathers
-(tests/test_no_tensorflow.py). The smooth methods use PIL's own filters: Keras-exact, and within the 1-2
-levels of tf.image.resize that the TF path documents.
+(tests/test_no_tensorflow.py). The smooth methods use PIL's own filters: Keras-exact, and within
+the 1-2 levels of tf.image.resize that the TF path documents.
 
 PIL releases the GIL while it decodes, converts and resizes, so threads decode in parallel,
 up to what opening files and parsing headers in Python allows (docs/decoding.md).
