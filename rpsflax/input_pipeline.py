@@ -1,17 +1,12 @@
 """The input pipeline: image folders or the TFDS catalog -> padded, masked NumPy batches.
 
-The only module of the package that imports TensorFlow, and it hides every GPU from it at
-import so that JAX owns the accelerator memory. Listing, checking and splitting folders is
-TF-free (rpsflax/data_files.py); this module decodes, resizes and batches. Where TensorFlow
-does not import, folders are decoded with PIL (rpsflax/decode_pool.py: worker processes, or
-threads; the same bits for 'nearest'), with the same cache, order, padding and masks; TFDS then
-needs TF.
-
-Decoding matches Keras' `load_img` (PIL `convert('RGB')`, then PIL resize): tf.io decodes
-JPEGs (accurate IDCT) and PNGs in parallel without the GIL and is bit-identical to PIL there;
-CMYK JPEGs, GIFs and BMPs go to PIL inside the same tf.data map. 'nearest' (Keras'
-flow_from_directory default) reproduces PIL's nearest-neighbour indices exactly; the smooth
-methods use tf.image.resize with antialiasing, within 1-2 levels of PIL's.
+Listing, checking and splitting folders is TF-free (rpsflax/data_files.py); this module picks
+the decoder (config.data.decoder), decodes and batches. 'pil' (the default) decodes with PIL in
+worker processes or threads (rpsflax/decode_pool.py, rpsflax/pil_decode.py) and never imports
+TensorFlow; 'tf' decodes in tf.data maps (rpsflax/tf_decode.py, which also reads TFDS, and
+imports TensorFlow at first use). Both give Keras' `load_img` pixels (PIL `convert('RGB')`, then
+PIL's resize; 'nearest', flow_from_directory's default, bit for bit), with the same cache, order,
+padding and masks.
 
 With config.data.cache (the default) each image is decoded once into a uint8 array; an epoch
 is then a seeded permutation gathered batch by batch with NumPy, prefetched in a thread.
@@ -19,10 +14,7 @@ Batches: {'image': uint8 [B,H,W,3], 'label': int32 [B], 'mask': bool [B]}, B the
 batch, the last batch zero-padded with mask False, in training too (steps = ceil(n / batch)).
 """
 
-from __future__ import annotations  # tf.Tensor annotations without TensorFlow
-
 import dataclasses
-import io
 import math
 import os
 import queue
@@ -32,59 +24,13 @@ from typing import Iterator, Optional, Sequence
 import jax
 import numpy as np
 from absl import logging
-from PIL import Image
-from tqdm import tqdm
 
-from rpsflax import data_files, decode_pool, pil_decode, pil_image, quiet
+from rpsflax import data_files, decode_pool, pil_decode, pil_image, tf_decode
 from rpsflax.errors import DataError
 
-_tf_module = None
-_tf_missing = None
-
-
-def import_tensorflow():
-  """TensorFlow, imported the first time the tf.data decoder or TFDS needs it (5-8 s on a CPU
-  machine: a run decoding with PIL never pays it), or None where it does not import."""
-  global _tf_module, _tf_missing
-  if _tf_module is None and _tf_missing is None:
-    # TensorFlow's C++ start-up lines (no CUDA driver, cuInit failed, CPU features) are not for
-    # the user: rpsflax.quiet drops them and writes back anything else (RPSFLAX_VERBOSE=1: all).
-    with quiet.native_stderr():
-      try:
-        import tensorflow  # noqa: PLC0415  (seconds; only the tf.data decoder and TFDS need it)
-      except Exception as e:  # pylint: disable=broad-except  (ImportError, or a broken install)
-        _tf_missing = f"{type(e).__name__}: {e}"
-        return None
-      try:
-        tensorflow.config.set_visible_devices([], "GPU")  # cuInit's error on a CPU machine
-      except RuntimeError as e:  # TF already initialised by someone else: say so, carry on
-        logging.warning("could not hide GPUs from TensorFlow (%s); it may take GPU memory", e)
-    _tf_module = tensorflow
-  return _tf_module
-
-
-def tensorflow_missing() -> Optional[str]:
-  """Why TensorFlow does not import here (imports it to find out), or None."""
-  import_tensorflow()
-  return _tf_missing
-
-
-class _LazyTensorFlow:
-  """`tf` in this module: TensorFlow at first attribute use (see import_tensorflow)."""
-
-  def __getattr__(self, name):
-    module = import_tensorflow()
-    if module is None:
-      raise ImportError(f"TensorFlow does not import here ({_tf_missing})")
-    return getattr(module, name)
-
-
-tf = _LazyTensorFlow()
 _decoder = "pil"  # config.data.decoder (data_files.DECODERS), set by use_decoder
 
-_CODES = {"jpeg": 0, "png": 1, "pil": 2}
 _KNOWN_TFDS_SPLITS = {"rock_paper_scissors": ("train", "test"), "cats_vs_dogs": ("train",)}
-_DECODE_BATCH = 64
 _PROGRESS_MIN = 2000
 _decoder_logged = False
 
@@ -95,9 +41,9 @@ def use_decoder(name: str) -> None:
   global _decoder, _decoder_logged
   if name not in data_files.DECODERS:
     raise DataError(f"config.data.decoder={name!r}: use one of {list(data_files.DECODERS)}")
-  if name == "tf" and import_tensorflow() is None:
+  if name == "tf" and tf_decode.import_tensorflow() is None:
     raise DataError(f"config.data.decoder='tf' needs TensorFlow, which does not import here "
-                    f"({_tf_missing}): use 'pil'")
+                    f"({tf_decode.tensorflow_missing()}): use 'pil'")
   if name != _decoder:
     _decoder, _decoder_logged = name, False
 
@@ -112,86 +58,8 @@ def decoder_name() -> str:
       logging.info("decoding images with PIL, %d workers (rpsflax/decode_pool.py)",
                    pil_decode.num_threads(-1))
     else:
-      logging.info("decoding images with tf.data (TensorFlow %s)", tf.__version__)
+      logging.info("decoding images with tf.data (TensorFlow %s)", tf_decode.tf.__version__)
   return name
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoding and resizing (TF graph functions, used inside tf.data maps).
-
-def _declared_pixels(data: tf.Tensor) -> tf.Tensor:
-  """width x height (int64) from the header of encoded bytes, read before decoding (a file that
-  changed since the scan is checked again). The format is sniffed from the bytes, not taken from
-  the scan: JPEG, its SOF marker; PNG, the IHDR chunk (bytes 16-23, big-endian); else PIL."""
-  def jpeg():
-    shape = tf.cast(tf.io.extract_jpeg_shape(data), tf.int64)
-    return shape[0] * shape[1]
-
-  def png():
-    b = tf.cast(tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.uint8), tf.int64)
-    b = tf.ensure_shape(b, [8])
-    word = lambda i: ((b[i] * 256 + b[i + 1]) * 256 + b[i + 2]) * 256 + b[i + 3]
-    return word(0) * word(4)
-
-  def pil():
-    def pixels(d):
-      with Image.open(io.BytesIO(d)) as im:
-        return np.int64(im.width * im.height)
-    return tf.reshape(tf.numpy_function(pixels, [data], tf.int64, stateful=False), [])
-  head = tf.strings.substr(data, 0, 4)
-  return tf.case([(tf.strings.substr(head, 0, 2) == b"\xff\xd8", jpeg),
-                  (head == b"\x89PNG", png)], default=pil, exclusive=True)
-
-
-def decode_image(data: tf.Tensor, code: tf.Tensor,
-                 max_pixels: int = data_files.DEFAULT_MAX_IMAGE_PIXELS) -> tf.Tensor:
-  """Encoded bytes -> uint8 [h, w, 3]; `code` picks the decoder (see ImageInfo.decoder).
-
-  Fails (InvalidArgumentError) without decoding when the header declares more than `max_pixels`.
-  """
-  check = tf.debugging.assert_less_equal(
-      _declared_pixels(data), tf.constant(int(max_pixels), tf.int64),
-      message="the image declares more pixels than config.data.max_image_pixels")
-  with tf.control_dependencies([check]):
-    data = tf.identity(data)
-
-  def jpeg():
-    return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
-
-  def png():
-    return tf.io.decode_png(data, channels=3, dtype=tf.uint8)
-
-  def pil():
-    return tf.ensure_shape(tf.numpy_function(pil_decode.rgb, [data, max_pixels], tf.uint8,
-                                             stateful=False), [None, None, 3])
-  return tf.switch_case(tf.cast(code, tf.int32), [jpeg, png, pil])
-
-
-def _pil_nearest_index(n_in, n_out):
-  """Source rows PIL's NEAREST resize reads: x0 = s/2, x_k = x_{k-1} + s, floor (float64)."""
-  s = tf.cast(n_in, tf.float64) / tf.cast(n_out, tf.float64)
-  steps = tf.concat([[s * 0.5], tf.fill([n_out - 1], s)], 0)
-  return tf.minimum(tf.cast(tf.math.cumsum(steps), tf.int32), n_in - 1)
-
-
-def resize_image(image: tf.Tensor, size: tuple[int, int], method: str = "nearest") -> tf.Tensor:
-  """uint8 [h, w, 3] -> uint8 [size[0], size[1], 3], as PIL's Image.resize(method)."""
-  h, w = size
-  if method == "nearest":
-    shape = tf.shape(image)
-    image = tf.gather(image, _pil_nearest_index(shape[0], h), axis=0)
-    image = tf.gather(image, _pil_nearest_index(shape[1], w), axis=1)
-    return tf.ensure_shape(image, [h, w, 3])
-
-  def smooth():
-    out = tf.image.resize(image, (h, w), method=data_files.RESIZE_METHODS[method], antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
-  same = tf.reduce_all(tf.shape(image)[:2] == (h, w))  # Keras leaves such images untouched
-  return tf.ensure_shape(tf.cond(same, lambda: image, smooth), [h, w, 3])
-
-
-def _load_resize(path, code, size, method, max_pixels=data_files.DEFAULT_MAX_IMAGE_PIXELS):
-  return resize_image(decode_image(tf.io.read_file(path), code, max_pixels), size, method)
 
 
 def _image_size(size) -> tuple[int, int]:
@@ -210,46 +78,18 @@ def _check_method(method: str):
                     f"(tf.image.resize): with PIL use one of {sorted(pil_image.PIL_FILTERS)}")
 
 
-def decoder_codes(infos: Sequence[data_files.ImageInfo]) -> np.ndarray:
-  """The `codes` of `decode_files`: which decoder reads each image (ImageInfo.decoder)."""
-  return np.asarray([_CODES[info.decoder] for info in infos], np.int32).reshape(-1)
-
-
-def _pil_load_resize(path: str, size, method,
-                     max_pixels=data_files.DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
-  """The slow, sure path for a file tf.io refused: PIL decode, same resize."""
-  with open(path, "rb") as f:
-    rgb = pil_decode.rgb(f.read(), max_pixels)
-  return resize_image(tf.constant(rgb), size, method).numpy()
-
-
 def decode_files(paths: np.ndarray, codes: np.ndarray, size, method, num_parallel_calls,
                  out: np.ndarray, desc: str = "decoding",
                  max_pixels: int = data_files.DEFAULT_MAX_IMAGE_PIXELS) -> list[tuple[int, str]]:
-  """Decode paths[i] into out[i] in parallel; returns [(i, reason)] of files no decoder read."""
-  n = len(paths)
-  if n == 0:
+  """Decode paths[i] into out[i] in parallel with the configured decoder (PIL in processes, or
+  tf.data); returns [(i, reason)] of files no decoder read."""
+  if len(paths) == 0:
     return []
   if decoder_name() == "pil":
     return decode_pool.decode_files(paths, size, method, num_parallel_calls, out, desc,
                                     _PROGRESS_MIN, max_pixels)
-  done = np.zeros(n, bool)
-  ds = tf.data.Dataset.from_tensor_slices((np.arange(n), paths.astype(str), codes))
-  ds = ds.map(lambda i, p, c: (i, _load_resize(p, c, size, method, max_pixels)),
-              num_parallel_calls=num_parallel_calls, deterministic=False)
-  ds = ds.ignore_errors().batch(_DECODE_BATCH).prefetch(2)
-  with tqdm(total=n, desc=desc, unit="img", disable=n < _PROGRESS_MIN) as bar:
-    for idx, images in ds.as_numpy_iterator():
-      out[idx] = images
-      done[idx] = True
-      bar.update(len(idx))
-  failed = []
-  for i in np.flatnonzero(~done):
-    try:
-      out[i] = _pil_load_resize(str(paths[i]), size, method, max_pixels)
-    except Exception as e:  # pylint: disable=broad-except
-      failed.append((int(i), f"cannot decode: {e}"))
-  return failed
+  return tf_decode.decode_files(paths, codes, size, method, num_parallel_calls, out, desc,
+                                _PROGRESS_MIN, max_pixels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,52 +282,9 @@ class Datasets:
     if decoder_name() == "pil":
       return pil_decode.stream(s.paths, s.labels, idx, self.image_size, self.resize_method,
                                self.num_parallel_calls, max_pixels=self.max_pixels)
-    return self._tf_stream(s, idx)
+    return tf_decode.stream(s.paths, s.codes, s.labels, idx, self.image_size,
+                            self.resize_method, self.num_parallel_calls, self.max_pixels)
 
-  def _tf_stream(self, s: _Split, idx: np.ndarray) -> Iterator[dict]:
-    b = idx.shape[1]
-    size, method = self.image_size, self.resize_method
-    zeros = tf.zeros((*size, 3), tf.uint8)
-    max_pixels = self.max_pixels
-
-    def dataset(rows):
-      flat = rows.reshape(-1)
-      valid = flat >= 0
-      take = np.where(valid, flat, 0)
-      ds = tf.data.Dataset.from_tensor_slices(
-          (s.paths[take].astype(str), s.codes[take], s.labels[take] * valid, valid))
-      ds = ds.map(lambda p, c, l, v: {"image": tf.cond(v, lambda: _load_resize(p, c, size,
-                                                                              method,
-                                                                              max_pixels),
-                                                       lambda: zeros),
-                                      "label": l, "mask": v},
-                  num_parallel_calls=self.num_parallel_calls, deterministic=True)
-      return ds.batch(b, drop_remainder=True).prefetch(2)
-
-    step = 0
-    while step < len(idx):
-      try:
-        for batch in dataset(idx[step:]).as_numpy_iterator():
-          step += 1
-          yield batch
-      except tf.errors.OpError:  # a file tf.io refused: this batch through PIL, then go on
-        yield self._pil_batch(s, idx[step])
-        step += 1
-
-  def _pil_batch(self, s: _Split, row: np.ndarray) -> dict:
-    h, w = self.image_size
-    images = np.zeros((len(row), h, w, 3), np.uint8)
-    for j, i in enumerate(row):
-      if i >= 0:
-        try:
-          images[j] = _pil_load_resize(str(s.paths[i]), self.image_size, self.resize_method,
-                                       self.max_pixels)
-        except Exception as e:  # pylint: disable=broad-except
-          raise DataError(f"{s.paths[i]}: cannot decode ({e}). It was readable when the data "
-                          "was checked; it changed since. Remove or restore it") from e
-    valid = row >= 0
-    return {"image": images, "label": np.where(valid, s.labels[np.maximum(row, 0)], 0)
-            .astype(np.int32), "mask": valid}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -562,7 +359,7 @@ def create_datasets(config, workdir=None, *, process_index: Optional[int] = None
                                    max_pixels=max_image_pixels(config), listings=listings)
     if check_head:
       _check_head(config, fd.class_names)
-    splits = _split_objects(fd.splits, lambda p: _CODES[fd.infos[p].decoder])
+    splits = _split_objects(fd.splits, lambda p: tf_decode.CODES[fd.infos[p].decoder])
     return Datasets(class_names=fd.class_names, splits=splits, skipped=fd.skipped,
                     cache=config.data.cache, source=fd.report["source"], report=fd.report,
                     **common)
@@ -605,7 +402,7 @@ def create_eval_dataset(config, path, class_names: Optional[Sequence[str]] = Non
                                   layouts={"eval": listing.layout})
   data_files.log_report(report)
   return Datasets(class_names=names, splits=_split_objects(
-      splits, lambda p: _CODES[infos[p].decoder]), skipped=skipped, cache=config.data.cache,
+      splits, lambda p: tf_decode.CODES[infos[p].decoder]), skipped=skipped, cache=config.data.cache,
                   source=path, report=report, image_size=config.data.image_size,
                   resize_method=config.data.resize_method, batch_size=config.batch_size,
                   eval_batch_size=config.eval_batch_size, seed=config.seed,
@@ -625,7 +422,8 @@ def _offline_message(name: str, data_dir, error: Exception) -> str:
 
 def _import_tfds(name: str):
   """tensorflow_datasets, or the DataError that says to pass a folder instead."""
-  why = None if import_tensorflow() is not None else f"TensorFlow does not import ({_tf_missing})"
+  why = None if tf_decode.import_tensorflow() is not None else (
+      f"TensorFlow does not import ({tf_decode.tensorflow_missing()})")
   if why is None:
     try:
       import tensorflow_datasets as tfds  # noqa: PLC0415  (optional; seconds to import)
@@ -669,7 +467,7 @@ def _tfds_datasets(config, workdir, *, write: bool, common: dict, check_head: bo
   size = _image_size(config.data.image_size)
   arrays, where, sources, skipped = {}, {}, {}, []
   for role, split in wanted.items():
-    arrays[split], labels, failed = _read_tfds_split(
+    arrays[split], labels, failed = tf_decode.read_tfds_split(
         builder, split, size, config.data.resize_method, config.data.num_parallel_calls)
     keep = np.setdiff1d(np.arange(len(labels)), failed)
     paths = [f"{data_files.TFDS_PREFIX}{name}/{split}/{i}" for i in keep]
@@ -699,27 +497,6 @@ def _tfds_datasets(config, workdir, *, write: bool, common: dict, check_head: bo
                   source=source, report=report, **common)
 
 
-def _read_tfds_split(builder, split, size, method, num_parallel_calls):
-  """Decode a whole TFDS split once: (uint8 [n,H,W,3] by example index, labels, failed idx)."""
-  import tensorflow_datasets as tfds  # noqa: PLC0415  (optional; seconds to import)
-  ds = builder.as_dataset(split=split, shuffle_files=False,
-                          decoders={"image": tfds.decode.SkipDecoding()})
-
-  def load(i, ex):
-    code = tf.where(tf.io.is_jpeg(ex["image"]), 0, 1)
-    return i, resize_image(decode_image(ex["image"], code), size, method), ex["label"]
-  n = int(ds.cardinality())
-  if n < 0:  # unknown: count the records (labels only)
-    n = sum(1 for _ in ds.map(lambda ex: ex["label"]).as_numpy_iterator())
-  out = np.zeros((n, *size, 3), np.uint8)
-  labels = np.zeros(n, np.int32)
-  done = np.zeros(n, bool)
-  ds = ds.enumerate().map(load, num_parallel_calls=num_parallel_calls, deterministic=False)
-  for idx, imgs, lab in ds.ignore_errors().batch(_DECODE_BATCH).prefetch(2).as_numpy_iterator():
-    out[idx], labels[idx], done[idx] = imgs, lab, True
-  return out, labels, np.flatnonzero(~done)
-
-
 # ---------------------------------------------------------------------------------------------
 # Prediction.
 
@@ -738,7 +515,7 @@ def load_images(paths: Sequence[str], image_size, resize_method: str = "nearest"
   ok = [p for p in paths if p in infos]
   size = _image_size(image_size)
   out = np.zeros((len(ok), *size, 3), np.uint8)
-  failed = decode_files(np.asarray(ok, dtype=object), decoder_codes([infos[p] for p in ok]),
+  failed = decode_files(np.asarray(ok, dtype=object), tf_decode.decoder_codes([infos[p] for p in ok]),
                         size, resize_method, num_parallel_calls, out)
   if failed:
     bad = {i for i, _ in failed}

@@ -159,7 +159,7 @@ def stage_env(args, work) -> dict:
   import jax  # noqa: PLC0415
   import ml_collections  # noqa: PLC0415
 
-  from rpsflax import input_pipeline  # noqa: PLC0415
+  from rpsflax import input_pipeline, tf_decode  # noqa: PLC0415
   from rpsflax.benchmark import environment  # noqa: PLC0415
 
   d = jax.devices()
@@ -167,7 +167,7 @@ def stage_env(args, work) -> dict:
           "devices": [str(x) for x in d], "device_kind": d[0].device_kind,
           "cpu_run": jax.default_backend() == "cpu", "host_cpu": cpu_model(),
           "host_cpus": os.cpu_count(), "ml_collections_from": ml_collections.__file__,
-          "decoder": input_pipeline.decoder_name(), "tensorflow": input_pipeline.tensorflow_missing()
+          "decoder": input_pipeline.decoder_name(), "tensorflow": tf_decode.tensorflow_missing()
           or "importable", "quick": args.quick, "sizes": sizes(args)}
 
 

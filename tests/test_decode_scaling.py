@@ -178,6 +178,20 @@ def test_decode_scaling_reports_every_decoder_and_worker_count(files):
     pipeline.decode_scaling(files, 16, workers=(1,), decoders=("pil",))
 
 
+def test_the_tf_row_times_tf_data(files, monkeypatch):
+  """decode_scaling's 'tf' row decodes with tf.data (tf_decode), not with the PIL workers that
+  runs use by default (config.data.decoder='pil')."""
+  if pipeline.environment.tensorflow_missing():
+    pytest.skip("TensorFlow is not installed here: no tf row")
+  good = [p for i, p in enumerate(files) if i not in unreadable(files)]
+
+  def no_pil(*args, **kwargs):
+    raise AssertionError("the tf row decoded with PIL's decode_pool")
+  monkeypatch.setattr(decode_pool, "decode_files", no_pil)
+  r = pipeline.decode_scaling(good, 16, workers=(1,), decoders=("tf",))
+  assert r["skipped"] == {} and r["images_per_sec"]["tf"]["1"] > 0
+
+
 def test_worker_list_flag():
   assert bench_cli.decode_workers([]) == []
   assert bench_cli.decode_workers(["1", "2", "8"]) == [1, 2, 8]

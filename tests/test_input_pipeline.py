@@ -10,10 +10,11 @@ import pytest
 
 from rpsflax import config_base
 from rpsflax import input_pipeline as ip
+from rpsflax import tf_decode
 from rpsflax.errors import DataError
 from tests import data_factory as fac
 
-tf = ip.tf
+tf = tf_decode.tf
 
 
 def _config(data_dir="", *, size=16, batch=8, eval_batch=8, classes=2, **data):
@@ -56,7 +57,7 @@ def test_nearest_resize_reproduces_pil_indices():
     src = np.arange(n_in * 3, dtype=np.int32).reshape(n_in, 1, 3) % 251
     src = np.broadcast_to(src, (n_in, 2, 3)).astype(np.uint8)
     for n_out in [1, 2, 3, 7, 13, 32, 100, 150, 224, 299]:
-      got = ip.resize_image(tf.constant(src), (n_out, 2)).numpy()
+      got = tf_decode.resize_image(tf.constant(src), (n_out, 2)).numpy()
       want = np.asarray(Image.fromarray(src).resize((2, n_out), Image.NEAREST))
       if not np.array_equal(got, want):
         mismatches.append((n_in, n_out))
@@ -193,18 +194,28 @@ def test_processes_yield_slices_of_the_global_batch(tmp_path, cache):
     _create(_config(data, batch=4, eval_batch=6), process_index=0, process_count=3)
 
 
-def test_uncached_stream_equals_cache_and_survives_tf_refusals(tmp_path):
+@pytest.mark.parametrize("decoder", ["pil", "tf"])
+def test_uncached_stream_equals_cache_and_survives_tf_refusals(tmp_path, monkeypatch, decoder):
   data = _folder(tmp_path, {"a": 5, "b": 5}, untidy=True)
-  cached = list(_create(_config(data, batch=4)).train_batches(0))
-  streamed = _create(_config(data, batch=4, cache=False))
+  fac.write_image(data / "a" / "a_bmp.bmp")
+  cached = list(_create(_config(data, batch=4)).train_batches(0))  # PIL, cached
+  streamed = _create(_config(data, batch=4, cache=False, decoder=decoder))
   for a, b in zip(cached, streamed.train_batches(0)):
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
-  # hand every file to the JPEG decoder: TF refuses the PNGs; PIL takes over, same pixels
-  for ds in (streamed, _create(_config(data, batch=4))):
-    ds._splits["train"].codes[:] = 0  # pylint: disable=protected-access
-    for a, b in zip(cached, ds.train_batches(0)):
-      np.testing.assert_array_equal(a["image"], b["image"])
+  # Every file to tf.io's decoder: it refuses the BMP, and PIL decodes it, the same pixels.
+  by_pil = []
+  pil_load_resize = tf_decode.pil_load_resize
+  monkeypatch.setattr(tf_decode, "pil_load_resize",
+                      lambda path, *a: by_pil.append(path) or pil_load_resize(path, *a))
+  try:
+    for ds in (streamed, _create(_config(data, batch=4, decoder=decoder))):
+      ds._splits["train"].codes[:] = 0  # pylint: disable=protected-access
+      for a, b in zip(cached, ds.train_batches(0)):
+        np.testing.assert_array_equal(a["image"], b["image"])
+  finally:
+    ip.use_decoder("pil")
+  assert any(p.endswith("a_bmp.bmp") for p in by_pil) == (decoder == "tf")
 
 
 def test_broken_files_are_skipped_and_training_goes_on(tmp_path):

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import data_factory
-from rpsflax import errors, input_pipeline, pil_decode
+from rpsflax import errors, input_pipeline, pil_decode, tf_decode
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BLOCKER = REPO / "tests" / "no_tensorflow"
@@ -95,7 +95,7 @@ def untidy(tmp_path_factory):
 
 @pytest.mark.parametrize("size", [(32, 32), (24, 40), (64, 50)], ids=str)
 def test_pil_decoder_gives_the_tf_decoders_bits(untidy, size):
-  if input_pipeline.import_tensorflow() is None:
+  if tf_decode.import_tensorflow() is None:
     pytest.skip("TensorFlow is not installed here: nothing to compare with")
   input_pipeline.use_decoder("tf")
   try:

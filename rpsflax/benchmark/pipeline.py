@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from rpsflax import config_base, data_files, decode_pool, pil_decode
+from rpsflax import config_base, data_files, decode_pool, pil_decode, tf_decode
 from rpsflax.benchmark import environment
 from rpsflax.errors import DataError
 
@@ -73,20 +73,19 @@ def decode_scaling(paths: Sequence[str], image_size, resize_method: str = "neare
       skipped["tf"] = why
       wanted.remove("tf")
     else:  # the decoder of each file (tf.io or PIL), read once, untimed
-      ip = _input_pipeline()
       infos, bad = data_files.scan_images(list(paths), max_pixels=max_pixels)
       if bad:
         raise DataError(f"{len(bad)} unreadable images, e.g. {bad[0][0]}: {bad[0][1]}; "
                         "time readable ones")
-      codes = ip.decoder_codes([infos[p] for p in paths])
+      codes = tf_decode.decoder_codes([infos[p] for p in paths])
   for p in paths:  # the page cache warm: every row reads from memory
     with open(p, "rb") as f:
       f.read()
 
   def decode(decoder: str, w: int, out: np.ndarray) -> list:
     if decoder == "tf":
-      return _input_pipeline().decode_files(paths, codes, size, resize_method, w, out,
-                                            max_pixels=max_pixels)
+      return tf_decode.decode_files(paths, codes, size, resize_method, w, out,
+                                    progress_min=len(paths) + 1, max_pixels=max_pixels)
     return decode_pool.decode_files(paths, size, resize_method, w, out, max_pixels=max_pixels,
                                     processes=decoder == "pil" and w > 1, fallback=False,
                                     progress_min=len(paths) + 1)  # no progress bar
