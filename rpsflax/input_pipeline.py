@@ -28,38 +28,35 @@ from absl import logging
 from rpsflax import data_files, decode_pool, pil_decode, pil_image, tf_decode
 from rpsflax.errors import DataError
 
-_decoder = "pil"  # config.data.decoder (data_files.DECODERS), set by use_decoder
-
 _KNOWN_TFDS_SPLITS = {"rock_paper_scissors": ("train", "test"), "cats_vs_dogs": ("train",)}
 _PROGRESS_MIN = 2000
-_decoder_logged = False
 
 
-def use_decoder(name: str) -> None:
-  """config.data.decoder: 'pil' (the default: PIL in worker processes, no TensorFlow import) or
-  'tf' (tf.data). Both give Keras' load_img pixels (tests/test_no_tensorflow.py)."""
-  global _decoder, _decoder_logged
-  if name not in data_files.DECODERS:
-    raise DataError(f"config.data.decoder={name!r}: use one of {list(data_files.DECODERS)}")
-  if name == "tf" and tf_decode.import_tensorflow() is None:
+def check_decoder(decoder: str, method: str) -> str:
+  """config.data.decoder and config.data.resize_method, checked together: 'pil' (the default:
+  PIL in worker processes, no TensorFlow import) or 'tf' (tf.data, which adds tf.image.resize's
+  methods). Both give Keras' load_img pixels (tests/test_no_tensorflow.py)."""
+  if decoder not in data_files.DECODERS:
+    raise DataError(f"config.data.decoder={decoder!r}: use one of {list(data_files.DECODERS)}")
+  if decoder == "tf" and tf_decode.import_tensorflow() is None:
     raise DataError(f"config.data.decoder='tf' needs TensorFlow, which does not import here "
                     f"({tf_decode.tensorflow_missing()}): use 'pil'")
-  if name != _decoder:
-    _decoder, _decoder_logged = name, False
+  if method not in data_files.RESIZE_METHODS:
+    raise DataError(f"config.data.resize_method={method!r}: use one of "
+                    f"{sorted(data_files.RESIZE_METHODS)} ('nearest' is Keras' "
+                    "flow_from_directory default)")
+  if decoder == "pil" and method not in pil_image.PIL_FILTERS:
+    raise DataError(f"config.data.resize_method={method!r} needs config.data.decoder='tf' "
+                    f"(tf.image.resize): with PIL use one of {sorted(pil_image.PIL_FILTERS)}")
+  return decoder
 
 
-def decoder_name() -> str:
-  """'pil' or 'tf.data': what decodes images in this process (logged once, at first use)."""
-  global _decoder_logged
-  name = "pil" if _decoder == "pil" else "tf.data"
-  if not _decoder_logged:
-    _decoder_logged = True
-    if name == "pil":
-      logging.info("decoding images with PIL, %d workers (rpsflax/decode_pool.py)",
-                   pil_decode.num_threads(-1))
-    else:
-      logging.info("decoding images with tf.data (TensorFlow %s)", tf_decode.tf.__version__)
-  return name
+def _log_decoder(decoder: str) -> None:
+  if decoder == "pil":
+    logging.info("decoding images with PIL, %d workers (rpsflax/decode_pool.py)",
+                 pil_decode.num_threads(-1))
+  else:
+    logging.info("decoding images with tf.data (TensorFlow %s)", tf_decode.tf.__version__)
 
 
 def _image_size(size) -> tuple[int, int]:
@@ -69,23 +66,14 @@ def _image_size(size) -> tuple[int, int]:
   return (int(h), int(w))
 
 
-def _check_method(method: str):
-  if method not in data_files.RESIZE_METHODS:
-    raise DataError(f"config.data.resize_method={method!r}: use one of "
-                    f"{sorted(data_files.RESIZE_METHODS)} ('nearest' is Keras' flow_from_directory default)")
-  if _decoder == "pil" and method not in pil_image.PIL_FILTERS:
-    raise DataError(f"config.data.resize_method={method!r} needs config.data.decoder='tf' "
-                    f"(tf.image.resize): with PIL use one of {sorted(pil_image.PIL_FILTERS)}")
-
-
-def decode_files(paths: np.ndarray, codes: np.ndarray, size, method, num_parallel_calls,
-                 out: np.ndarray, desc: str = "decoding",
+def decode_files(decoder: str, paths: np.ndarray, codes: np.ndarray, size, method,
+                 num_parallel_calls, out: np.ndarray, desc: str = "decoding",
                  max_pixels: int = data_files.DEFAULT_MAX_IMAGE_PIXELS) -> list[tuple[int, str]]:
-  """Decode paths[i] into out[i] in parallel with the configured decoder (PIL in processes, or
+  """Decode paths[i] into out[i] in parallel with `decoder` ('pil': PIL in processes, 'tf':
   tf.data); returns [(i, reason)] of files no decoder read."""
   if len(paths) == 0:
     return []
-  if decoder_name() == "pil":
+  if decoder == "pil":
     return decode_pool.decode_files(paths, size, method, num_parallel_calls, out, desc,
                                     _PROGRESS_MIN, max_pixels)
   return tf_decode.decode_files(paths, codes, size, method, num_parallel_calls, out, desc,
@@ -151,13 +139,13 @@ class Datasets:
                skipped: list[tuple[str, str]], image_size, resize_method: str, batch_size: int,
                eval_batch_size: int, seed: int, cache: bool = True, num_parallel_calls: int = -1,
                process_index: int = 0, process_count: int = 1, source: str = "",
-               report: Optional[dict] = None,
+               report: Optional[dict] = None, decoder: str = "pil",
                max_pixels: int = data_files.DEFAULT_MAX_IMAGE_PIXELS):
     _check_batches(batch_size, eval_batch_size, process_count)
     self.class_names = list(class_names)
     self.skipped = list(skipped)
     self.image_size = _image_size(image_size)
-    self.resize_method = resize_method
+    self.resize_method, self.decoder = resize_method, decoder  # config.data.decoder
     self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
     self.seed, self.cache = seed, cache
     self.num_parallel_calls = num_parallel_calls
@@ -266,9 +254,9 @@ class Datasets:
       if not len(rows):
         return
       tmp = np.zeros((len(rows), *s.images.shape[1:]), np.uint8)
-      failed = decode_files(s.paths[rows], s.codes[rows], self.image_size, self.resize_method,
-                            self.num_parallel_calls, tmp, desc=f"decoding {split}",
-                            max_pixels=self.max_pixels)
+      failed = decode_files(self.decoder, s.paths[rows], s.codes[rows], self.image_size,
+                            self.resize_method, self.num_parallel_calls, tmp,
+                            desc=f"decoding {split}", max_pixels=self.max_pixels)
       if failed:
         i, reason = failed[0]
         raise DataError(f"{s.paths[rows[i]]}: {reason}. It was readable when the data was "
@@ -279,7 +267,7 @@ class Datasets:
 
   def _stream(self, s: _Split, idx: np.ndarray) -> Iterator[dict]:
     """Uncached: decode each batch (tf.data map or PIL threads, prefetched), in order."""
-    if decoder_name() == "pil":
+    if self.decoder == "pil":
       return pil_decode.stream(s.paths, s.labels, idx, self.image_size, self.resize_method,
                                self.num_parallel_calls, max_pixels=self.max_pixels)
     return tf_decode.stream(s.paths, s.codes, s.labels, idx, self.image_size,
@@ -344,10 +332,11 @@ def create_datasets(config, workdir=None, *, process_index: Optional[int] = None
   that config.head.num_classes cannot represent).
   """
   pi, pc = _process(process_index, process_count)
-  use_decoder(config.data.decoder)
-  _check_method(config.data.resize_method)
+  decoder = check_decoder(config.data.decoder, config.data.resize_method)
   _check_batches(config.batch_size, config.eval_batch_size, pc)
+  _log_decoder(decoder)
   common = dict(image_size=config.data.image_size, resize_method=config.data.resize_method,
+                decoder=decoder,
                 batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
                 seed=config.seed, num_parallel_calls=config.data.num_parallel_calls,
                 process_index=pi, process_count=pc, max_pixels=max_image_pixels(config))
@@ -378,8 +367,8 @@ def create_eval_dataset(config, path, class_names: Optional[Sequence[str]] = Non
   folder's, when the caller has listed it already.
   """
   pi, pc = _process(process_index, process_count)
-  use_decoder(config.data.decoder)
-  _check_method(config.data.resize_method)
+  decoder = check_decoder(config.data.decoder, config.data.resize_method)
+  _log_decoder(decoder)
   path = os.path.abspath(os.fspath(path))
   if not os.path.isdir(path):
     raise DataError(f"{path}: no such folder to evaluate on")
@@ -404,7 +393,8 @@ def create_eval_dataset(config, path, class_names: Optional[Sequence[str]] = Non
   return Datasets(class_names=names, splits=_split_objects(
       splits, lambda p: tf_decode.CODES[infos[p].decoder]), skipped=skipped, cache=config.data.cache,
                   source=path, report=report, image_size=config.data.image_size,
-                  resize_method=config.data.resize_method, batch_size=config.batch_size,
+                  resize_method=config.data.resize_method, decoder=decoder,
+                  batch_size=config.batch_size,
                   eval_batch_size=config.eval_batch_size, seed=config.seed,
                   num_parallel_calls=config.data.num_parallel_calls, process_index=pi,
                   process_count=pc, max_pixels=max_image_pixels(config))
@@ -506,17 +496,19 @@ def list_images(paths) -> list[str]:
 
 
 def load_images(paths: Sequence[str], image_size, resize_method: str = "nearest",
-                num_parallel_calls: int = -1,
+                num_parallel_calls: int = -1, decoder: str = "pil",
                 ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
-  """Decode files for prediction: (uint8 [n,H,W,3], readable paths, [(path, reason)])."""
-  _check_method(resize_method)
+  """Decode files for prediction: (uint8 [n,H,W,3], readable paths, [(path, reason)]);
+  `decoder`: config.data.decoder."""
+  check_decoder(decoder, resize_method)
   paths = [os.fspath(p) for p in paths]
   infos, skipped = data_files.scan_images(paths)
   ok = [p for p in paths if p in infos]
   size = _image_size(image_size)
   out = np.zeros((len(ok), *size, 3), np.uint8)
-  failed = decode_files(np.asarray(ok, dtype=object), tf_decode.decoder_codes([infos[p] for p in ok]),
-                        size, resize_method, num_parallel_calls, out)
+  failed = decode_files(decoder, np.asarray(ok, dtype=object),
+                        tf_decode.decoder_codes([infos[p] for p in ok]), size, resize_method,
+                        num_parallel_calls, out)
   if failed:
     bad = {i for i, _ in failed}
     skipped += [(ok[i], r) for i, r in failed]

@@ -162,9 +162,9 @@ class Predictor:
 
   def load(self, paths):
     """(uint8 images, readable paths, [(path, why)] skipped), resized as in training."""
-    input_pipeline.use_decoder(self.config.data.decoder)
     return input_pipeline.load_images([str(p) for p in paths], self.image_size,
-                                      self.config.data.resize_method)
+                                      self.config.data.resize_method,
+                                      decoder=self.config.data.decoder)
 
   def probabilities(self, images: np.ndarray) -> np.ndarray:
     """[N, C] class probabilities for uint8 images [N, H, W, 3], batch by batch."""

@@ -159,7 +159,7 @@ def stage_env(args, work) -> dict:
   import jax  # noqa: PLC0415
   import ml_collections  # noqa: PLC0415
 
-  from rpsflax import input_pipeline, tf_decode  # noqa: PLC0415
+  from rpsflax import tf_decode  # noqa: PLC0415
   from rpsflax.benchmark import environment  # noqa: PLC0415
 
   d = jax.devices()
@@ -167,7 +167,8 @@ def stage_env(args, work) -> dict:
           "devices": [str(x) for x in d], "device_kind": d[0].device_kind,
           "cpu_run": jax.default_backend() == "cpu", "host_cpu": cpu_model(),
           "host_cpus": os.cpu_count(), "ml_collections_from": ml_collections.__file__,
-          "decoder": input_pipeline.decoder_name(), "tensorflow": tf_decode.tensorflow_missing()
+          "decoder": refs_config("rps", 32).data.decoder,
+          "tensorflow": tf_decode.tensorflow_missing()
           or "importable", "quick": args.quick, "sizes": sizes(args)}
 
 
@@ -287,12 +288,11 @@ def stage_bench(args, work, recipe: str, dtype: str) -> dict:
 
 
 def stage_pipeline(args, work) -> dict:
-  from rpsflax import input_pipeline  # noqa: PLC0415
   from rpsflax.benchmark import pipeline  # noqa: PLC0415
 
   c = refs_config("rps", sizes(args)["rps_image_size"])
   out = pipeline.bench_pipeline(c, str(work / "rps"), repeats=1 if args.quick else 2)
-  out["decoder"] = input_pipeline.decoder_name()
+  out["decoder"] = c.data.decoder
   out["image_size"] = int(c.data.image_size)
   return out
 

@@ -105,11 +105,7 @@ def test_every_mode_decodes_as_keras_load_img(files, size, decoder):
   """Both decoders (config.data.decoder): tf.data hands what tf.io does not read (CMYK JPEGs,
   GIFs, BMPs) to the PIL decode the TF-free decoder uses."""
   paths = list(files.values())
-  ip.use_decoder(decoder)
-  try:
-    images, ok, skipped = ip.load_images(paths, size, "nearest")
-  finally:
-    ip.use_decoder("pil")
+  images, ok, skipped = ip.load_images(paths, size, "nearest", decoder=decoder)
   assert not skipped and ok == [str(p) for p in paths]
   assert len(images) == len(paths)
   for img, (name, path) in zip(images, files.items(), strict=True):

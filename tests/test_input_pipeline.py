@@ -208,13 +208,10 @@ def test_uncached_stream_equals_cache_and_survives_tf_refusals(tmp_path, monkeyp
   pil_load_resize = tf_decode.pil_load_resize
   monkeypatch.setattr(tf_decode, "pil_load_resize",
                       lambda path, *a: by_pil.append(path) or pil_load_resize(path, *a))
-  try:
-    for ds in (streamed, _create(_config(data, batch=4, decoder=decoder))):
-      ds._splits["train"].codes[:] = 0  # pylint: disable=protected-access
-      for a, b in zip(cached, ds.train_batches(0)):
-        np.testing.assert_array_equal(a["image"], b["image"])
-  finally:
-    ip.use_decoder("pil")
+  for ds in (streamed, _create(_config(data, batch=4, decoder=decoder))):
+    ds._splits["train"].codes[:] = 0  # pylint: disable=protected-access
+    for a, b in zip(cached, ds.train_batches(0)):
+      np.testing.assert_array_equal(a["image"], b["image"])
   assert any(p.endswith("a_bmp.bmp") for p in by_pil) == (decoder == "tf")
 
 

@@ -97,11 +97,7 @@ def untidy(tmp_path_factory):
 def test_pil_decoder_gives_the_tf_decoders_bits(untidy, size):
   if tf_decode.import_tensorflow() is None:
     pytest.skip("TensorFlow is not installed here: nothing to compare with")
-  input_pipeline.use_decoder("tf")
-  try:
-    want, ok, skipped = input_pipeline.load_images(untidy, size, "nearest")
-  finally:
-    input_pipeline.use_decoder("pil")
+  want, ok, skipped = input_pipeline.load_images(untidy, size, "nearest", decoder="tf")
   assert not skipped and len(ok) == len(untidy)
   got = np.full_like(want, 7)
   assert not pil_decode.decode_files(np.asarray(ok, dtype=object), size, "nearest", -1, got)

@@ -62,7 +62,8 @@ def pick_images(config, user_paths: Sequence[str] = (), count: int = DEFAULT_COU
   else:
     source, where, files = "synthetic", [], []
   if source != "synthetic":
-    images, ok, skipped = input_pipeline.load_images(_spread(files, count), size, method)
+    images, ok, skipped = input_pipeline.load_images(_spread(files, count), size, method,
+                                                     decoder=config.data.decoder)
     if not len(ok):
       if source == "user":
         raise ExportError(f"--images={','.join(where)}: no readable image among {len(files)} "
