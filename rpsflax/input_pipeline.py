@@ -311,11 +311,6 @@ def _split_objects(splits, codes_of) -> dict[str, _Split]:
           for k, (paths, labels) in splits.items()}
 
 
-def max_image_pixels(config) -> int:
-  """config.data.max_image_pixels (workdirs trained before it existed: the default)."""
-  return int(config.data.max_image_pixels)
-
-
 def create_datasets(config, workdir=None, *, process_index: Optional[int] = None,
                     process_count: Optional[int] = None, check_head: bool = True,
                     write: bool = True,
@@ -339,13 +334,13 @@ def create_datasets(config, workdir=None, *, process_index: Optional[int] = None
                 decoder=decoder,
                 batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
                 seed=config.seed, num_parallel_calls=config.data.num_parallel_calls,
-                process_index=pi, process_count=pc, max_pixels=max_image_pixels(config))
+                process_index=pi, process_count=pc, max_pixels=config.data.max_image_pixels)
   if config.data.dir:
     fd = data_files.prepare_folder(config.data.dir, workdir, seed=config.seed,
                                    holdout=config.data.holdout,
                                    val_fraction=config.data.val_fraction,
                                    write=write and pi == 0,
-                                   max_pixels=max_image_pixels(config), listings=listings)
+                                   max_pixels=config.data.max_image_pixels, listings=listings)
     if check_head:
       _check_head(config, fd.class_names)
     splits = _split_objects(fd.splits, lambda p: tf_decode.CODES[fd.infos[p].decoder])
@@ -376,7 +371,7 @@ def create_eval_dataset(config, path, class_names: Optional[Sequence[str]] = Non
   if listing.layout not in ("classes", "flat"):
     raise DataError(f"{path} has no labelled images ({listing.layout}): use class folders or "
                     "class-prefixed file names; to label unlabelled images use rpsflax.predict")
-  infos, skipped = data_files.scan_images(listing.files, max_pixels=max_image_pixels(config))
+  infos, skipped = data_files.scan_images(listing.files, max_pixels=config.data.max_image_pixels)
   names = list(class_names) if class_names is not None else listing.class_names
   unknown = sorted(set(listing.classes) - set(names))
   if unknown:
@@ -397,7 +392,7 @@ def create_eval_dataset(config, path, class_names: Optional[Sequence[str]] = Non
                   batch_size=config.batch_size,
                   eval_batch_size=config.eval_batch_size, seed=config.seed,
                   num_parallel_calls=config.data.num_parallel_calls, process_index=pi,
-                  process_count=pc, max_pixels=max_image_pixels(config))
+                  process_count=pc, max_pixels=config.data.max_image_pixels)
 
 
 def _offline_message(name: str, data_dir, error: Exception) -> str:
@@ -489,11 +484,6 @@ def _tfds_datasets(config, workdir, *, write: bool, common: dict, check_head: bo
 
 # ---------------------------------------------------------------------------------------------
 # Prediction.
-
-def list_images(paths) -> list[str]:
-  """Image files named by `paths` (files or folders, recursive, sorted)."""
-  return data_files.list_images(paths)
-
 
 def load_images(paths: Sequence[str], image_size, resize_method: str = "nearest",
                 num_parallel_calls: int = -1, decoder: str = "pil",
