@@ -295,7 +295,7 @@ def _check_batches(batch_size, eval_batch_size, process_count):
 
 
 def _check_head(config, class_names):
-  n = getattr(getattr(config, "head", None), "num_classes", None)
+  n = config.head.num_classes
   if n is None:
     return
   if not (n == len(class_names) or (n == 1 and len(class_names) == 2)):
