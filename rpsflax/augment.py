@@ -39,10 +39,6 @@ PARAM_KEYS = ("theta", "tx", "ty", "shear", "zx", "zy", "flip_horizontal", "flip
 _IDENTITY = {"theta": 0.0, "tx": 0.0, "ty": 0.0, "shear": 0.0, "zx": 1.0, "zy": 1.0}
 
 
-def _field(aug, name: str, default):
-  return aug.get(name, default) if hasattr(aug, "get") else getattr(aug, name, default)
-
-
 def zoom_bounds(zoom_range) -> tuple[float, float]:
   """ImageDataGenerator.__init__: a number z -> [1 - z, 1 + z]; a pair is taken as is."""
   if isinstance(zoom_range, (int, float, np.number)):
@@ -92,21 +88,21 @@ def sample_transforms(rng, batch_size: int, image_hw: tuple[int, int], aug) -> d
   """
   h, w = image_hw
   keys = jax.random.split(rng, 7)
-  rot = float(_field(aug, "rotation_range", 0.0))
-  shear = float(_field(aug, "shear_range", 0.0))
-  z_lo, z_hi = zoom_bounds(_field(aug, "zoom_range", 0.0))
+  rot = float(aug.rotation_range)
+  shear = float(aug.shear_range)
+  z_lo, z_hi = zoom_bounds(aug.zoom_range)
   if z_lo == 1 and z_hi == 1:
     zx = zy = jnp.ones((batch_size,), jnp.float32)
   else:  # np.random.uniform(lo, hi, 2): zx and zy drawn independently.
     zx = jax.random.uniform(keys[3], (batch_size,), jnp.float32, z_lo, z_hi)
     zy = jax.random.uniform(keys[4], (batch_size,), jnp.float32, z_lo, z_hi)
-  hflip = bool(_field(aug, "horizontal_flip", False))
-  vflip = bool(_field(aug, "vertical_flip", False))
+  hflip = bool(aug.horizontal_flip)
+  vflip = bool(aug.vertical_flip)
   no_flip = jnp.zeros((batch_size,), bool)
   return {
       "theta": _uniform_or(keys[0], batch_size, -rot, rot, 0.0),
-      "tx": _sample_shift(keys[1], batch_size, _field(aug, "height_shift_range", 0.0), h),
-      "ty": _sample_shift(keys[2], batch_size, _field(aug, "width_shift_range", 0.0), w),
+      "tx": _sample_shift(keys[1], batch_size, aug.height_shift_range, h),
+      "ty": _sample_shift(keys[2], batch_size, aug.width_shift_range, w),
       "shear": _uniform_or(keys[5], batch_size, -shear, shear, 0.0),  # degrees (Keras' unit)
       "zx": zx,
       "zy": zy,
@@ -249,9 +245,9 @@ def apply_transform(images, params: Mapping[str, Any], fill_mode: str = "nearest
 
 def needs_affine(aug) -> bool:
   """Whether the config samples any non-identity affine (a Python bool at trace time)."""
-  shifts = [_field(aug, k, 0.0) for k in ("width_shift_range", "height_shift_range")]
-  return bool(float(_field(aug, "rotation_range", 0.0)) or float(_field(aug, "shear_range", 0.0))
-              or zoom_bounds(_field(aug, "zoom_range", 0.0)) != (1.0, 1.0)
+  shifts = [aug.width_shift_range, aug.height_shift_range]
+  return bool(float(aug.rotation_range) or float(aug.shear_range)
+              or zoom_bounds(aug.zoom_range) != (1.0, 1.0)
               or any(np.any(np.asarray(s, np.float64)) for s in shifts))
 
 
@@ -262,14 +258,14 @@ def augment_batch(rng, images, aug) -> jax.Array:
   float32. Disabled, or nothing to do: just the float32 cast.
   """
   images = jnp.asarray(images)
-  if not _field(aug, "enabled", True):
+  if not aug.enabled:
     return images.astype(jnp.float32)
-  fill_mode = str(_field(aug, "fill_mode", "nearest"))
+  fill_mode = str(aug.fill_mode)
   _check_fill_mode(fill_mode)
   affine = needs_affine(aug)
-  flips = bool(_field(aug, "horizontal_flip", False)) or bool(_field(aug, "vertical_flip", False))
+  flips = bool(aug.horizontal_flip) or bool(aug.vertical_flip)
   if not affine and not flips:
     return images.astype(jnp.float32)
   b, h, w = images.shape[:3]
   params = sample_transforms(rng, b, (h, w), aug)
-  return apply_transform(images, params, fill_mode, float(_field(aug, "cval", 0.0)), affine=affine)
+  return apply_transform(images, params, fill_mode, float(aug.cval), affine=affine)

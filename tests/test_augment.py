@@ -117,6 +117,16 @@ def test_identity_and_flips(image):
     np.testing.assert_array_equal(np.asarray(got), want)
 
 
+def _aug(**keras_args):
+  """config.augment: the base config's (ImageDataGenerator's defaults) with `keras_args` over it
+  (a shift range may be a list, as Keras allows)."""
+  import ml_collections
+
+  from rpsflax import config_base
+
+  return ml_collections.ConfigDict({**config_base.get_config().augment.to_dict(), **keras_args})
+
+
 def _load_recipe(repo_root, name):
   spec = importlib.util.spec_from_file_location(f"cfg_{name}", repo_root / "configs" / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
@@ -176,7 +186,7 @@ def test_sampling_matches_image_data_generator(repo_root, recipe):
 def test_shift_rules_match_keras(value):
   """Keras' float >= 1 (pixels, uniform), float < 1 (fraction) and list (choice * sign) rules."""
   kw = dict(width_shift_range=value, height_shift_range=value)
-  ours = augment.sample_transforms(jax.random.key(1), N, HW, kw)
+  ours = augment.sample_transforms(jax.random.key(1), N, HW, _aug(**kw))
   ref = _keras_samples(kw, N)
   for key in ("tx", "ty"):
     a, b = np.asarray(ours[key], np.float64), ref[key]
@@ -189,7 +199,7 @@ def test_shift_rules_match_keras(value):
 
 def test_augment_batch_matches_keras_apply_transform(image):
   """Wiring: augment_batch == Keras apply_transform with the parameters it sampled."""
-  aug = dict(rotation_range=30.0, width_shift_range=0.1, height_shift_range=6.0, shear_range=15.0,
+  aug = _aug(rotation_range=30.0, width_shift_range=0.1, height_shift_range=6.0, shear_range=15.0,
              zoom_range=0.2, horizontal_flip=True, vertical_flip=True, fill_mode="reflect")
   x = np.stack([image[:80]] * 6).astype(np.uint8)
   rng = jax.random.key(3)
@@ -228,7 +238,7 @@ def test_disabled_or_empty_is_a_cast(repo_root):
   x = np.random.RandomState(0).randint(0, 256, (2, 16, 24, 3)).astype(np.uint8)
   aug = _load_recipe(repo_root, "rps")
   aug.enabled = False
-  empty = dict(rotation_range=0.0, zoom_range=0.0, width_shift_range=0.0, fill_mode="wrap")
+  empty = _aug(rotation_range=0.0, zoom_range=0.0, width_shift_range=0.0, fill_mode="wrap")
   for cfg in (aug, empty):
     y = augment.augment_batch(jax.random.key(0), x, cfg)
     assert y.dtype == jnp.float32
@@ -238,4 +248,4 @@ def test_disabled_or_empty_is_a_cast(repo_root):
 def test_bad_fill_mode_names_the_key():
   with pytest.raises(ValueError, match="config.augment.fill_mode"):
     augment.augment_batch(jax.random.key(0), np.zeros((1, 8, 8, 3), np.uint8),
-                          dict(rotation_range=5.0, fill_mode="mirror"))
+                          _aug(rotation_range=5.0, fill_mode="mirror"))
