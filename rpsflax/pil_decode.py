@@ -1,12 +1,11 @@
-"""The TensorFlow-free decoder in threads, for machines without TensorFlow: whole folders
-(`decode_files`, the fallback of rpsflax/decode_pool.py's processes) and uncached batches
-(`stream`). One image is rpsflax/pil_image.py's.
+"""The PIL decoder (config.data.decoder='pil', the default; no TensorFlow) in threads: whole
+folders (`decode_files`, where rpsflax/decode_pool.py's processes do not pay or cannot start) and
+uncached batches (`stream`). One image is rpsflax/pil_image.py's.
 
-rpsflax/input_pipeline.py uses it when `import tensorflow` fails (JAX-only GPU or TPU images).
-It gives the same bits as the tf.data decoder for 'nearest' (Keras' flow_from_directory
-default): PIL's `convert('RGB')` as Keras' `load_img` does (what tf.io gives on JPEGs and 8-bit
+It gives the same bits as the tf.data decoder (rpsflax/tf_decode.py) for 'nearest' (Keras'
+flow_from_directory default): PIL's `convert('RGB')` as Keras' `load_img` does (what tf.io gives on JPEGs and 8-bit
 PNGs), except 16-bit grey PNGs, where it keeps the high byte as tf.io does (README, Data), and
-PIL's NEAREST resize reads the rows and columns input_pipeline's TF resize gathers
+PIL's NEAREST resize reads the rows and columns tf_decode's resize gathers
 (tests/test_no_tensorflow.py). The smooth methods use PIL's own filters: Keras-exact, and within
 the 1-2 levels of tf.image.resize that the TF path documents.
 

@@ -29,8 +29,8 @@ def worker_counts(cpus: Optional[int] = None) -> tuple[int, ...]:
 
 
 def _input_pipeline():
-  """rpsflax.input_pipeline, imported on demand: it imports TensorFlow where TF is installed
-  (seconds), which the step figures and a PIL-only run need not pay."""
+  """rpsflax.input_pipeline, imported on demand: it imports JAX, which decode_scaling need not
+  pay."""
   from rpsflax import input_pipeline  # noqa: PLC0415
   return input_pipeline
 
@@ -43,7 +43,7 @@ def decode_scaling(paths: Sequence[str], image_size, resize_method: str = "neare
   """Images/s decoding `paths` to `image_size` (int or (h, w)) with each worker count.
 
   decoders:
-    'pil'          what a run without TensorFlow does (rpsflax/decode_pool.py): one worker
+    'pil'          what a run does (config.data.decoder='pil'; rpsflax/decode_pool.py): one worker
                    decodes in-process, 2+ in worker processes, the workers' start included;
     'pil_threads'  PIL in threads alone (the fallback where processes cannot start);
     'tf'           tf.data's map with num_parallel_calls = workers (skipped, with the reason,
