@@ -17,7 +17,7 @@ import collections
 import concurrent.futures
 import itertools
 import os
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -72,25 +72,31 @@ def decode_files(paths: np.ndarray, size, method: str, num_parallel_calls: int, 
   return failed
 
 
+def decode_batch(paths: np.ndarray, labels: np.ndarray, row: np.ndarray, size,
+                 load_one: Callable[[str], np.ndarray]) -> dict:
+  """One batch of an uncached split: row's images (-1 = padding, zeros) by `load_one(path)`,
+  with labels and mask. A file that fails now was readable when the data was checked: a
+  DataError names it."""
+  images = np.zeros((len(row), *size, 3), np.uint8)
+  for j, i in enumerate(row):
+    if i >= 0:
+      try:
+        images[j] = load_one(str(paths[i]))
+      except Exception as e:  # pylint: disable=broad-except
+        raise DataError(f"{paths[i]}: cannot decode ({e}). It was readable when the data "
+                        "was checked; it changed since. Remove or restore it") from e
+  valid = row >= 0
+  return {"image": images, "label": np.where(valid, labels[np.maximum(row, 0)], 0)
+          .astype(np.int32), "mask": valid}
+
+
 def stream(paths: np.ndarray, labels: np.ndarray, idx: np.ndarray, size, method: str,
            num_parallel_calls: int, prefetch: int = PREFETCH_BATCHES,
            max_pixels: int = data_files.DEFAULT_MAX_IMAGE_PIXELS) -> Iterator[dict]:
   """Uncached batches: row s of `idx` (-1 = padding) decoded in a thread pool, in order,
   `prefetch` batches ahead. Same dicts as input_pipeline's cached batches."""
-  h, w = size
-
   def batch(row):
-    images = np.zeros((len(row), h, w, 3), np.uint8)
-    for j, i in enumerate(row):
-      if i >= 0:
-        try:
-          images[j] = load(str(paths[i]), size, method, max_pixels)
-        except Exception as e:  # pylint: disable=broad-except
-          raise DataError(f"{paths[i]}: cannot decode ({e}). It was readable when the data "
-                          "was checked; it changed since. Remove or restore it") from e
-    valid = row >= 0
-    return {"image": images, "label": np.where(valid, labels[np.maximum(row, 0)], 0)
-            .astype(np.int32), "mask": valid}
+    return decode_batch(paths, labels, row, size, lambda p: load(p, size, method, max_pixels))
 
   # One task per batch keeps the order trivially; `workers` batches in flight keep every
   # thread busy.

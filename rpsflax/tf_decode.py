@@ -21,7 +21,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from rpsflax import data_files, pil_decode, quiet
-from rpsflax.errors import DataError
 
 CODES = {"jpeg": 0, "png": 1, "pil": 2}  # which decoder reads an image (ImageInfo.decoder)
 DECODE_BATCH = 64
@@ -206,17 +205,8 @@ def stream(paths: np.ndarray, codes: np.ndarray, labels: np.ndarray, idx: np.nda
     return ds.batch(b, drop_remainder=True).prefetch(2)
 
   def pil_batch(row: np.ndarray) -> dict:
-    images = np.zeros((len(row), *size, 3), np.uint8)
-    for j, i in enumerate(row):
-      if i >= 0:
-        try:
-          images[j] = pil_load_resize(str(paths[i]), size, method, max_pixels)
-        except Exception as e:  # pylint: disable=broad-except
-          raise DataError(f"{paths[i]}: cannot decode ({e}). It was readable when the data "
-                          "was checked; it changed since. Remove or restore it") from e
-    valid = row >= 0
-    return {"image": images, "label": np.where(valid, labels[np.maximum(row, 0)], 0)
-            .astype(np.int32), "mask": valid}
+    return pil_decode.decode_batch(paths, labels, row, size,
+                                   lambda p: pil_load_resize(p, size, method, max_pixels))
 
   step = 0
   while step < len(idx):
