@@ -442,7 +442,8 @@ def _log_epoch(row: dict, writer) -> None:
     writer.flush()
 
 
-# What a fresh run starts from; a resumed run reads its checkpoint instead and never these.
+# What a fresh run starts from; a resumed run reads its checkpoint instead and never these
+# (under init_from, `weights` is not read even by a fresh run: `resolve_weights`).
 STARTING_POINT_KEYS = ("weights", "init_from")
 
 
@@ -454,8 +455,9 @@ def check_starting_point(config, workdir: pathlib.Path) -> None:
   if not (path.exists() and ckpt_lib.has_checkpoint(workdir, ckpt_lib.LATEST)):
     return
   saved = report.read_config(workdir)  # over the base: an older run's missing key reads its default
+  keys = ("init_from",) if config.init_from else STARTING_POINT_KEYS
   changed = [f"config.{k}={config[k]!r} (it was started with {saved[k]!r})"
-             for k in STARTING_POINT_KEYS if str(saved[k]) != str(config[k])]
+             for k in keys if str(saved[k]) != str(config[k])]
   if changed:
     raise errors.CheckpointError(
         f"{workdir} holds a run that resumes from its checkpoint, so {'; '.join(changed)} would "

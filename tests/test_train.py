@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from rpsflax import config_base, data_files, errors, evaluation, models, sharding, steps, train
+from rpsflax import (config_base, data_files, errors, evaluation, models, report, sharding, steps,
+                     train)
 from rpsflax.timing import PHASES
 
 IMAGE = 32
@@ -566,3 +567,18 @@ def test_init_from_starts_from_a_trained_runs_best_parameters(straight_run, tmp_
   config.init_from = str(tmp_path / "never_trained")
   with pytest.raises(errors.ConfigError, match=r"config.init_from=.*no checkpoint"):
     restore.check_init_from(config)
+
+  # Resuming a warm-started run: another config.weights is no change (never read), another
+  # config.init_from is.
+  import shutil
+
+  warm = tmp_path / "warm"
+  shutil.copytree(source, warm)
+  config = _tiny_config(data, 1)
+  config.init_from = str(source)
+  report.write_config(warm, config)
+  config.weights = str(tmp_path / "other_weights")
+  train.check_starting_point(config, warm)
+  config.init_from = str(root / "other_run")
+  with pytest.raises(errors.CheckpointError, match=r"config.init_from=.*started with"):
+    train.check_starting_point(config, warm)
