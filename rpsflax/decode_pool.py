@@ -11,8 +11,8 @@ writes past a full tmpfs dies of SIGBUS; a pipe needs no such space and costs on
 image. Not `multiprocessing` either: its workers import the main module again (`python -m
 rpsflax.main` imports JAX, Flax and Orbax: seconds per start); these import PIL only.
 
-`decode_files` is what input_pipeline calls for config.data.decoder='pil': processes where there are
-enough images and workers for them to pay (`PROCESS_MIN_IMAGES`), else PIL threads
+`decode_files` is what input_pipeline calls for config.data.decoder='pil': processes where
+there are enough images and workers for them to pay (`PROCESS_MIN_IMAGES`), else PIL threads
 (`pil_decode.decode_files`); where a worker cannot start, or dies, it logs why and decodes
 what is left in threads.
 

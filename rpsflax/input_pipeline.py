@@ -274,7 +274,6 @@ class Datasets:
                             self.resize_method, self.num_parallel_calls, self.max_pixels)
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Sources.
 
@@ -305,9 +304,9 @@ def _check_head(config, class_names):
                     + ", or train with --config=configs/folder.py, whose head follows the data")
 
 
-def _split_objects(splits, codes_of) -> dict[str, _Split]:
+def _split_objects(splits, infos: dict[str, data_files.ImageInfo]) -> dict[str, _Split]:
   return {k: _Split(np.asarray(paths, dtype=object), np.asarray(labels, np.int32),
-                    np.asarray([codes_of(p) for p in paths], np.int32).reshape(-1))
+                    tf_decode.decoder_codes([infos[p] for p in paths]))
           for k, (paths, labels) in splits.items()}
 
 
@@ -343,7 +342,7 @@ def create_datasets(config, workdir=None, *, process_index: Optional[int] = None
                                    max_pixels=config.data.max_image_pixels, listings=listings)
     if check_head:
       _check_head(config, fd.class_names)
-    splits = _split_objects(fd.splits, lambda p: tf_decode.CODES[fd.infos[p].decoder])
+    splits = _split_objects(fd.splits, fd.infos)
     return Datasets(class_names=fd.class_names, splits=splits, skipped=fd.skipped,
                     cache=config.data.cache, source=fd.report["source"], report=fd.report,
                     **common)
@@ -385,8 +384,8 @@ def create_eval_dataset(config, path, class_names: Optional[Sequence[str]] = Non
                                   skipped=skipped, ignored=listing.ignored,
                                   layouts={"eval": listing.layout})
   data_files.log_report(report)
-  return Datasets(class_names=names, splits=_split_objects(
-      splits, lambda p: tf_decode.CODES[infos[p].decoder]), skipped=skipped, cache=config.data.cache,
+  return Datasets(class_names=names, splits=_split_objects(splits, infos), skipped=skipped,
+                  cache=config.data.cache,
                   source=path, report=report, image_size=config.data.image_size,
                   resize_method=config.data.resize_method, decoder=decoder,
                   batch_size=config.batch_size,

@@ -3,10 +3,10 @@ folders (`decode_files`, where rpsflax/decode_pool.py's processes do not pay or 
 uncached batches (`stream`). One image is rpsflax/pil_image.py's.
 
 It gives the same bits as the tf.data decoder (rpsflax/tf_decode.py) for 'nearest' (Keras'
-flow_from_directory default): PIL's `convert('RGB')` as Keras' `load_img` does (what tf.io gives on JPEGs and 8-bit
-PNGs), except 16-bit grey PNGs, where it keeps the high byte as tf.io does (README, Data), and
-PIL's NEAREST resize reads the rows and columns tf_decode's resize gathers
-(tests/test_no_tensorflow.py). The smooth methods use PIL's own filters: Keras-exact, and within
+flow_from_directory default): PIL's `convert('RGB')` as Keras' `load_img` does (what tf.io
+gives on JPEGs and 8-bit PNGs), except 16-bit grey PNGs, where it keeps the high byte as tf.io
+does (README, Data), and PIL's NEAREST resize reads the rows and columns tf_decode's resize
+gathers (tests/test_no_tensorflow.py). The smooth methods use PIL's own filters: Keras-exact, and within
 the 1-2 levels of tf.image.resize that the TF path documents.
 
 PIL releases the GIL while it decodes, converts and resizes, so threads decode in parallel,

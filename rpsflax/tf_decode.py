@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from rpsflax import data_files, pil_decode, quiet
 
-CODES = {"jpeg": 0, "png": 1, "pil": 2}  # which decoder reads an image (ImageInfo.decoder)
+_CODES = {"jpeg": 0, "png": 1, "pil": 2}  # which decoder reads an image (ImageInfo.decoder)
 DECODE_BATCH = 64
 
 _tf_module = None
@@ -71,7 +71,7 @@ tf = _LazyTensorFlow()
 
 def decoder_codes(infos: Sequence[data_files.ImageInfo]) -> np.ndarray:
   """The `codes` of `decode_files`: which decoder reads each image (ImageInfo.decoder)."""
-  return np.asarray([CODES[info.decoder] for info in infos], np.int32).reshape(-1)
+  return np.asarray([_CODES[info.decoder] for info in infos], np.int32).reshape(-1)
 
 
 def _declared_pixels(data: tf.Tensor) -> tf.Tensor:
